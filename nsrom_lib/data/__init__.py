@@ -1,0 +1,1 @@
+"""Datasets and file formats: the VOC layout, SynthVOC, PNG helpers. No networks here."""

@@ -1,0 +1,169 @@
+"""File helpers shared by every stage: atomic writes and PNG label / gray-map I/O.
+
+Label PNGs follow PASCAL VOC: 8-bit palette ("P") images whose pixel values are the
+label ids (0 = background, c + 1 = class c, 255 = void / ignore), saved with the VOC
+palette so that any viewer shows colours and every reader gets the raw indices back.
+Gray maps (saliency, CAMs) are 8-bit "L" PNGs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "DataError",
+    "voc_palette",
+    "atomic_path",
+    "atomic_write_text",
+    "atomic_write_json",
+    "save_label_png",
+    "save_gray_png",
+    "save_rgb_png",
+    "read_label_png",
+    "read_gray_png",
+    "read_rgb",
+]
+
+
+class DataError(ValueError):
+    """Bad input on disk: the message names the file, the problem and the fix."""
+
+
+def voc_palette(n: int = 256) -> list[int]:
+    """The PASCAL VOC colour map as a flat [r0, g0, b0, r1, ...] list of 3 * n ints.
+
+    Entry 0 is black (background), entry 255 is (224, 224, 192) (void), as in VOC.
+    """
+    pal = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal += [r, g, b]
+    return pal
+
+
+_PALETTE = voc_palette()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    A crash, a full disk or an exception inside the block leaves `path` as it was (absent
+    or old) and removes the temporary file: readers never see a half-written file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` atomically (write to a temporary file, then rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    """Write `obj` as indented JSON to `path` atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _save_png(img: Image.Image, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def save_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
+    """Save a label map as an 8-bit VOC-palette PNG, atomically.
+
+    label: (H, W) integer array with values in 0..255 (255 = void / ignore).
+    """
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError(f"label for {path} must be 2-D (H, W), got shape {label.shape}")
+    if label.size and (label.min() < 0 or label.max() > 255):
+        raise ValueError(f"label for {path} has values outside 0..255")
+    h, w = label.shape
+    img = Image.frombytes("P", (w, h), np.ascontiguousarray(label, dtype=np.uint8).tobytes())
+    # Pillow keeps the indices only when a palette is set explicitly (TOOLCHAIN.md).
+    img.putpalette(_PALETTE)
+    _save_png(img, path)
+
+
+def save_gray_png(path: str | os.PathLike, gray: np.ndarray) -> None:
+    """Save an (H, W) uint8 map (saliency, CAM) as an 8-bit gray PNG, atomically."""
+    gray = np.asarray(gray)
+    if gray.ndim != 2 or gray.dtype != np.uint8:
+        raise ValueError(f"gray map for {path} must be (H, W) uint8, got {gray.shape} {gray.dtype}")
+    _save_png(Image.fromarray(gray, mode="L"), path)
+
+
+def save_rgb_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
+    """Save an (H, W, 3) uint8 image as PNG, atomically."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"image for {path} must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+    _save_png(Image.fromarray(rgb, mode="RGB"), path)
+
+
+def _open(path: str | os.PathLike, what: str) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path}. Check the dataset root and the file name.")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DataError(
+            f"cannot read {what} {path}: {e}. The file is corrupt or truncated; "
+            "regenerate or re-download it."
+        ) from e
+    return img
+
+
+def read_label_png(path: str | os.PathLike, what: str = "label PNG") -> np.ndarray:
+    """Read a label PNG (palette or gray) as an (H, W) uint8 array of raw label ids."""
+    img = _open(path, what)
+    if img.mode in ("P", "L"):
+        return np.array(img, dtype=np.uint8)
+    raise DataError(
+        f"{what} {path} has mode {img.mode!r}; a label must be an 8-bit palette (P) or gray (L) "
+        "PNG whose pixel values are the label ids."
+    )
+
+
+def read_gray_png(path: str | os.PathLike, what: str = "gray map") -> np.ndarray:
+    """Read an 8-bit gray map (saliency, CAM) as an (H, W) uint8 array.
+
+    RGB inputs are converted to luminance; palette inputs keep their raw indices.
+    """
+    img = _open(path, what)
+    if img.mode in ("P", "L"):
+        return np.array(img, dtype=np.uint8)
+    return np.array(img.convert("L"), dtype=np.uint8)
+
+
+def read_rgb(path: str | os.PathLike, what: str = "image") -> np.ndarray:
+    """Read an image file (JPEG or PNG) as an (H, W, 3) uint8 RGB array."""
+    return np.array(_open(path, what).convert("RGB"), dtype=np.uint8)

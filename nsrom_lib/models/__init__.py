@@ -1,0 +1,1 @@
+"""Networks: GloRe unit, classifiers, segmentation models (pure torch, no file paths)."""
