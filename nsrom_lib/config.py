@@ -1,0 +1,145 @@
+"""Run configuration: one dataclass, a few named profiles, `--set key=value` overrides.
+
+DESIGN.md "Runs, profiles and devices": a profile fixes the sizes of every stage; the run
+folder keeps the resolved configuration as `config.json`. This module imports no torch,
+so the CLI can parse and validate arguments quickly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["RunConfig", "PROFILES", "ConfigError", "make_config", "parse_set", "config_hash"]
+
+
+class ConfigError(ValueError):
+    """A bad profile name, `--set` key or value: the message names it and the fix."""
+
+
+@dataclass
+class RunConfig:
+    """Everything a run depends on. Profiles are instances; `--set` edits fields."""
+
+    profile: str = "quick"
+    seed: int = 0
+    device: str = "auto"  # "auto" -> CUDA when present, else CPU; or "cpu", "cuda", "cuda:1"
+    # --- data (stage `data`) ---
+    data_root: str | None = None  # None -> generate SynthVOC under the data folder
+    image_size: int = 96  # SynthVOC side length (px)
+    n_train: int = 400
+    n_val: int = 100
+    num_classes: int = 6  # foreground classes (20 for PASCAL VOC)
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept in config.json
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # tests: seconds per stage
+    "smoke": dict(image_size=64, n_train=48, n_val=16),
+    # the notebooks' defaults: the whole sequence in a few minutes on a 2-core CPU
+    "quick": dict(image_size=96, n_train=400, n_val=100),
+    # `make run`: clear effects, still CPU-friendly
+    "default": dict(image_size=96, n_train=2000, n_val=500),
+    # larger images and networks, for a lent GPU
+    "gpu": dict(image_size=128, n_train=6000, n_val=1000),
+    # real PASCAL VOC 2012 on disk (set data_root)
+    "voc": dict(num_classes=20, image_size=321, n_train=0, n_val=0),
+}
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Turn a `--set` string (or a Python value) into the field's type, or raise ConfigError."""
+    t = str(typ)
+    if not isinstance(value, str):
+        return value
+    try:
+        if "dict" in t:
+            out = json.loads(value)
+            if not isinstance(out, dict):
+                raise ValueError("not a JSON object")
+            return out
+        if value.lower() in ("none", "null") and "None" in t:
+            return None
+        if t.startswith("int") or t == "<class 'int'>":
+            return int(value)
+        if t.startswith("float") or t == "<class 'float'>":
+            return float(value)
+        if t.startswith("bool") or t == "<class 'bool'>":
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("not a boolean")
+        return value
+    except ValueError as e:
+        raise ConfigError(f"--set {key}={value!r}: expected {t} ({e}).") from e
+
+
+def _check_type(key: str, value: Any, typ: Any) -> None:
+    t = str(typ)
+    ok = True
+    if value is None:
+        ok = "None" in t
+    elif t.startswith("int") or t == "<class 'int'>":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif t.startswith("float") or t == "<class 'float'>":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif t.startswith("bool") or t == "<class 'bool'>":
+        ok = isinstance(value, bool)
+    elif t.startswith("str"):
+        ok = isinstance(value, str)
+    elif t.startswith("dict"):
+        ok = isinstance(value, dict)
+    if not ok:
+        raise ConfigError(f"config key {key!r} expects {t}, got {value!r} ({type(value).__name__}).")
+
+
+def make_config(profile: str = "quick", **overrides: Any) -> RunConfig:
+    """Build the configuration of `profile` with `overrides` applied (values or strings).
+
+    Unknown profiles or keys and values of the wrong type raise ConfigError naming them.
+    """
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}.")
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    values: dict[str, Any] = dict(PROFILES[profile])
+    for key, value in overrides.items():
+        if key not in fields or key == "profile":
+            known = sorted(k for k in fields if k != "profile")
+            raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(known)}.")
+        values[key] = _coerce(key, value, fields[key].type)
+    for key, value in values.items():
+        _check_type(key, value, fields[key].type)
+    cfg = RunConfig(profile=profile, **values)
+    if cfg.image_size < 32:
+        raise ConfigError(f"image_size={cfg.image_size} is too small; use at least 32.")
+    if cfg.num_classes < 1 or cfg.num_classes > 254:
+        raise ConfigError(f"num_classes={cfg.num_classes} must be in 1..254.")
+    if cfg.data_root is None and cfg.profile != "voc" and (cfg.n_train < 1 or cfg.n_val < 1):
+        raise ConfigError("n_train and n_val must be at least 1 for a generated dataset.")
+    if cfg.profile == "voc" and cfg.data_root is None:
+        raise ConfigError("profile 'voc' needs the dataset: --set data_root=/path/to/VOC2012.")
+    return cfg
+
+
+def parse_set(items: list[str] | None) -> dict[str, str]:
+    """Parse `--set key=value` strings into a dict (values stay strings until make_config)."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set seed=1.")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def config_hash(values: dict[str, Any]) -> str:
+    """A short, stable hash of a JSON-able dict (stage records compare it to skip work)."""
+    blob = json.dumps(values, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
