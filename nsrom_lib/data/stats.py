@@ -13,42 +13,34 @@ from typing import Any
 
 import numpy as np
 
-from nsrom_lib.data.io import DataError, read_gray_png, read_label_png, read_rgb
-from nsrom_lib.data.voc import read_cls_list, read_instances, read_split
+from nsrom_lib.data.io import read_label_png
+from nsrom_lib.data.voc import VOCSegDataset, read_instances
 from nsrom_lib.metrics import confusion_matrix, iou_from_confusion
 
 __all__ = ["load_split_arrays", "dataset_statistics", "colour_baseline"]
-
-
-def _image_path(root: Path, name: str) -> Path:
-    for ext in (".png", ".jpg", ".jpeg"):
-        p = root / "JPEGImages" / f"{name}{ext}"
-        if p.is_file():
-            return p
-    raise DataError(f"no image for {name!r} in {root / 'JPEGImages'} (.png/.jpg).")
 
 
 def load_split_arrays(root: str | os.PathLike, split: str, limit: int | None = None) -> dict[str, Any]:
     """Read a whole split of a same-size dataset into arrays (for statistics and figures).
 
     Returns names (N,), image (N, H, W, 3) uint8, mask (N, H, W) uint8, saliency (N, H, W) uint8,
-    instances (N, H, W) uint8 and objects (list per image) when present, classes (list per image).
+    classes (list of class ids per image), objects (per-instance metadata per image, empty
+    lists without instances.json) and instances (N, H, W) uint8 when SegmentationObject exists.
     """
     root = Path(root)
-    names = read_split(root, split)[:limit]
-    cls_file = root / "ImageSets" / "Segmentation" / f"{split}_cls.txt"
-    cls = read_cls_list(cls_file) if cls_file.is_file() else {}
-    inst_meta = read_instances(root) or {}
+    ds = VOCSegDataset(root, split, with_mask=True)
+    items = [ds.get_raw(i) for i in range(len(ds) if limit is None else min(limit, len(ds)))]
+    names = [it["name"] for it in items]
     out: dict[str, Any] = dict(names=names)
-    out["image"] = np.stack([read_rgb(_image_path(root, n)) for n in names])
-    out["mask"] = np.stack([read_label_png(root / "SegmentationClass" / f"{n}.png") for n in names])
-    out["saliency"] = np.stack([read_gray_png(root / "Saliency" / f"{n}.png") for n in names])
+    for key in ("image", "mask", "saliency"):
+        out[key] = np.stack([it[key] for it in items])
+    out["classes"] = [it["label_ids"] for it in items]
     if (root / "SegmentationObject").is_dir():
         out["instances"] = np.stack(
-            [read_label_png(root / "SegmentationObject" / f"{n}.png") for n in names]
+            [read_label_png(root / "SegmentationObject" / f"{n}.png", "instance mask") for n in names]
         )
+    inst_meta = read_instances(root) or {}
     out["objects"] = [inst_meta.get(n, []) for n in names]
-    out["classes"] = [cls.get(n, []) for n in names]
     return out
 
 

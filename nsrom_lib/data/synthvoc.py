@@ -99,6 +99,7 @@ class SynthVOCConfig:
         return config_hash({"generator": GENERATOR_VERSION, **self.to_dict()})
 
 
+# Bump whenever render_scene changes what it draws: cached datasets then regenerate.
 GENERATOR_VERSION = 1
 
 

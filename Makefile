@@ -1,0 +1,35 @@
+# The README's commands. Both create .venv/ in the repository root from nothing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.nsrom-installed
+PROFILE ?= default
+
+.PHONY: setup kernel run test lab lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 10), "Python 3.10+ needed (3.11 tested)"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --progress-bar off -q -e '.[dev]'
+	touch $(STAMP)
+
+kernel: setup
+	$(PY) -m ipykernel install --user --name nsrom --display-name "Python (nsrom)" >/dev/null
+	@echo "Jupyter kernel 'nsrom' registered for this venv."
+
+run: setup kernel
+	$(PY) -m nsrom_lib run --profile $(PROFILE) --run-dir runs/$(PROFILE)
+
+test: setup
+	$(PY) -m pytest
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks
+
+lint: setup
+	$(VENV)/bin/ruff check nsrom_lib tests notebooks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,235 @@
+"""Class activation maps, online attention accumulation (OAA) and the integral attention loss.
+
+Paper §3.1 and ALGORITHM.md §2 (OAA itself is Jiang et al., "Integral Object Mining via Online
+Attention Accumulation", ICCV 2019). Pure tensor code: no file I/O, everything stays on the
+device of the tensors given.
+
+- :func:`normalize_cam`: clamp at 0, divide by the per-map max (+1e-8) -> [0, 1].
+- :func:`cam_to_uint8`: the 8-bit export of CAMs and OA-CAMs (clamp, max-normalise, quantise,
+  resize), in the reference's order.
+- :class:`OAAccumulator`: the accumulated attention maps of every (image, class), updated during
+  classifier training by max-fusion with the 0.1 probability gate and the last-epoch write.
+- :func:`iam_loss`: the integral attention model's loss on soft pixel targets t in [0, 1].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["normalize_cam", "cam_to_uint8", "OAAccumulator", "iam_loss", "PROB_GATE"]
+
+# §2: a class whose sigmoid probability is below this does not update its accumulated map.
+PROB_GATE = 0.1
+
+
+def normalize_cam(cam: Tensor) -> Tensor:
+    """Clamp negatives to 0 and divide each map by its max + 1e-8 (§2).
+
+    cam: (..., h, w) float. Returns the same shape, float, in [0, 1); an all-zero map stays 0.
+    """
+    cam = cam.clamp(min=0)
+    # §2: a / (max(a) + 1e-8), per map.
+    return cam / (cam.amax(dim=(-2, -1), keepdim=True) + 1e-8)
+
+
+def cam_to_uint8(cam: Tensor, size: tuple[int, int] | None = None, mode: str = "bicubic") -> Tensor:
+    """Export maps as 8-bit gray maps of the image size, in the reference's order (§2).
+
+    cam: (..., h, w) float, raw class maps; size: (H, W) of the image, or None to keep (h, w);
+    mode: "bicubic" (the reference), "bilinear" or "nearest". Returns (..., H, W) uint8 0..255.
+
+    Order, as the reference's ``test.py`` / ``test_iam.py``: (1) clamp at 0, (2) divide by the
+    map's max + 1e-8, (3) multiply by 255 and *truncate* to uint8 (``np.array(a * 255,
+    dtype=np.uint8)``), (4) resize the 8-bit map (``cv2.resize(..., INTER_CUBIC)``), rounding to
+    the nearest integer and saturating to 0..255. Step 4 uses torch's bicubic kernel (a = −0.75,
+    half-pixel centres, replicated border — the same as OpenCV's) in float; OpenCV's 11-bit
+    fixed-point arithmetic can differ by one gray level on some pixels.
+    """
+    if mode not in ("bicubic", "bilinear", "nearest"):
+        raise ValueError(f"mode must be 'bicubic', 'bilinear' or 'nearest', got {mode!r}")
+    # Steps 1-3: clamp, max-normalise, quantise by truncation.
+    q = (normalize_cam(cam.float()) * 255).to(torch.uint8)  # (..., h, w)
+    if size is None or tuple(size) == tuple(q.shape[-2:]):
+        return q
+    *lead, h, w = q.shape
+    flat = q.reshape(1, -1, h, w).float()  # (1, L, h, w)
+    kwargs = {} if mode == "nearest" else {"align_corners": False}
+    up = F.interpolate(flat, size=tuple(size), mode=mode, **kwargs)  # (1, L, H, W)
+    # Step 4: round and saturate, like OpenCV's saturate_cast<uchar>.
+    up = up.round().clamp(0, 255).to(torch.uint8)
+    return up.reshape(*lead, *size)  # (..., H, W)
+
+
+class OAAccumulator:
+    """Accumulated attention maps of every (image, class), kept on a device (ALGORITHM.md §2).
+
+    ``maps``: (num_images, C, h, w) uint8 (0..255, default, like the reference's PNGs) or float32;
+    ``exists``: (num_images, C) bool, whether a map has been written. Epochs are 0-based: epoch 0
+    (the first) never updates, epoch ``num_epochs - 1`` is the last.
+    """
+
+    def __init__(
+        self,
+        num_images: int,
+        num_classes: int,
+        size: tuple[int, int],
+        device: torch.device | str | None = None,
+        quantize: bool = True,
+    ) -> None:
+        """num_images: images indexed 0..num_images-1; num_classes: C; size: (h, w) of the CAMs
+        (feature resolution); device: where the maps live; quantize: store uint8 rounded to the
+        nearest integer as the reference's PNG round trip does (else float32, unrounded).
+        """
+        h, w = size
+        dtype = torch.uint8 if quantize else torch.float32
+        self.quantize = quantize
+        self.maps_ = torch.zeros(num_images, num_classes, h, w, dtype=dtype, device=device)
+        self.exists = torch.zeros(num_images, num_classes, dtype=torch.bool, device=device)
+        # Counters over all updates: maps written for the first time, max-fused, gated out.
+        self.counts = torch.zeros(3, dtype=torch.long, device=device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.maps_.device
+
+    @torch.no_grad()
+    def update(
+        self,
+        indices: Tensor,
+        cams: Tensor,
+        probs: Tensor,
+        labels: Tensor,
+        epoch: int,
+        num_epochs: int,
+    ) -> None:
+        """Fuse one batch of CAMs into the accumulated maps, exactly as §2 / the reference.
+
+        indices: (B,) long, the images' dataset indices (distinct); cams: (B, C, h, w) float, the
+        classifier's raw CAMs of this training step; probs: (B, C) float, sigmoid of the logits;
+        labels: (B, C), image-level labels (> 0 = listed); epoch: 0-based current epoch;
+        num_epochs: total number of epochs.
+
+        For each listed (image, class), from epoch 1 on: a = clamp(cam, 0) / (max + 1e-8) · 255;
+        if the map does not exist yet and this is the last epoch, write a (whatever the
+        probability); else skip if prob < 0.1; else write a if the map does not exist, or store
+        max(stored, a). With ``quantize`` the stored values are uint8 rounded half-to-even: the
+        reference writes the float map with ``cv2.imwrite`` (saturate_cast, round to nearest) and
+        reads it back as uint8, and round(max(s, a)) = max(s, round(a)) for an integer s.
+        """
+        if epoch < 1:  # §2: from the second epoch on.
+            return
+        B, C, h, w = cams.shape
+        if tuple(self.maps_.shape[1:]) != (C, h, w):
+            raise ValueError(
+                f"cams of shape (B, C, h, w) = {tuple(cams.shape)} do not match the accumulator's "
+                f"(C, h, w) = {tuple(self.maps_.shape[1:])}; create it with size=({h}, {w})"
+            )
+        if indices.numel() != B or probs.shape != (B, C) or labels.shape != (B, C):
+            raise ValueError(
+                f"indices {tuple(indices.shape)}, probs {tuple(probs.shape)} and labels "
+                f"{tuple(labels.shape)} must be ({B},) and ({B}, {C}) for cams {tuple(cams.shape)}"
+            )
+        idx = indices.to(self.device, torch.long)
+        if idx.unique().numel() != B:
+            raise ValueError("indices must be distinct within one update")
+        cams = cams.detach().to(self.device, torch.float32)
+        # §2: clamp negatives, divide by the max + 1e-8, scale to 0..255 (float32, as the reference).
+        att = normalize_cam(cams) * 255  # (B, C, h, w)
+        if self.quantize:
+            att = att.round().clamp(0, 255).to(torch.uint8)  # cv2.imwrite's rounding
+        listed = labels.to(self.device) > 0  # (B, C)
+        passed = probs.detach().to(self.device) >= PROB_GATE  # (B, C)
+        exists = self.exists[idx]  # (B, C)
+        last = epoch == num_epochs - 1
+        # §2: a new map is written if the gate passes, or in the last epoch whatever the gate.
+        write = listed & ~exists & (passed | last)  # (B, C)
+        # §2: an existing map is max-fused with the new one if the gate passes.
+        fuse = listed & exists & passed  # (B, C)
+        stored = self.maps_[idx]  # (B, C, h, w)
+        new = torch.where(write[..., None, None], att, stored)
+        new = torch.where(fuse[..., None, None], torch.maximum(stored, att), new)
+        self.maps_[idx] = new
+        self.exists[idx] = exists | write
+        self.counts += torch.stack([write.sum(), fuse.sum(), (listed & ~write & ~fuse).sum()])
+
+    def maps(self, indices: Tensor | None = None) -> Tensor:
+        """The accumulated maps: (n, C, h, w), uint8 0..255 (or float32 0..255 without quantize).
+
+        indices: (n,) long, or None for all images. Maps that do not exist are all 0.
+        """
+        return self.maps_.clone() if indices is None else self.maps_[indices.to(self.device)]
+
+    def targets(self, indices: Tensor | None = None) -> Tensor:
+        """Soft targets for the integral attention model: maps / 255, (n, C, h, w) float32 in
+        [0, 1]; 0 for classes without a map (as the reference's IAM loader)."""
+        return self.maps(indices).float() / 255.0
+
+    def stats(self) -> dict[str, int]:
+        """Counts over all updates so far: ``written`` (first writes), ``fused`` (max-fusions),
+        ``skipped`` (listed maps left unchanged by the probability gate)."""
+        written, fused, skipped = (int(v) for v in self.counts.tolist())
+        return {"written": written, "fused": fused, "skipped": skipped}
+
+    def state_dict(self) -> dict[str, Tensor | bool]:
+        """A checkpointable copy (tensors on the CPU)."""
+        return {
+            "maps": self.maps_.cpu().clone(),
+            "exists": self.exists.cpu().clone(),
+            "counts": self.counts.cpu().clone(),
+            "quantize": self.quantize,
+        }
+
+    def load_state_dict(self, state: dict[str, Tensor | bool]) -> None:
+        """Restore from :meth:`state_dict`; shapes and storage type must match this accumulator."""
+        maps, exists = state.get("maps"), state.get("exists")
+        if not isinstance(maps, Tensor) or not isinstance(exists, Tensor):
+            raise ValueError(
+                "state must hold 'maps' and 'exists' tensors, from OAAccumulator.state_dict()"
+            )
+        if maps.shape != self.maps_.shape or maps.dtype != self.maps_.dtype:
+            raise ValueError(
+                f"checkpoint maps {tuple(maps.shape)} {maps.dtype} do not match this accumulator's "
+                f"{tuple(self.maps_.shape)} {self.maps_.dtype}; create it with the same num_images, "
+                "num_classes, size and quantize"
+            )
+        if exists.shape != self.exists.shape:
+            raise ValueError(
+                f"checkpoint exists {tuple(exists.shape)} does not match {tuple(self.exists.shape)}"
+            )
+        self.maps_.copy_(maps)
+        self.exists.copy_(exists)
+        counts = state.get("counts")
+        if isinstance(counts, Tensor):
+            self.counts.copy_(counts)
+
+
+def iam_loss(logits_map: Tensor, target: Tensor) -> Tensor:
+    """The integral attention model's loss on soft pixel targets (§2), computed stably.
+
+    logits_map: (B, C, h, w) float, the IAM's raw maps x; target: (B, C, h, w) float, t in [0, 1].
+    Returns a scalar:
+
+        L = mean over pixels with t > 0 of [−t · log σ(x)] + mean over pixels with t = 0 of
+            [softplus(x)]   (softplus(x) = −log(1 − σ(x))),
+
+    means taken over the whole batch (all images and classes together), as the reference's
+    ``ExLoss``. When one of the two sets is empty its term is 0 (the reference skips it);
+    pixels with t < 0 count in neither. The reference computes the negative term as
+    −log(exp(−max(x, 0)) + 1e-8) + log(1 + exp(−|x|)), which saturates near 18.4 for x > 18;
+    here it is the exact softplus.
+    """
+    if logits_map.shape != target.shape:
+        raise ValueError(
+            f"logits_map {tuple(logits_map.shape)} and target {tuple(target.shape)} must match"
+        )
+    target = target.to(logits_map.dtype)
+    pos = (target > 0).to(logits_map.dtype)
+    neg = (target == 0).to(logits_map.dtype)
+    # §2: −t · log σ(x) on t > 0, with log σ computed stably (logsigmoid).
+    pos_sum = (-target * F.logsigmoid(logits_map) * pos).sum()
+    # §2: softplus(x) = −log(1 − σ(x)) on t = 0.
+    neg_sum = (F.softplus(logits_map) * neg).sum()
+    # Means over each set; an empty set gives 0 / 1 = 0.
+    return pos_sum / pos.sum().clamp(min=1) + neg_sum / neg.sum().clamp(min=1)

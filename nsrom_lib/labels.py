@@ -1,0 +1,679 @@
+"""Pseudo labels: background extraction (BE), potential object mining (POM) and
+non-salient region masking (NSRM).
+
+Implements ALGORITHM.md §3, §4 and §6, which follow the paper ("Non-Salient Region
+Object Mining for Weakly Supervised Semantic Segmentation", Yao et al., CVPR 2021:
+potential object mining with its class-adaptive threshold, MED / TQ, and non-salient
+region masking) as its public implementation runs them, pixel for pixel.
+
+Two versions of every stage live here:
+
+- ``*_ref`` functions: one image at a time, plain numpy, written to be read next to
+  ALGORITHM.md. They are the specification: the tests and the notebooks use them.
+- batched torch functions on (B, ...) tensors: the same results bit for bit, on
+  whatever device the inputs are on, with no Python loop over pixels or images
+  (only over classes). The tests assert exact equality with the references.
+
+Label values: 0 = background, c + 1 = foreground class c (0-based class id),
+255 = ignore. Maps (saliency, OA-CAM, CAM) are raw 8-bit values 0..255, as read from
+their PNGs; every normalisation happens in here.
+
+Where the 1% rule (ALGORITHM.md "Final rule of each label stage": a label whose
+pixels with values 1..254 are strictly fewer than ``ratio`` of the image becomes all
+255) is applied:
+
+- ``background_extraction[_ref]`` and ``potential_object_mining[_ref]`` do NOT apply
+  it: they are the raw stages, and POM must see the BE label as it is;
+- ``initial_label[s][_ref]`` = BE + rule (the "initial" label, ``initial/``);
+- ``pseudo_label[s][_ref]`` = BE + POM + rule (the POM pseudo label, ``pseudo/``);
+- ``non_salient_region_masking[_ref]`` applies it at its end, for single-class images
+  as well (the masked pseudo label).
+
+Applying the rule after BE as well as after POM would give the same pseudo labels:
+POM only turns background into 255, so it never lifts an image over the threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.lib.stride_tricks import sliding_window_view
+
+__all__ = [
+    # per-image numpy references
+    "normalize_map_ref",
+    "background_extraction_ref",
+    "pom_threshold_ref",
+    "potential_object_mining_ref",
+    "min_label_ratio_rule_ref",
+    "initial_label_ref",
+    "pseudo_label_ref",
+    "box_dilation_ref",
+    "non_salient_region_masking_ref",
+    # batched torch
+    "normalize_maps",
+    "background_extraction",
+    "pom_thresholds",
+    "potential_object_mining",
+    "min_label_ratio_rule",
+    "initial_labels",
+    "pseudo_labels",
+    "box_dilation",
+    "non_salient_region_masking",
+]
+
+IGNORE = 255
+
+MapsLike = Mapping[int, np.ndarray] | np.ndarray | Sequence[np.ndarray]
+
+
+# ----------------------------------------------------------------------------------------
+# Shared helpers
+# ----------------------------------------------------------------------------------------
+
+
+def _sal_scores_lut() -> np.ndarray:
+    """(256,) float32: the background score 1 - sal / 255 for every 8-bit value.
+
+    Computed with numpy's float32 arithmetic, exactly as the reference computes it on
+    a float32 saliency map, so the batched version can look the scores up.
+    """
+    sal = np.arange(256, dtype=np.float32)
+    return (1 - sal / np.float32(255)).astype(np.float32)
+
+
+def _min_valid_count(num_pixels: int, ratio: float) -> int:
+    """The smallest count n with float(n) / float(num_pixels) >= ratio (num_pixels + 1 if none).
+
+    The 1% rule compares a float ratio; this turns it into an exact integer threshold
+    that gives the same decision for every count, on any device.
+    """
+    if num_pixels == 0 or math.isnan(ratio):
+        return 0
+    n = min(max(int(math.floor(ratio * num_pixels)) - 2, 0), num_pixels + 1)
+    while n > 0 and (n - 1) / num_pixels >= ratio:
+        n -= 1
+    while n <= num_pixels and n / num_pixels < ratio:
+        n += 1
+    return n
+
+
+def _check_u8_array(name: str, x: np.ndarray, ndim: int) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype != np.uint8 or x.ndim != ndim:
+        raise TypeError(
+            f"{name} must be a {ndim}-d uint8 array of raw 8-bit values, got "
+            f"{x.ndim}-d {x.dtype}; convert with np.asarray(..., dtype=np.uint8)"
+        )
+    return x
+
+
+def _check_u8_tensor(name: str, x: torch.Tensor, ndim: int) -> None:
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.dim() != ndim:
+        got = f"{x.dim()}-d {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(
+            f"{name} must be a {ndim}-d torch.uint8 tensor of raw 8-bit values, got {got}; "
+            f"convert with .to(torch.uint8)"
+        )
+
+
+def _check_present(present: torch.Tensor, B: int, C: int) -> None:
+    if not isinstance(present, torch.Tensor) or present.dtype != torch.bool:
+        raise TypeError("present must be a (B, C) torch.bool tensor; convert with .bool()")
+    if tuple(present.shape) != (B, C):
+        raise ValueError(f"present has shape {tuple(present.shape)}, expected (B, C) = {(B, C)}")
+
+
+def _check_same_hw(name: str, x: torch.Tensor, B: int, H: int, W: int) -> None:
+    if x.shape[0] != B or tuple(x.shape[-2:]) != (H, W):
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)}, expected batch {B} and size {(H, W)}"
+        )
+
+
+def _maps_by_class(
+    maps: MapsLike, classes: Sequence[int], shape: tuple[int, int], name: str
+) -> dict[int, np.ndarray]:
+    """{class id: (H, W) uint8} from a dict keyed by class id or a (K, H, W) stack in `classes` order."""
+    if isinstance(maps, Mapping):
+        missing = [c for c in classes if c not in maps]
+        if missing:
+            raise KeyError(f"{name} has no map for listed classes {missing}")
+        by_class = {c: maps[c] for c in classes}
+    else:
+        if len(maps) != len(classes):
+            raise ValueError(
+                f"{name} holds {len(maps)} maps but {len(classes)} classes are listed; "
+                f"pass one map per listed class, in the order of `classes`"
+            )
+        by_class = dict(zip(classes, maps, strict=True))
+    for c, m in by_class.items():
+        m = _check_u8_array(f"{name}[{c}]", m, 2)
+        if m.shape != shape:
+            raise ValueError(f"{name}[{c}] has size {m.shape}, the saliency map has {shape}")
+        by_class[c] = m
+    return by_class
+
+
+# ----------------------------------------------------------------------------------------
+# Per-image numpy references (the specification)
+# ----------------------------------------------------------------------------------------
+
+
+def normalize_map_ref(m: np.ndarray) -> np.ndarray:
+    """Min-max normalise one 8-bit map: (v - min) / (max - min + 1e-8), in float64.
+
+    m: (H, W) uint8, raw 0..255. Returns (H, W) float64 in [0, 1); a constant map gives zeros.
+    """
+    m = _check_u8_array("m", m, 2)
+    # ALGORITHM.md §3: a_c = (v - min) / (max - min + 1e-8), float64
+    return (m - m.min()) / (m.max() - m.min() + 1e-8)
+
+
+def background_extraction_ref(
+    sal: np.ndarray,
+    oa_cams: MapsLike,
+    classes: Sequence[int],
+    num_classes: int,
+    fg: float = 0.3,
+    conflict: float = 0.9,
+    bg: float = 32,
+    att: float = 0.8,
+) -> np.ndarray:
+    """Background extraction (ALGORITHM.md §3) on one image: the initial label, without the 1% rule.
+
+    sal: (H, W) uint8 saliency, 0..255.
+    oa_cams: the listed classes' OA-CAMs, raw (H, W) uint8 maps: a dict {class id: map}
+        or a (K, H, W) uint8 stack in the order of `classes`.
+    classes: the image-level label, 0-based class ids (< num_classes).
+    num_classes: C, the number of foreground classes.
+    fg, conflict, att: score thresholds; bg: saliency threshold (0..255 units).
+    Returns (H, W) uint8: 0 background, c + 1 class c, 255 ignore.
+    """
+    sal = _check_u8_array("sal", sal, 2)
+    H, W = sal.shape
+    classes = list(dict.fromkeys(int(c) for c in classes))
+    if any(not 0 <= c < num_classes for c in classes):
+        raise ValueError(f"classes {classes} out of range 0..{num_classes - 1}")
+    maps = _maps_by_class(oa_cams, classes, (H, W), "oa_cams")
+
+    # §3.1: (C+1)-channel float32 score stack; channel 0 = 1 - sal / 255
+    score = np.zeros((num_classes + 1, H, W), dtype=np.float32)
+    score[0] = 1 - sal.astype(np.float32) / np.float32(255)
+    high_att = np.zeros((H, W), dtype=bool)
+    for c in classes:
+        a = normalize_map_ref(maps[c])  # (H, W) float64
+        # §3.1: channel c+1 = a_c cast to float32
+        score[c + 1] = a
+        # §3.5 (second part): any listed float64 OA-CAM strictly above att
+        high_att |= a > att
+
+    # §3.2: every score below fg becomes 0 (compared in float32), background included
+    score[score < np.float32(fg)] = 0
+    # §3.3: two or more channels above conflict -> 255 (background channel counts)
+    n_high = (score > np.float32(conflict)).sum(axis=0)
+    # §3.4: argmax over channels, ties to the lowest channel; all-zero -> 0
+    label = score.argmax(axis=0).astype(np.uint8)
+    label[n_high > 1] = IGNORE
+    # §3.5: background where sal >= bg or some OA-CAM > att -> 255
+    label[(label == 0) & ((sal >= bg) | high_att)] = IGNORE
+    return label
+
+
+def pom_threshold_ref(cam: np.ndarray, in_class: np.ndarray, pom: float = 0.3) -> float:
+    """The class-adaptive POM threshold T_c (ALGORITHM.md §4) of one class on one image.
+
+    cam: (H, W) float64, the class's normalised CAM (normalize_map_ref).
+    in_class: (H, W) bool, the pixels the current label gives to this class.
+    Returns T_c as a float: the median on the class (MED), else the median above the
+    median of values > pom (TQ; NaN if that set is empty), else 1.
+    """
+    inside = cam[in_class]
+    # §4 MED: the class's pixels have a non-zero CAM sum -> their median
+    if inside.sum() != 0:
+        return float(np.median(inside))
+    above = cam[cam > pom]
+    if above.size > 0:
+        # §4 TQ: m = median of values > pom; T = median of the values strictly above m
+        top = cam[cam > np.median(above)]
+        return float(np.median(top)) if top.size > 0 else math.nan
+    # §4: nothing above pom -> T = 1 (selects nothing)
+    return 1.0
+
+
+def potential_object_mining_ref(
+    label: np.ndarray, cams: MapsLike, classes: Sequence[int], pom: float = 0.3
+) -> np.ndarray:
+    """Potential object mining (ALGORITHM.md §4) on one image, without the 1% rule.
+
+    label: (H, W) uint8, the BE label (background_extraction_ref).
+    cams: the listed classes' CAMs (not OA-CAMs), raw (H, W) uint8: a dict {class id: map}
+        or a (K, H, W) uint8 stack in the order of `classes`.
+    classes: 0-based class ids of the image-level label.
+    Returns (H, W) uint8: background pixels where some class's CAM > T_c become 255;
+    class pixels and existing 255s are unchanged.
+    """
+    label = _check_u8_array("label", label, 2)
+    classes = list(dict.fromkeys(int(c) for c in classes))
+    maps = _maps_by_class(cams, classes, label.shape, "cams")
+    potential = np.zeros(label.shape, dtype=bool)
+    for c in classes:
+        cam = normalize_map_ref(maps[c])  # (H, W) float64
+        t = pom_threshold_ref(cam, label == c + 1, pom)
+        # §4: a pixel whose CAM is strictly above T_c is a potential object of class c
+        potential |= cam > t
+    out = label.copy()
+    # §4: only pixels still labelled background become 255
+    out[(label == 0) & potential] = IGNORE
+    return out
+
+
+def min_label_ratio_rule_ref(label: np.ndarray, ratio: float = 0.01) -> np.ndarray:
+    """The 1% rule: a label with fewer than ratio * H * W pixels in 1..254 becomes all 255.
+
+    label: (H, W) uint8. Returns a new (H, W) uint8 label.
+    """
+    label = _check_u8_array("label", label, 2)
+    H, W = label.shape
+    # ALGORITHM.md §4, final rule: strictly fewer than ratio of the whole image
+    valid = int(((label > 0) & (label < IGNORE)).sum())
+    if H * W > 0 and float(valid) / float(H * W) < ratio:
+        return np.full_like(label, IGNORE)
+    return label.copy()
+
+
+def initial_label_ref(
+    sal: np.ndarray,
+    oa_cams: MapsLike,
+    classes: Sequence[int],
+    num_classes: int,
+    fg: float = 0.3,
+    conflict: float = 0.9,
+    bg: float = 32,
+    att: float = 0.8,
+    ratio: float = 0.01,
+) -> np.ndarray:
+    """The initial label of one image: BE then the 1% rule. Arguments as background_extraction_ref."""
+    label = background_extraction_ref(sal, oa_cams, classes, num_classes, fg, conflict, bg, att)
+    return min_label_ratio_rule_ref(label, ratio)
+
+
+def pseudo_label_ref(
+    sal: np.ndarray,
+    oa_cams: MapsLike,
+    cams: MapsLike,
+    classes: Sequence[int],
+    num_classes: int,
+    fg: float = 0.3,
+    conflict: float = 0.9,
+    bg: float = 32,
+    att: float = 0.8,
+    pom: float = 0.3,
+    ratio: float = 0.01,
+) -> np.ndarray:
+    """The POM pseudo label of one image: BE, then POM, then the 1% rule.
+
+    sal: (H, W) uint8; oa_cams, cams: the listed classes' raw uint8 maps (dict or stack).
+    Returns (H, W) uint8.
+    """
+    label = background_extraction_ref(sal, oa_cams, classes, num_classes, fg, conflict, bg, att)
+    label = potential_object_mining_ref(label, cams, classes, pom)
+    return min_label_ratio_rule_ref(label, ratio)
+
+
+def box_dilation_ref(mask: np.ndarray, kernel: int = 30) -> np.ndarray:
+    """Dilate a binary mask with a kernel x kernel box, OpenCV's default anchor (k // 2, k // 2).
+
+    mask: (H, W) bool. Returns (H, W) bool with
+    out[y, x] = any(mask[y - a : y - a + k, x - a : x - a + k]), a = k // 2, nothing
+    beyond the border: a pixel reaches k - 1 - a px up/left and a px down/right
+    (for k = 30: 14 up/left, 15 down/right).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    k = int(kernel)
+    if k < 1:
+        raise ValueError(f"kernel must be >= 1, got {kernel}")
+    a = k // 2
+    padded = np.pad(mask, ((a, k - 1 - a), (a, k - 1 - a)))  # (H + k - 1, W + k - 1)
+    # a box is separable: any over k rows, then any over k columns
+    rows = sliding_window_view(padded, k, axis=0).any(axis=-1)  # (H, W + k - 1)
+    return sliding_window_view(rows, k, axis=1).any(axis=-1)  # (H, W)
+
+
+def non_salient_region_masking_ref(
+    pred: np.ndarray,
+    pseudo: np.ndarray,
+    sal: np.ndarray,
+    classes: Sequence[int],
+    kernel: int = 30,
+    ratio: float = 0.01,
+) -> np.ndarray:
+    """Non-salient region masking (ALGORITHM.md §6) on one image, 1% rule included.
+
+    pred: (H, W) uint8, round-1 prediction (0..C).
+    pseudo: (H, W) uint8, the POM pseudo label.
+    sal: (H, W) uint8 raw saliency.
+    classes: 0-based class ids of the image-level label; fewer than two distinct
+        classes -> pred is kept unchanged (then the 1% rule).
+    Returns (H, W) uint8, the masked pseudo label.
+    """
+    pred = _check_u8_array("pred", pred, 2)
+    pseudo = _check_u8_array("pseudo", pseudo, 2)
+    sal = _check_u8_array("sal", sal, 2)
+    if not pred.shape == pseudo.shape == sal.shape:
+        raise ValueError(f"sizes differ: pred {pred.shape}, pseudo {pseudo.shape}, sal {sal.shape}")
+    if len(set(classes)) < 2:
+        # §6: images with one class keep the prediction
+        return min_label_ratio_rule_ref(pred, ratio)
+    # §6.1: expand: where P = 0 and L is a class (1..254), take L
+    expanded = np.where((pred == 0) & (pseudo >= 1) & (pseudo <= 254), pseudo, pred)
+    # §6.2: object mask = (expanded P != 0) or (sal != 0)
+    mask = (expanded != 0) | (sal != 0)
+    # §6.3: dilate with a k x k box, anchor (k // 2, k // 2)
+    grown = box_dilation_ref(mask, kernel)
+    # §6.4: outside the dilated mask -> 255
+    out = np.where(grown, expanded, IGNORE).astype(np.uint8)
+    # §6.5: the 1% rule
+    return min_label_ratio_rule_ref(out, ratio)
+
+
+# ----------------------------------------------------------------------------------------
+# Batched torch versions (exactly equal to the references)
+# ----------------------------------------------------------------------------------------
+
+
+def normalize_maps(m: torch.Tensor) -> torch.Tensor:
+    """Per-map min-max normalisation in float64, as normalize_map_ref, for a batch of maps.
+
+    m: (B, H, W) uint8, raw 0..255. Returns (B, H, W) float64 in [0, 1).
+    """
+    _check_u8_tensor("m", m, 3)
+    B, H, W = m.shape
+    lo = m.amin(dim=(1, 2), keepdim=True).double()  # (B, 1, 1)
+    hi = m.amax(dim=(1, 2), keepdim=True).double()  # (B, 1, 1)
+    # ALGORITHM.md §3: (v - min) / (max - min + 1e-8); a tensor divisor, so a true division
+    return (m.double() - lo) / (hi - lo + 1e-8)
+
+
+def _bin_values(m: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) uint8 -> (B, 256) float64: the normalised value of every raw value 0..255.
+
+    Equal, bin for bin, to normalize_maps at the pixels that hold that raw value.
+    """
+    B, H, W = m.shape
+    lo = m.amin(dim=(1, 2)).double()[:, None]  # (B, 1)
+    hi = m.amax(dim=(1, 2)).double()[:, None]  # (B, 1)
+    v = torch.arange(256, dtype=torch.float64, device=m.device)[None]  # (1, 256)
+    return (v - lo) / (hi - lo + 1e-8)  # (B, 256)
+
+
+def _median_of_counts(counts: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """numpy's median of a multiset given as counts per bin, for each row.
+
+    counts: (B, 256) int64 >= 0; values: (B, 256) float64, increasing over the bins
+    that have counts. Returns (B,) float64: the middle value for an odd count, the mean
+    of the two middle values for an even count, NaN for an empty row.
+    """
+    n = counts.sum(dim=1)  # (B,)
+    cum = counts.cumsum(dim=1)  # (B, 256)
+    k_lo = (n - 1).clamp(min=0) // 2  # (B,) rank of the lower middle value
+    k_hi = n // 2  # (B,) rank of the upper middle value
+    # the bin of the k-th smallest value = number of bins whose cumulative count is <= k
+    b_lo = (cum <= k_lo[:, None]).sum(dim=1).clamp(max=255)  # (B,)
+    b_hi = (cum <= k_hi[:, None]).sum(dim=1).clamp(max=255)  # (B,)
+    v_lo = values.gather(1, b_lo[:, None])[:, 0]  # (B,)
+    v_hi = values.gather(1, b_hi[:, None])[:, 0]  # (B,)
+    med = torch.where(b_lo == b_hi, v_lo, (v_lo + v_hi) / 2)
+    return med.masked_fill(n == 0, math.nan)
+
+
+def background_extraction(
+    sal: torch.Tensor,
+    oa_cam: torch.Tensor,
+    present: torch.Tensor,
+    fg: float = 0.3,
+    conflict: float = 0.9,
+    bg: float = 32,
+    att: float = 0.8,
+) -> torch.Tensor:
+    """Background extraction (ALGORITHM.md §3) for a batch; no 1% rule (see initial_labels).
+
+    sal: (B, H, W) uint8 saliency, 0..255.
+    oa_cam: (B, C, H, W) uint8 raw OA-CAMs of all C classes; entries of absent classes are ignored.
+    present: (B, C) bool, the image-level labels.
+    Returns (B, H, W) uint8 labels on the inputs' device, equal to background_extraction_ref.
+    """
+    _check_u8_tensor("sal", sal, 3)
+    _check_u8_tensor("oa_cam", oa_cam, 4)
+    B, C, H, W = oa_cam.shape
+    _check_same_hw("sal", sal, B, H, W)
+    _check_present(present, B, C)
+    dev = sal.device
+    fg32 = float(np.float32(fg))  # thresholds as the float32 values the reference compares with
+    conflict32 = float(np.float32(conflict))
+
+    # §3.1: channel 0 = 1 - sal / 255 in float32 (looked up: exact numpy float32 values)
+    best = torch.from_numpy(_sal_scores_lut()).to(dev)[sal.long()]  # (B, H, W) float32
+    # §3.2: scores below fg -> 0, background channel included
+    best = best.masked_fill(best < fg32, 0.0)
+    label = torch.zeros_like(sal)  # (B, H, W) uint8, channel of the running maximum
+    # §3.3: count channels above conflict; unlisted channels are 0 and count only if 0 > conflict
+    n_high = (best > conflict32).int() + (C - present.sum(dim=1)).int()[:, None, None] * int(
+        0.0 > conflict32
+    )  # (B, H, W)
+    high_att = torch.zeros_like(sal, dtype=torch.bool)  # (B, H, W)
+    for c in range(C):
+        pc = present[:, c]  # (B,)
+        if not bool(pc.any()):
+            continue
+        a = normalize_maps(oa_cam[:, c])  # (B, H, W) float64
+        pc3 = pc[:, None, None]  # (B, 1, 1)
+        # §3.1: channel c+1 = a_c cast to float32; 0 where the class is not listed
+        s = a.to(torch.float32).masked_fill(~pc3, 0.0)
+        # §3.2: floor at fg
+        s = s.masked_fill(s < fg32, 0.0)
+        # §3.4: argmax, ties to the lowest channel: a later channel wins only if strictly higher
+        wins = s > best
+        best = torch.where(wins, s, best)
+        label = label.masked_fill(wins, c + 1)
+        # §3.3: this channel above conflict
+        n_high = n_high + (s > conflict32).int()
+        # §3.5: any listed class's float64 OA-CAM strictly above att
+        high_att = high_att | ((a > att) & pc3)
+    # §3.3: two or more channels above conflict -> 255
+    label = label.masked_fill(n_high > 1, IGNORE)
+    # §3.5: background where sal >= bg or some OA-CAM > att -> 255 (float64: any bg, even > 255)
+    return label.masked_fill((label == 0) & ((sal.double() >= bg) | high_att), IGNORE)
+
+
+def _pom_class(
+    label: torch.Tensor, m: torch.Tensor, c: int, pom: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """T_c for class c on every image of the batch, and the bin values of its CAMs.
+
+    label: (B, H, W) uint8; m: (B, H, W) uint8 raw CAMs of class c.
+    Returns T: (B,) float64 (NaN: selects nothing) and values: (B, 256) float64.
+    The median only needs counts per raw value, because normalisation is monotonic.
+    """
+    B, H, W = m.shape
+    values = _bin_values(m)  # (B, 256) float64
+    idx = m.reshape(B, H * W).long()  # (B, HW)
+    zeros = torch.zeros(B, 256, dtype=torch.int64, device=m.device)
+    counts_all = zeros.scatter_add(1, idx, torch.ones_like(idx))  # (B, 256)
+    in_class = (label == c + 1).reshape(B, H * W).long()  # (B, HW)
+    counts_in = zeros.scatter_add(1, idx, in_class)  # (B, 256)
+
+    # §4 MED: non-zero CAM sum on the class's pixels (all values are >= 0) -> their median
+    has_inside = (counts_in * (values > 0)).sum(dim=1) > 0  # (B,)
+    t_med = _median_of_counts(counts_in, values)
+    # §4 TQ: m = median of values > pom; T = median of the values strictly above m
+    counts_above = counts_all * (values > pom)  # (B, 256)
+    has_above = counts_above.sum(dim=1) > 0  # (B,)
+    m_above = _median_of_counts(counts_above, values)  # (B,)
+    t_tq = _median_of_counts(counts_all * (values > m_above[:, None]), values)  # NaN if empty
+    # §4: otherwise T = 1
+    t = torch.where(has_inside, t_med, torch.where(has_above, t_tq, torch.ones_like(t_tq)))
+    return t, values
+
+
+def pom_thresholds(
+    label: torch.Tensor, cam: torch.Tensor, present: torch.Tensor, pom: float = 0.3
+) -> torch.Tensor:
+    """The POM thresholds T_c (ALGORITHM.md §4) of every (image, class), as pom_threshold_ref.
+
+    label: (B, H, W) uint8 BE labels; cam: (B, C, H, W) uint8 raw CAMs; present: (B, C) bool.
+    Returns (B, C) float64; NaN where the class is absent or the TQ set is empty.
+    """
+    _check_u8_tensor("label", label, 3)
+    _check_u8_tensor("cam", cam, 4)
+    B, C, H, W = cam.shape
+    _check_same_hw("label", label, B, H, W)
+    _check_present(present, B, C)
+    out = torch.full((B, C), math.nan, dtype=torch.float64, device=cam.device)
+    for c in range(C):
+        if bool(present[:, c].any()):
+            t, _ = _pom_class(label, cam[:, c], c, pom)
+            out[:, c] = t.masked_fill(~present[:, c], math.nan)
+    return out
+
+
+def potential_object_mining(
+    label: torch.Tensor, cam: torch.Tensor, present: torch.Tensor, pom: float = 0.3
+) -> torch.Tensor:
+    """Potential object mining (ALGORITHM.md §4) for a batch; no 1% rule (see pseudo_labels).
+
+    label: (B, H, W) uint8 BE labels (background_extraction).
+    cam: (B, C, H, W) uint8 raw CAMs of all C classes; entries of absent classes are ignored.
+    present: (B, C) bool.
+    Returns (B, H, W) uint8, equal to potential_object_mining_ref.
+    """
+    _check_u8_tensor("label", label, 3)
+    _check_u8_tensor("cam", cam, 4)
+    B, C, H, W = cam.shape
+    _check_same_hw("label", label, B, H, W)
+    _check_present(present, B, C)
+    potential = torch.zeros(B, H * W, dtype=torch.bool, device=cam.device)  # (B, HW)
+    for c in range(C):
+        pc = present[:, c]  # (B,)
+        if not bool(pc.any()):
+            continue
+        t, values = _pom_class(label, cam[:, c], c, pom)
+        # §4: CAM strictly above T_c (NaN selects nothing), per raw value, then per pixel
+        chosen = (values > t[:, None]) & pc[:, None]  # (B, 256)
+        potential |= chosen.gather(1, cam[:, c].reshape(B, H * W).long())  # (B, HW)
+    # §4: only background pixels become 255
+    return label.masked_fill((label == 0) & potential.reshape(B, H, W), IGNORE)
+
+
+def min_label_ratio_rule(label: torch.Tensor, ratio: float = 0.01) -> torch.Tensor:
+    """The 1% rule for a batch: each label with fewer than ratio * H * W pixels in 1..254 -> all 255.
+
+    label: (B, H, W) uint8. Returns (B, H, W) uint8, equal to min_label_ratio_rule_ref per image.
+    """
+    _check_u8_tensor("label", label, 3)
+    B, H, W = label.shape
+    # ALGORITHM.md §4, final rule: float(valid) / (H * W) < ratio, as an exact integer threshold
+    n_min = _min_valid_count(H * W, ratio)
+    valid = ((label > 0) & (label < IGNORE)).sum(dim=(1, 2))  # (B,)
+    return label.masked_fill((valid < n_min)[:, None, None], IGNORE)
+
+
+def initial_labels(
+    sal: torch.Tensor,
+    oa_cam: torch.Tensor,
+    present: torch.Tensor,
+    fg: float = 0.3,
+    conflict: float = 0.9,
+    bg: float = 32,
+    att: float = 0.8,
+    ratio: float = 0.01,
+) -> torch.Tensor:
+    """Initial labels: BE then the 1% rule. Arguments as background_extraction; (B, H, W) uint8."""
+    label = background_extraction(sal, oa_cam, present, fg, conflict, bg, att)
+    return min_label_ratio_rule(label, ratio)
+
+
+def pseudo_labels(
+    sal: torch.Tensor,
+    oa_cam: torch.Tensor,
+    cam: torch.Tensor,
+    present: torch.Tensor,
+    fg: float = 0.3,
+    conflict: float = 0.9,
+    bg: float = 32,
+    att: float = 0.8,
+    pom: float = 0.3,
+    ratio: float = 0.01,
+) -> torch.Tensor:
+    """POM pseudo labels: BE, then POM, then the 1% rule.
+
+    sal: (B, H, W) uint8; oa_cam, cam: (B, C, H, W) uint8 raw maps; present: (B, C) bool.
+    Returns (B, H, W) uint8, equal to pseudo_label_ref per image.
+    """
+    label = background_extraction(sal, oa_cam, present, fg, conflict, bg, att)
+    label = potential_object_mining(label, cam, present, pom)
+    return min_label_ratio_rule(label, ratio)
+
+
+def box_dilation(mask: torch.Tensor, kernel: int = 30) -> torch.Tensor:
+    """Dilate binary masks with a kernel x kernel box, anchor (k // 2, k // 2), as box_dilation_ref.
+
+    mask: (B, H, W) bool. Returns (B, H, W) bool: a pixel reaches k // 2 px down/right and
+    k - 1 - k // 2 px up/left; nothing beyond the border.
+    """
+    B, H, W = mask.shape
+    k = int(kernel)
+    if k < 1:
+        raise ValueError(f"kernel must be >= 1, got {kernel}")
+    a = k // 2
+    x = mask[:, None].to(torch.float32)  # (B, 1, H, W)
+    # zeros beyond the border; a rows/cols before, k - 1 - a after: out[y] = max(mask[y - a : y - a + k])
+    x = F.pad(x, (a, k - 1 - a, a, k - 1 - a))  # (B, 1, H + k - 1, W + k - 1)
+    x = F.max_pool2d(x, kernel_size=(k, 1), stride=1)  # (B, 1, H, W + k - 1)
+    x = F.max_pool2d(x, kernel_size=(1, k), stride=1)  # (B, 1, H, W)
+    return x[:, 0] > 0
+
+
+def non_salient_region_masking(
+    pred: torch.Tensor,
+    pseudo: torch.Tensor,
+    sal: torch.Tensor,
+    present: torch.Tensor,
+    kernel: int = 30,
+    ratio: float = 0.01,
+) -> torch.Tensor:
+    """Non-salient region masking (ALGORITHM.md §6) for a batch, 1% rule included.
+
+    pred: (B, H, W) uint8 round-1 predictions (0..C).
+    pseudo: (B, H, W) uint8 POM pseudo labels.
+    sal: (B, H, W) uint8 raw saliency.
+    present: (B, C) bool; images with fewer than two classes keep pred.
+    Returns (B, H, W) uint8 masked pseudo labels, equal to non_salient_region_masking_ref.
+    """
+    _check_u8_tensor("pred", pred, 3)
+    _check_u8_tensor("pseudo", pseudo, 3)
+    _check_u8_tensor("sal", sal, 3)
+    B, H, W = pred.shape
+    _check_same_hw("pseudo", pseudo, B, H, W)
+    _check_same_hw("sal", sal, B, H, W)
+    if present.dim() != 2:
+        raise ValueError(f"present must be (B, C), got shape {tuple(present.shape)}")
+    _check_present(present, B, present.shape[1])
+
+    # §6.1: expand: where P = 0 and L is a class (1..254), take L
+    expanded = torch.where((pred == 0) & (pseudo >= 1) & (pseudo <= 254), pseudo, pred)
+    # §6.2: object mask = (expanded P != 0) or (sal != 0)
+    mask = (expanded != 0) | (sal != 0)  # (B, H, W) bool
+    # §6.3: dilate with a k x k box, anchor (k // 2, k // 2)
+    grown = box_dilation(mask, kernel)
+    # §6.4: outside the dilated mask -> 255
+    masked = expanded.masked_fill(~grown, IGNORE)
+    # §6: images with one class keep the prediction; complex images (>= 2 classes) are masked
+    is_complex = present.sum(dim=1) >= 2  # (B,)
+    out = torch.where(is_complex[:, None, None], masked, pred)
+    # §6.5: the 1% rule
+    return min_label_ratio_rule(out, ratio)

@@ -1,0 +1,35 @@
+"""Shared fixtures: generated datasets and runs go to temporary folders, never into the repo."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_dirs(tmp_path_factory):
+    """Point the data and runs folders at session temp folders (kernels inherit the env)."""
+    base = tmp_path_factory.mktemp("nsrom")
+    old = {k: os.environ.get(k) for k in ("NSROM_DATA_DIR", "NSROM_RUNS_DIR")}
+    os.environ["NSROM_DATA_DIR"] = str(base / "data")
+    os.environ["NSROM_RUNS_DIR"] = str(base / "runs")
+    yield base
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def quick_synthvoc(tmp_path_factory) -> Path:
+    """SynthVOC on the `quick` profile (400 train / 100 val, 96 px), generated once per session."""
+    from nsrom_lib.config import make_config
+    from nsrom_lib.data.synthvoc import generate_synthvoc
+    from nsrom_lib.pipeline import synthvoc_config_for
+
+    root = tmp_path_factory.mktemp("synthvoc_quick")
+    generate_synthvoc(root, synthvoc_config_for(make_config("quick")), progress=False)
+    return root
