@@ -27,7 +27,7 @@ PROB_GATE = 0.1
 def normalize_cam(cam: Tensor) -> Tensor:
     """Clamp negatives to 0 and divide each map by its max + 1e-8 (§2).
 
-    cam: (..., h, w) float. Returns the same shape, float, in [0, 1); an all-zero map stays 0.
+    cam: (..., h, w) float. Returns the same shape, float, in [0, 1]; an all-zero map stays 0.
     """
     cam = cam.clamp(min=0)
     # §2: a / (max(a) + 1e-8), per map.
@@ -65,9 +65,10 @@ def cam_to_uint8(cam: Tensor, size: tuple[int, int] | None = None, mode: str = "
 class OAAccumulator:
     """Accumulated attention maps of every (image, class), kept on a device (ALGORITHM.md §2).
 
-    ``maps``: (num_images, C, h, w) uint8 (0..255, default, like the reference's PNGs) or float32;
-    ``exists``: (num_images, C) bool, whether a map has been written. Epochs are 0-based: epoch 0
-    (the first) never updates, epoch ``num_epochs - 1`` is the last.
+    ``accumulated``: (num_images, C, h, w) uint8 0..255 (default, like the reference's PNGs) or
+    float32; ``exists``: (num_images, C) bool, whether a map has been written. Epochs are 0-based:
+    epoch 0 (the first) never updates, epoch ``num_epochs - 1`` is the last. Memory: PASCAL VOC
+    train_aug (10582 images, C = 20, 32 x 32) takes about 217 MB as uint8.
     """
 
     def __init__(
@@ -85,14 +86,15 @@ class OAAccumulator:
         h, w = size
         dtype = torch.uint8 if quantize else torch.float32
         self.quantize = quantize
-        self.maps_ = torch.zeros(num_images, num_classes, h, w, dtype=dtype, device=device)
+        self.accumulated = torch.zeros(num_images, num_classes, h, w, dtype=dtype, device=device)
         self.exists = torch.zeros(num_images, num_classes, dtype=torch.bool, device=device)
         # Counters over all updates: maps written for the first time, max-fused, gated out.
         self.counts = torch.zeros(3, dtype=torch.long, device=device)
 
     @property
     def device(self) -> torch.device:
-        return self.maps_.device
+        """Where the maps live."""
+        return self.accumulated.device
 
     @torch.no_grad()
     def update(
@@ -107,9 +109,10 @@ class OAAccumulator:
         """Fuse one batch of CAMs into the accumulated maps, exactly as §2 / the reference.
 
         indices: (B,) long, the images' dataset indices (distinct); cams: (B, C, h, w) float, the
-        classifier's raw CAMs of this training step; probs: (B, C) float, sigmoid of the logits;
-        labels: (B, C), image-level labels (> 0 = listed); epoch: 0-based current epoch;
-        num_epochs: total number of epochs.
+        classifier's raw CAMs of this training step (the reference uses those of the training
+        forward pass itself: train mode, weights before the optimizer step); probs: (B, C) float,
+        sigmoid of the logits; labels: (B, C), image-level labels (> 0 = listed); epoch: 0-based
+        current epoch; num_epochs: total number of epochs.
 
         For each listed (image, class), from epoch 1 on: a = clamp(cam, 0) / (max + 1e-8) · 255;
         if the map does not exist yet and this is the last epoch, write a (whatever the
@@ -121,10 +124,10 @@ class OAAccumulator:
         if epoch < 1:  # §2: from the second epoch on.
             return
         B, C, h, w = cams.shape
-        if tuple(self.maps_.shape[1:]) != (C, h, w):
+        if tuple(self.accumulated.shape[1:]) != (C, h, w):
             raise ValueError(
                 f"cams of shape (B, C, h, w) = {tuple(cams.shape)} do not match the accumulator's "
-                f"(C, h, w) = {tuple(self.maps_.shape[1:])}; create it with size=({h}, {w})"
+                f"(C, h, w) = {tuple(self.accumulated.shape[1:])}; create it with size=({h}, {w})"
             )
         if indices.numel() != B or probs.shape != (B, C) or labels.shape != (B, C):
             raise ValueError(
@@ -135,7 +138,7 @@ class OAAccumulator:
         if idx.unique().numel() != B:
             raise ValueError("indices must be distinct within one update")
         cams = cams.detach().to(self.device, torch.float32)
-        # §2: clamp negatives, divide by the max + 1e-8, scale to 0..255 (float32, as the reference).
+        # §2: clamp negatives, divide by the max + 1e-8, scale to 0..255 (float32, as the ref.).
         att = normalize_cam(cams) * 255  # (B, C, h, w)
         if self.quantize:
             att = att.round().clamp(0, 255).to(torch.uint8)  # cv2.imwrite's rounding
@@ -147,10 +150,10 @@ class OAAccumulator:
         write = listed & ~exists & (passed | last)  # (B, C)
         # §2: an existing map is max-fused with the new one if the gate passes.
         fuse = listed & exists & passed  # (B, C)
-        stored = self.maps_[idx]  # (B, C, h, w)
+        stored = self.accumulated[idx]  # (B, C, h, w)
         new = torch.where(write[..., None, None], att, stored)
         new = torch.where(fuse[..., None, None], torch.maximum(stored, att), new)
-        self.maps_[idx] = new
+        self.accumulated[idx] = new
         self.exists[idx] = exists | write
         self.counts += torch.stack([write.sum(), fuse.sum(), (listed & ~write & ~fuse).sum()])
 
@@ -159,7 +162,11 @@ class OAAccumulator:
 
         indices: (n,) long, or None for all images. Maps that do not exist are all 0.
         """
-        return self.maps_.clone() if indices is None else self.maps_[indices.to(self.device)]
+        return (
+            self.accumulated.clone()
+            if indices is None
+            else self.accumulated[indices.to(self.device)]
+        )
 
     def targets(self, indices: Tensor | None = None) -> Tensor:
         """Soft targets for the integral attention model: maps / 255, (n, C, h, w) float32 in
@@ -175,7 +182,7 @@ class OAAccumulator:
     def state_dict(self) -> dict[str, Tensor | bool]:
         """A checkpointable copy (tensors on the CPU)."""
         return {
-            "maps": self.maps_.cpu().clone(),
+            "maps": self.accumulated.cpu().clone(),
             "exists": self.exists.cpu().clone(),
             "counts": self.counts.cpu().clone(),
             "quantize": self.quantize,
@@ -188,17 +195,17 @@ class OAAccumulator:
             raise ValueError(
                 "state must hold 'maps' and 'exists' tensors, from OAAccumulator.state_dict()"
             )
-        if maps.shape != self.maps_.shape or maps.dtype != self.maps_.dtype:
+        if maps.shape != self.accumulated.shape or maps.dtype != self.accumulated.dtype:
             raise ValueError(
-                f"checkpoint maps {tuple(maps.shape)} {maps.dtype} do not match this accumulator's "
-                f"{tuple(self.maps_.shape)} {self.maps_.dtype}; create it with the same num_images, "
-                "num_classes, size and quantize"
+                f"checkpoint maps {tuple(maps.shape)} {maps.dtype} do not match this "
+                f"accumulator's {tuple(self.accumulated.shape)} {self.accumulated.dtype}; "
+                "create it with the same num_images, num_classes, size and quantize"
             )
         if exists.shape != self.exists.shape:
             raise ValueError(
                 f"checkpoint exists {tuple(exists.shape)} does not match {tuple(self.exists.shape)}"
             )
-        self.maps_.copy_(maps)
+        self.accumulated.copy_(maps)
         self.exists.copy_(exists)
         counts = state.get("counts")
         if isinstance(counts, Tensor):

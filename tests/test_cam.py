@@ -1,4 +1,4 @@
-"""CAM normalisation and export, online attention accumulation and the IAM loss (ALGORITHM.md §2)."""
+"""CAM normalisation and export, online attention accumulation, IAM loss (ALGORITHM.md §2)."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def test_cam_to_uint8_bicubic_matches_an_opencv_style_resize() -> None:
 
 
 def _att(cam: list[list[float]]) -> torch.Tensor:
-    """§2 by hand, as the reference stores it: clamp, / (max + 1e-8), * 255, round (cv2.imwrite)."""
+    """§2 by hand, as the reference stores it: clamp, / (max + 1e-8), * 255, round (imwrite)."""
     a = np.clip(np.asarray(cam, dtype=np.float32), 0, None)
     a = a / (a.max() + np.float32(1e-8)) * np.float32(255)
     return torch.from_numpy(np.round(a).astype(np.uint8))
@@ -253,7 +253,7 @@ def test_iam_loss_is_finite_on_extreme_logits() -> None:
     t = torch.tensor([[[[1.0, 0.7], [0.0, 0.0]]]])
     loss = iam_loss(x, t)
     assert torch.isfinite(loss)
-    # −0.7 · log σ(−100) ≈ 70 on the positive wrong pixel, softplus(100) = 100 on the negative one
+    # −0.7 · log σ(−100) ≈ 70 on the wrong positive pixel, softplus(100) = 100 on the negative
     torch.testing.assert_close(loss, torch.tensor((0.0 + 70.0) / 2 + (100.0 + 0.0) / 2))
     loss.backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()

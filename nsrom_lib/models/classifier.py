@@ -1,4 +1,4 @@
-"""The NSROM classification network and its integral attention variant (paper §3.1; ALGORITHM.md §1–§2).
+"""The NSROM classifier and its integral attention variant (paper §3.1; ALGORITHM.md §1–§2).
 
     image -> backbone -> 3 extra 3x3 convs -> GloRe -> ReLU -> 1x1 conv (C maps = the CAM)
           -> global average pooling -> C logits            (trained with the loss of Eq. 4)
@@ -73,7 +73,7 @@ def small_backbone(width: int = 96, output_stride: int = 8) -> nn.Sequential:
 
 
 def vgg16_backbone() -> nn.Sequential:
-    """VGG-16 convolutional layers at output stride 8, as the reference's ``make_layers(cfg['D1'])``.
+    """VGG-16 conv layers at output stride 8, as the reference's ``make_layers(cfg['D1'])``.
 
     Layer indices match torchvision's ``vgg16().features`` (0..29), so its ImageNet weights load
     key for key. Input (B, 3, H, W) -> output (B, 512, ~H/8, ~W/8) (pools floor odd sizes).
@@ -94,7 +94,10 @@ def vgg16_backbone() -> nn.Sequential:
 
 
 def vgg16_weights_path() -> Path:
-    """Where the ImageNet VGG-16 weights must be: ``torch.hub.get_dir()/checkpoints/vgg16-397923af.pth``."""
+    """Where the ImageNet VGG-16 weights must be.
+
+    That is ``torch.hub.get_dir()/checkpoints/vgg16-397923af.pth``, torchvision's own cache file.
+    """
     return Path(torch.hub.get_dir()) / "checkpoints" / VGG16_WEIGHTS_FILE
 
 
@@ -128,7 +131,7 @@ def load_vgg16_imagenet(features: nn.Sequential) -> None:
 
 
 class Classifier(nn.Module):
-    """NSROM classifier (or, with ``iam=True``, the integral attention model) giving logits and CAMs.
+    """NSROM classifier (or, with ``iam=True``, the integral attention model): logits and CAMs.
 
     ``forward(x)`` returns logits (B, C); ``forward(x, return_cam=True)`` or ``forward_cam(x)``
     returns ``(logits, cam)`` with cam (B, C, h, w) at feature resolution (h = H / os).
