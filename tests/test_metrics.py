@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from nsrom_lib.metrics import confusion_matrix, instance_recall, iou_from_confusion, label_quality, miou
+from nsrom_lib.metrics import (
+    confusion_matrix,
+    instance_recall,
+    iou_from_confusion,
+    label_quality,
+    miou,
+)
 
 
 def test_confusion_and_iou_by_hand():
