@@ -1,18 +1,24 @@
 """Pseudo labels: background extraction (BE), potential object mining (POM) and
 non-salient region masking (NSRM).
 
-Implements ALGORITHM.md §3, §4 and §6, which follow the paper ("Non-Salient Region
-Object Mining for Weakly Supervised Semantic Segmentation", Yao et al., CVPR 2021:
-potential object mining with its class-adaptive threshold, MED / TQ, and non-salient
-region masking) as its public implementation runs them, pixel for pixel.
+Implements ALGORITHM.md §3, §4 and §6: the paper's sections "Potential Object Mining"
+(the class-adaptive threshold, median MED or top quartile TQ) and "Non-Salient Region
+Masking" of "Non-Salient Region Object Mining for Weakly Supervised Semantic
+Segmentation" (Yao et al., CVPR 2021), on top of the background extraction of
+OAA that the paper starts from, as the public implementation runs them, pixel for pixel.
 
 Two versions of every stage live here:
 
 - ``*_ref`` functions: one image at a time, plain numpy, written to be read next to
   ALGORITHM.md. They are the specification: the tests and the notebooks use them.
 - batched torch functions on (B, ...) tensors: the same results bit for bit, on
-  whatever device the inputs are on, with no Python loop over pixels or images
-  (only over classes). The tests assert exact equality with the references.
+  whatever device the inputs are on, with no Python loop over pixels or images (the
+  only loop runs over the slots of each image's class list: "its j-th listed class").
+  They work on the listed (image, class) maps only, and because every normalised value
+  is a function of the raw 8-bit value, per-pixel values are lookups in 256-entry
+  tables and the POM medians come from per-raw-value histograms (numpy's median
+  reproduced exactly, without sorting). The tests assert exact equality with the
+  references.
 
 Label values: 0 = background, c + 1 = foreground class c (0-based class id),
 255 = ignore. Maps (saliency, OA-CAM, CAM) are raw 8-bit values 0..255, as read from
@@ -40,7 +46,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numpy.lib.stride_tricks import sliding_window_view
 
 __all__ = [
@@ -130,9 +135,7 @@ def _check_present(present: torch.Tensor, B: int, C: int) -> None:
 
 def _check_same_hw(name: str, x: torch.Tensor, B: int, H: int, W: int) -> None:
     if x.shape[0] != B or tuple(x.shape[-2:]) != (H, W):
-        raise ValueError(
-            f"{name} has shape {tuple(x.shape)}, expected batch {B} and size {(H, W)}"
-        )
+        raise ValueError(f"{name} has shape {tuple(x.shape)}, expected batch {B} and size {(H, W)}")
 
 
 def _maps_by_class(
@@ -399,34 +402,75 @@ def normalize_maps(m: torch.Tensor) -> torch.Tensor:
     return (m.double() - lo) / (hi - lo + 1e-8)
 
 
-def _bin_values(m: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) uint8 -> (B, 256) float64: the normalised value of every raw value 0..255.
+def _listed_pairs(present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The listed (image, class) pairs: (P,) image indices and (P,) class ids, by image then class.
 
-    Equal, bin for bin, to normalize_maps at the pixels that hold that raw value.
+    The batched stages work on these P maps only, so absent classes cost nothing.
     """
-    B, H, W = m.shape
-    lo = m.amin(dim=(1, 2)).double()[:, None]  # (B, 1)
-    hi = m.amax(dim=(1, 2)).double()[:, None]  # (B, 1)
-    v = torch.arange(256, dtype=torch.float64, device=m.device)[None]  # (1, 256)
-    return (v - lo) / (hi - lo + 1e-8)  # (B, 256)
+    b_idx, c_idx = present.nonzero(as_tuple=True)  # (P,), (P,)
+    return b_idx, c_idx
+
+
+def _bin_values(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, N) uint8 raw maps -> the normalised value of every raw value 0..255, and each map's min.
+
+    Returns values: (P, 256) float64 and lo: (P,) int64. Entry v of values equals
+    normalize_map_ref at the pixels that hold raw value v, so a per-pixel value is a lookup,
+    and since values increase from lo on, "value > x" is "raw value >= some v" (_first_raw_above).
+    """
+    P, N = maps.shape
+    lo = maps.amin(dim=1).long()  # (P,)
+    hi = maps.amax(dim=1).long()  # (P,)
+    v = torch.arange(256, dtype=torch.float64, device=maps.device)[None]  # (1, 256)
+    # ALGORITHM.md §3: (v - min) / (max - min + 1e-8), float64, a tensor divisor (true division)
+    values = (v - lo.double()[:, None]) / ((hi - lo).double()[:, None] + 1e-8)  # (P, 256)
+    return values, lo
+
+
+def _first_raw_above(
+    values: torch.Tensor, lo: torch.Tensor, x: float | torch.Tensor
+) -> torch.Tensor:
+    """The smallest raw value v >= lo whose normalised value is strictly above x (256 if none).
+
+    values: (P, 256) float64 from _bin_values, lo: (P,) int64, x: a number or (P,) float64
+    (NaN: none). Returns (P,) int64. Exact: the values above x form a suffix of lo..255.
+    """
+    v = torch.arange(256, device=values.device)[None]  # (1, 256)
+    x = x[:, None] if isinstance(x, torch.Tensor) else x
+    above = (values > x) & (v >= lo[:, None])  # (P, 256)
+    return 256 - above.sum(dim=1)
+
+
+def _raw_at_least(maps: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """maps >= first, row by row, for first in 0..256 (256: never). maps: (P, N) uint8 -> (P, N) bool."""
+    return (maps >= first.clamp(max=255).to(torch.uint8)[:, None]) & (first <= 255)[:, None]
+
+
+def _u8_at_least(x: torch.Tensor, threshold: float) -> torch.Tensor:
+    """x >= threshold for uint8 x and any number, exactly as numpy compares them. Returns bool."""
+    if math.isnan(threshold) or threshold > 255:
+        return torch.zeros_like(x, dtype=torch.bool)
+    if threshold <= 0:
+        return torch.ones_like(x, dtype=torch.bool)
+    return x >= math.ceil(threshold)
 
 
 def _median_of_counts(counts: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """numpy's median of a multiset given as counts per bin, for each row.
 
-    counts: (B, 256) int64 >= 0; values: (B, 256) float64, increasing over the bins
-    that have counts. Returns (B,) float64: the middle value for an odd count, the mean
+    counts: (P, 256) int64 >= 0; values: (P, 256) float64, increasing over the bins
+    that have counts. Returns (P,) float64: the middle value for an odd count, the mean
     of the two middle values for an even count, NaN for an empty row.
     """
-    n = counts.sum(dim=1)  # (B,)
-    cum = counts.cumsum(dim=1)  # (B, 256)
-    k_lo = (n - 1).clamp(min=0) // 2  # (B,) rank of the lower middle value
-    k_hi = n // 2  # (B,) rank of the upper middle value
+    n = counts.sum(dim=1)  # (P,)
+    cum = counts.cumsum(dim=1)  # (P, 256)
+    k_lo = (n - 1).clamp(min=0) // 2  # (P,) rank of the lower middle value
+    k_hi = n // 2  # (P,) rank of the upper middle value
     # the bin of the k-th smallest value = number of bins whose cumulative count is <= k
-    b_lo = (cum <= k_lo[:, None]).sum(dim=1).clamp(max=255)  # (B,)
-    b_hi = (cum <= k_hi[:, None]).sum(dim=1).clamp(max=255)  # (B,)
-    v_lo = values.gather(1, b_lo[:, None])[:, 0]  # (B,)
-    v_hi = values.gather(1, b_hi[:, None])[:, 0]  # (B,)
+    b_lo = (cum <= k_lo[:, None]).sum(dim=1).clamp(max=255)  # (P,)
+    b_hi = (cum <= k_hi[:, None]).sum(dim=1).clamp(max=255)  # (P,)
+    v_lo = values.gather(1, b_lo[:, None])[:, 0]  # (P,)
+    v_hi = values.gather(1, b_hi[:, None])[:, 0]  # (P,)
     med = torch.where(b_lo == b_hi, v_lo, (v_lo + v_hi) / 2)
     return med.masked_fill(n == 0, math.nan)
 
@@ -455,69 +499,83 @@ def background_extraction(
     dev = sal.device
     fg32 = float(np.float32(fg))  # thresholds as the float32 values the reference compares with
     conflict32 = float(np.float32(conflict))
+    b_idx, c_idx = _listed_pairs(present)  # (P,), (P,)
+    P = b_idx.numel()
+    maps = oa_cam[b_idx, c_idx].reshape(P, H * W)  # (P, HW) uint8
+    values, lo = _bin_values(maps)  # (P, 256) float64, (P,)
 
-    # §3.1: channel 0 = 1 - sal / 255 in float32 (looked up: exact numpy float32 values)
-    best = torch.from_numpy(_sal_scores_lut()).to(dev)[sal.long()]  # (B, H, W) float32
+    # §3.1: channel 0 = 1 - sal / 255 in float32 (numpy's float32 values, looked up)
+    lut0 = torch.from_numpy(_sal_scores_lut()).to(dev)  # (256,) float32
+    s0 = lut0.expand(B, 256).gather(1, sal.reshape(B, H * W).long())  # (B, HW) float32
+    # §3.1: channel c+1 = a_c cast to float32 (per raw value, looked up per pixel below)
+    score = values.to(torch.float32)  # (P, 256)
     # §3.2: scores below fg -> 0, background channel included
-    best = best.masked_fill(best < fg32, 0.0)
-    label = torch.zeros_like(sal)  # (B, H, W) uint8, channel of the running maximum
-    # §3.3: count channels above conflict; unlisted channels are 0 and count only if 0 > conflict
-    n_high = (best > conflict32).int() + (C - present.sum(dim=1)).int()[:, None, None] * int(
-        0.0 > conflict32
-    )  # (B, H, W)
-    high_att = torch.zeros_like(sal, dtype=torch.bool)  # (B, H, W)
-    for c in range(C):
-        pc = present[:, c]  # (B,)
-        if not bool(pc.any()):
-            continue
-        a = normalize_maps(oa_cam[:, c])  # (B, H, W) float64
-        pc3 = pc[:, None, None]  # (B, 1, 1)
-        # §3.1: channel c+1 = a_c cast to float32; 0 where the class is not listed
-        s = a.to(torch.float32).masked_fill(~pc3, 0.0)
-        # §3.2: floor at fg
-        s = s.masked_fill(s < fg32, 0.0)
-        # §3.4: argmax, ties to the lowest channel: a later channel wins only if strictly higher
-        wins = s > best
-        best = torch.where(wins, s, best)
-        label = label.masked_fill(wins, c + 1)
-        # §3.3: this channel above conflict
-        n_high = n_high + (s > conflict32).int()
-        # §3.5: any listed class's float64 OA-CAM strictly above att
-        high_att = high_att | ((a > att) & pc3)
+    s0 = s0.masked_fill(s0 < fg32, 0.0)
+    score = score.masked_fill(score < fg32, 0.0)
+    s = score.gather(1, maps.long())  # (P, HW) float32
+
+    # §3.4: argmax over channels, ties to the lowest channel: a running maximum over each
+    # image's listed classes in class order (slot j = every image's j-th class), where a
+    # class wins only if strictly higher; an all-zero pixel stays background
+    best = s0.clone()  # (B, HW) float32
+    label = torch.zeros(B, H * W, dtype=torch.uint8, device=dev)  # (B, HW)
+    rank = present.long().cumsum(dim=1)[b_idx, c_idx] - 1  # (P,) position in its image's list
+    for j in range(int(rank.max()) + 1 if P else 0):
+        rows = (rank == j).nonzero()[:, 0]  # (n,) pairs in slot j
+        bj = b_idx[rows]  # (n,) their images, all distinct
+        s_j, best_j = s.index_select(0, rows), best.index_select(0, bj)  # (n, HW)
+        wins = s_j > best_j  # (n, HW)
+        best.index_copy_(0, bj, torch.where(wins, s_j, best_j))
+        cls_j = (c_idx[rows] + 1).to(torch.uint8)[:, None]  # (n, 1)
+        label.index_copy_(0, bj, torch.where(wins, cls_j, label.index_select(0, bj)))
+
+    # §3.3: channels above conflict (unlisted channels are 0: they count only if 0 > conflict)
+    unlisted = (C - present.sum(dim=1)).int()[:, None]  # (B, 1)
+    n_high = (s0 > conflict32).int() + unlisted * int(0.0 > conflict32)  # (B, HW)
+    n_high = n_high.index_add_(0, b_idx, (s > conflict32).int())
     # §3.3: two or more channels above conflict -> 255
     label = label.masked_fill(n_high > 1, IGNORE)
-    # §3.5: background where sal >= bg or some OA-CAM > att -> 255 (float64: any bg, even > 255)
-    return label.masked_fill((label == 0) & ((sal.double() >= bg) | high_att), IGNORE)
+    # §3.5: a listed class's float64 a_c strictly above att, i.e. its raw value at least the
+    # first raw value above att
+    high = _raw_at_least(maps, _first_raw_above(values, lo, att)).int()  # (P, HW)
+    high_att = torch.zeros(B, H * W, dtype=torch.int32, device=dev).index_add_(0, b_idx, high)
+    # §3.5: sal >= bg (as numpy compares uint8 with any number)
+    salient = _u8_at_least(sal.reshape(B, H * W), bg)  # (B, HW)
+    # §3.5: background where sal >= bg or some OA-CAM > att -> 255
+    label = label.masked_fill((label == 0) & (salient | (high_att > 0)), IGNORE)
+    return label.reshape(B, H, W)
 
 
-def _pom_class(
-    label: torch.Tensor, m: torch.Tensor, c: int, pom: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """T_c for class c on every image of the batch, and the bin values of its CAMs.
+def _pom_pairs(
+    label: torch.Tensor, maps: torch.Tensor, b_idx: torch.Tensor, c_idx: torch.Tensor, pom: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """T_c of every listed pair, with the bin values and minimum of its CAM.
 
-    label: (B, H, W) uint8; m: (B, H, W) uint8 raw CAMs of class c.
-    Returns T: (B,) float64 (NaN: selects nothing) and values: (B, 256) float64.
-    The median only needs counts per raw value, because normalisation is monotonic.
+    label: (B, H, W) uint8; maps: (P, HW) uint8 raw CAMs of the pairs (b_idx, c_idx).
+    Returns T: (P,) float64 (NaN selects nothing), values: (P, 256) float64, lo: (P,) int64.
+    Normalisation is monotonic, so every median only needs the counts per raw value.
     """
-    B, H, W = m.shape
-    values = _bin_values(m)  # (B, 256) float64
-    idx = m.reshape(B, H * W).long()  # (B, HW)
-    zeros = torch.zeros(B, 256, dtype=torch.int64, device=m.device)
-    counts_all = zeros.scatter_add(1, idx, torch.ones_like(idx))  # (B, 256)
-    in_class = (label == c + 1).reshape(B, H * W).long()  # (B, HW)
-    counts_in = zeros.scatter_add(1, idx, in_class)  # (B, 256)
+    B, H, W = label.shape
+    P = maps.shape[0]
+    idx = maps.long()  # (P, HW)
+    values, lo = _bin_values(maps)  # (P, 256) float64, (P,)
+    # histograms of raw values per pair: one bincount over (pair, value) bins
+    flat = idx + 256 * torch.arange(P, device=maps.device)[:, None]  # (P, HW)
+    counts_all = torch.bincount(flat.reshape(-1), minlength=P * 256).reshape(P, 256)
+    in_class = label.reshape(B, H * W)[b_idx] == (c_idx + 1)[:, None]  # (P, HW) bool
+    counts_in = torch.bincount(flat[in_class], minlength=P * 256).reshape(P, 256)
 
     # §4 MED: non-zero CAM sum on the class's pixels (all values are >= 0) -> their median
-    has_inside = (counts_in * (values > 0)).sum(dim=1) > 0  # (B,)
-    t_med = _median_of_counts(counts_in, values)
-    # §4 TQ: m = median of values > pom; T = median of the values strictly above m
-    counts_above = counts_all * (values > pom)  # (B, 256)
-    has_above = counts_above.sum(dim=1) > 0  # (B,)
-    m_above = _median_of_counts(counts_above, values)  # (B,)
+    has_inside = (counts_in * (values > 0)).sum(dim=1) > 0  # (P,)
+    t_med = _median_of_counts(counts_in, values)  # (P,)
+    # §4 TQ: m = median of the values > pom; T = median of the values strictly above m
+    counts_above = counts_all * (values > pom)  # (P, 256)
+    has_above = counts_above.sum(dim=1) > 0  # (P,)
+    m_above = _median_of_counts(counts_above, values)  # (P,)
     t_tq = _median_of_counts(counts_all * (values > m_above[:, None]), values)  # NaN if empty
     # §4: otherwise T = 1
     t = torch.where(has_inside, t_med, torch.where(has_above, t_tq, torch.ones_like(t_tq)))
-    return t, values
+    return t, values, lo
 
 
 def pom_thresholds(
@@ -533,11 +591,11 @@ def pom_thresholds(
     B, C, H, W = cam.shape
     _check_same_hw("label", label, B, H, W)
     _check_present(present, B, C)
+    b_idx, c_idx = _listed_pairs(present)  # (P,), (P,)
+    maps = cam[b_idx, c_idx].reshape(-1, H * W)  # (P, HW) uint8
+    t, _, _ = _pom_pairs(label, maps, b_idx, c_idx, pom)
     out = torch.full((B, C), math.nan, dtype=torch.float64, device=cam.device)
-    for c in range(C):
-        if bool(present[:, c].any()):
-            t, _ = _pom_class(label, cam[:, c], c, pom)
-            out[:, c] = t.masked_fill(~present[:, c], math.nan)
+    out[b_idx, c_idx] = t
     return out
 
 
@@ -556,17 +614,15 @@ def potential_object_mining(
     B, C, H, W = cam.shape
     _check_same_hw("label", label, B, H, W)
     _check_present(present, B, C)
-    potential = torch.zeros(B, H * W, dtype=torch.bool, device=cam.device)  # (B, HW)
-    for c in range(C):
-        pc = present[:, c]  # (B,)
-        if not bool(pc.any()):
-            continue
-        t, values = _pom_class(label, cam[:, c], c, pom)
-        # §4: CAM strictly above T_c (NaN selects nothing), per raw value, then per pixel
-        chosen = (values > t[:, None]) & pc[:, None]  # (B, 256)
-        potential |= chosen.gather(1, cam[:, c].reshape(B, H * W).long())  # (B, HW)
+    b_idx, c_idx = _listed_pairs(present)  # (P,), (P,)
+    maps = cam[b_idx, c_idx].reshape(-1, H * W)  # (P, HW) uint8
+    t, values, lo = _pom_pairs(label, maps, b_idx, c_idx, pom)
+    # §4: CAM strictly above T_c (NaN selects nothing): raw value >= the first one above T_c
+    chosen = _raw_at_least(maps, _first_raw_above(values, lo, t)).int()  # (P, HW)
+    potential = torch.zeros(B, H * W, dtype=torch.int32, device=cam.device)
+    potential = potential.index_add_(0, b_idx, chosen).reshape(B, H, W) > 0  # (B, H, W)
     # §4: only background pixels become 255
-    return label.masked_fill((label == 0) & potential.reshape(B, H, W), IGNORE)
+    return label.masked_fill((label == 0) & potential, IGNORE)
 
 
 def min_label_ratio_rule(label: torch.Tensor, ratio: float = 0.01) -> torch.Tensor:
@@ -619,23 +675,39 @@ def pseudo_labels(
     return min_label_ratio_rule(label, ratio)
 
 
+def _window_any(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    """y[i] = any(x[i : i + k]) along dim, for bool x; the output is k - 1 shorter.
+
+    Doubling: windows of 1, 2, 4, ... w <= k by OR-ing shifted copies, then two overlapping
+    windows of w cover one of k (k - w <= w): log2(k) cheap passes.
+    """
+    n = x.shape[dim] - k + 1
+    w = 1
+    while 2 * w <= k:
+        m = x.shape[dim] - w
+        x = x.narrow(dim, 0, m) | x.narrow(dim, w, m)  # any over a window of 2w
+        w *= 2
+    return x.narrow(dim, 0, n) | x.narrow(dim, k - w, n)
+
+
 def box_dilation(mask: torch.Tensor, kernel: int = 30) -> torch.Tensor:
     """Dilate binary masks with a kernel x kernel box, anchor (k // 2, k // 2), as box_dilation_ref.
 
     mask: (B, H, W) bool. Returns (B, H, W) bool: a pixel reaches k // 2 px down/right and
     k - 1 - k // 2 px up/left; nothing beyond the border.
     """
+    if mask.dim() != 3:
+        raise ValueError(f"mask must be (B, H, W), got shape {tuple(mask.shape)}")
     B, H, W = mask.shape
     k = int(kernel)
     if k < 1:
         raise ValueError(f"kernel must be >= 1, got {kernel}")
     a = k // 2
-    x = mask[:, None].to(torch.float32)  # (B, 1, H, W)
-    # zeros beyond the border; a rows/cols before, k - 1 - a after: out[y] = max(mask[y - a : y - a + k])
-    x = F.pad(x, (a, k - 1 - a, a, k - 1 - a))  # (B, 1, H + k - 1, W + k - 1)
-    x = F.max_pool2d(x, kernel_size=(k, 1), stride=1)  # (B, 1, H, W + k - 1)
-    x = F.max_pool2d(x, kernel_size=(1, k), stride=1)  # (B, 1, H, W)
-    return x[:, 0] > 0
+    # zeros beyond the border, a before and k - 1 - a after: out[y] = any(mask[y - a : y - a + k])
+    padded = mask.new_zeros((B, H + k - 1, W + k - 1), dtype=torch.bool)
+    padded[:, a : a + H, a : a + W] = mask
+    rows = _window_any(padded, k, dim=1)  # (B, H, W + k - 1)
+    return _window_any(rows, k, dim=2)  # (B, H, W)
 
 
 def non_salient_region_masking(
