@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .glore import GloRe
+from .pretrained import cached_weights_path, load_cached_state
 
 __all__ = [
     "VGG16_WEIGHTS_FILE",
@@ -98,7 +99,7 @@ def vgg16_weights_path() -> Path:
 
     That is ``torch.hub.get_dir()/checkpoints/vgg16-397923af.pth``, torchvision's own cache file.
     """
-    return Path(torch.hub.get_dir()) / "checkpoints" / VGG16_WEIGHTS_FILE
+    return cached_weights_path(VGG16_WEIGHTS_FILE)
 
 
 def load_vgg16_imagenet(features: nn.Sequential) -> None:
@@ -107,17 +108,7 @@ def load_vgg16_imagenet(features: nn.Sequential) -> None:
     Never downloads. Raises FileNotFoundError naming the expected path and how to get the file.
     """
     path = vgg16_weights_path()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"ImageNet VGG-16 weights not found at {path} (nothing is downloaded). "
-            f"Copy the file {VGG16_WEIGHTS_FILE} there: download it from {VGG16_WEIGHTS_URL} "
-            "on a machine with internet access, or run "
-            "`python -c \"import torchvision; torchvision.models.vgg16(weights='IMAGENET1K_V1')\"` "
-            "there and copy it from that machine's torch hub cache "
-            "(set TORCH_HOME or call torch.hub.set_dir to use another cache folder); "
-            "or use pretrained=False."
-        )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_cached_state(VGG16_WEIGHTS_FILE, "torchvision.models.vgg16(weights='IMAGENET1K_V1')")
     own = features.state_dict()
     picked = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
     missing = [k for k in own if k not in picked]
