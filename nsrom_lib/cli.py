@@ -6,6 +6,12 @@
       write the SynthVOC benchmark (VOC layout) into DIR
   data stats --root DIR [--split train] [--num-classes C]
       print a VOC-layout dataset's statistics
+  labels pseudo --list LIST --saliency SAL_DIR --oacam OACAM_DIR --cam CAM_DIR --out OUT_DIR
+      BE + POM pseudo labels (ALGORITHM.md §3, §4) from official-format map folders
+  labels masked --list LIST --pred PRED_DIR --pseudo PSEUDO_DIR --saliency SAL_DIR --out OUT_DIR
+      NSRM masked pseudo labels (ALGORITHM.md §6)
+  bench labels [--run-dir D] [--device auto] [--batch-size N] [--limit N] [--json]
+      time the batched label functions against the per-image references
 
 Parsing and `--help` import no torch; each command imports what it needs.
 """
@@ -46,7 +52,71 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--split", default="train")
     st.add_argument("--num-classes", type=int, default=None)
     st.add_argument("--json", action="store_true", help="print JSON only")
+
+    lab = sub.add_parser("labels", help="pseudo / masked labels from official-format folders")
+    lsub = lab.add_subparsers(dest="labels_command", required=True)
+    ps = lsub.add_parser("pseudo", help="BE + POM pseudo labels (ALGORITHM.md §3, §4)",
+                         description="Background extraction, potential object mining and the 1% "
+                         "rule on official-format folders; writes OUT_DIR/{name}.png (VOC palette, "
+                         "0 bg, class id + 1, 255 ignore).")
+    ps.add_argument("--list", required=True, help="train_cls.txt-format list: 'name c1 c2 ...'")
+    ps.add_argument("--saliency", required=True, help="folder of {name}.png 8-bit saliency maps")
+    ps.add_argument("--oacam", required=True, help="folder of {name}_{cls}.png OA-CAMs (BE)")
+    ps.add_argument("--cam", required=True, help="folder of {name}_{cls}.png CAMs (POM)")
+    ps.add_argument("--out", required=True, help="output folder of label PNGs")
+    ps.add_argument("--fg", type=float, default=0.3, help="BE score floor (default 0.3)")
+    ps.add_argument("--conflict", type=float, default=0.9,
+                    help="BE: two channels above this -> ignore (default 0.9)")
+    ps.add_argument("--bg", type=float, default=32,
+                    help="BE: background with saliency >= bg -> ignore, 0..255 (default 32)")
+    ps.add_argument("--att", type=float, default=0.8,
+                    help="BE: background with an OA-CAM > att -> ignore (default 0.8)")
+    ps.add_argument("--pom", type=float, default=0.3, help="POM: top-quartile floor (default 0.3)")
+    _common_label_args(ps)
+
+    ms = lsub.add_parser("masked", help="NSRM masked pseudo labels (ALGORITHM.md §6)",
+                         description="Non-salient region masking on official-format folders; "
+                         "writes OUT_DIR/{name}.png (VOC palette, 255 ignore).")
+    ms.add_argument("--list", required=True, help="train_cls.txt-format list: 'name c1 c2 ...'")
+    ms.add_argument("--pred", required=True, help="folder of {name}.png round-1 predictions")
+    ms.add_argument("--pseudo", required=True, help="folder of {name}.png POM pseudo labels")
+    ms.add_argument("--saliency", required=True, help="folder of {name}.png 8-bit saliency maps")
+    ms.add_argument("--out", required=True, help="output folder of label PNGs")
+    ms.add_argument("--kernel", type=int, default=30, help="dilation kernel size (default 30)")
+    _common_label_args(ms)
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench_command", required=True)
+    bl = bsub.add_parser("labels", help="batched label functions vs the per-image references",
+                         description="Times BE + POM (+ 1% rule) and NSRM, batched torch vs the "
+                         "per-image numpy references, on the same inputs: the default profile's "
+                         "SynthVOC training set with maps derived from GT, or a run's maps.")
+    bl.add_argument("--run-dir", default=None,
+                    help="a run whose maps/cam and maps/oacam to use (default: GT-derived maps)")
+    bl.add_argument("--profile", default="default", help="dataset profile (default: default)")
+    bl.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
+    bl.add_argument("--batch-size", type=int, default=None,
+                    help="images per batched call (default 64)")
+    bl.add_argument("--limit", type=int, default=None, help="use the first N training images")
+    bl.add_argument("--repeats", type=int, default=3, help="timed repeats, best kept (default 3)")
+    bl.add_argument("--threads", type=int, default=1,
+                    help="torch threads for the batched path (default 1, as the numpy reference; "
+                    "0: torch's default)")
+    bl.add_argument("--json", action="store_true", help="print JSON only")
     return p
+
+
+def _common_label_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--min-ratio", type=float, default=0.01,
+                   help="1%% rule: labels with fewer labelled pixels become all ignore (default 0.01)")
+    p.add_argument("--num-classes", type=int, default=20, help="foreground classes (default 20)")
+    p.add_argument("--strict", action="store_true", help="a missing per-class map is an error")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1, fastest on a shared CPU; 0: torch's default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def _cmd_run(args) -> int:
@@ -115,6 +185,61 @@ def _cmd_stats(args) -> int:
     return 0
 
 
+def _cmd_labels(args) -> int:
+    from nsrom_lib.data.maps_io import load_label_inputs, make_labels
+
+    if args.batch_size < 1:
+        print(f"error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
+        return 2
+    from nsrom_lib.pipeline import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except RuntimeError as e:
+        print(f"error: --device {args.device}: {e}", file=sys.stderr)
+        return 2
+    common = dict(num_classes=args.num_classes, strict=args.strict, progress=not args.quiet)
+    t0 = time.perf_counter()
+    if args.labels_command == "pseudo":
+        inputs = load_label_inputs(args.list, args.saliency, oacam_dir=args.oacam,
+                                   cam_dir=args.cam, **common)
+        params = dict(fg=args.fg, conflict=args.conflict, bg=args.bg, att=args.att,
+                      pom=args.pom, ratio=args.min_ratio)
+    else:
+        if args.kernel < 1:
+            print(f"error: --kernel must be >= 1, got {args.kernel}", file=sys.stderr)
+            return 2
+        inputs = load_label_inputs(args.list, args.saliency, pred_dir=args.pred,
+                                   pseudo_dir=args.pseudo, **common)
+        params = dict(kernel=args.kernel, ratio=args.min_ratio)
+    check_seconds = time.perf_counter() - t0
+    summary = make_labels(inputs, args.out, batch_size=args.batch_size, device=args.device,
+                          threads=args.threads or None, progress=not args.quiet, **params)
+    summary["check_seconds"] = check_seconds
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    sizes = ", ".join(f"{k} x{n}" for k, n in summary["sizes"].items())
+    print(f"{summary['mode']} labels: {summary['images']} images written to {summary['out_dir']}")
+    print(f"  ignore pixels     {100 * summary['ignore_share']:.1f}%")
+    print(f"  time              {summary['seconds']:.2f} s ({summary['images_per_s']:.1f} images/s, "
+          f"{summary['device']}), after {check_seconds:.2f} s checking the inputs")
+    print(f"  image sizes       {sizes}")
+    if summary["missing_maps"]:
+        print(f"  missing maps      {summary['missing_maps']} (treated as constant maps)")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from nsrom_lib.bench import bench_labels, format_bench
+
+    result = bench_labels(run_dir=args.run_dir, profile=args.profile, device=args.device,
+                          batch_size=args.batch_size, limit=args.limit, repeats=args.repeats,
+                          threads=args.threads)
+    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -128,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_synthvoc(args)
         if args.command == "data" and args.data_command == "stats":
             return _cmd_stats(args)
+        if args.command == "labels":
+            return _cmd_labels(args)
+        if args.command == "bench":
+            return _cmd_bench(args)
     except (ConfigError, DataError, FileNotFoundError, PermissionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

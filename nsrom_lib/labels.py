@@ -12,13 +12,17 @@ Two versions of every stage live here:
 - ``*_ref`` functions: one image at a time, plain numpy, written to be read next to
   ALGORITHM.md. They are the specification: the tests and the notebooks use them.
 - batched torch functions on (B, ...) tensors: the same results bit for bit, on
-  whatever device the inputs are on, with no Python loop over pixels or images (the
-  only loop runs over the slots of each image's class list: "its j-th listed class").
+  whatever device the inputs are on, with no Python loop over pixels or images (loops run
+  over the groups of images that list the same number k of classes, so that each group's
+  maps are one (n, k, HW) stack without padding, and over the k slots of a group).
   They work on the listed (image, class) maps only, and because every normalised value
   is a function of the raw 8-bit value, per-pixel values are lookups in 256-entry
-  tables and the POM medians come from per-raw-value histograms (numpy's median
-  reproduced exactly, without sorting). The tests assert exact equality with the
-  references.
+  tables or raw-value thresholds; BE's argmax is the max of one int64 key per channel
+  (float32 score bits, then channel order for ties, then the label); the POM medians come
+  from per-raw-value histograms (numpy's median reproduced exactly, without sorting). The
+  per-pixel work is uint8 arithmetic (max, subtract, clamp, |, *), which torch vectorises
+  on the CPU, rather than comparisons into bool tensors. The tests assert exact equality
+  with the references; `nsrom bench labels` times both.
 
 Label values: 0 = background, c + 1 = foreground class c (0-based class id),
 255 = ignore. Maps (saliency, OA-CAM, CAM) are raw 8-bit values 0..255, as read from
@@ -41,8 +45,9 @@ POM only turns background into 255, so it never lifts an image over the threshol
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -69,6 +74,7 @@ __all__ = [
     "pseudo_labels",
     "box_dilation",
     "non_salient_region_masking",
+    "torch_threads",
 ]
 
 IGNORE = 255
@@ -79,6 +85,23 @@ MapsLike = Mapping[int, np.ndarray] | np.ndarray | Sequence[np.ndarray]
 # ----------------------------------------------------------------------------------------
 # Shared helpers
 # ----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with torch limited to `n` CPU threads (None or 0: leave as is), then restore.
+
+    The batched label functions are many short passes over uint8 maps; extra threads gain
+    little, and on a busy machine (others training) they lose a lot: measured on the 2-core
+    build machine under load, 2 threads ran 3-5x slower than 1 (`nsrom bench labels`).
+    """
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _sal_scores_lut() -> np.ndarray:
@@ -402,15 +425,6 @@ def normalize_maps(m: torch.Tensor) -> torch.Tensor:
     return (m.double() - lo) / (hi - lo + 1e-8)
 
 
-def _listed_pairs(present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The listed (image, class) pairs: (P,) image indices and (P,) class ids, by image then class.
-
-    The batched stages work on these P maps only, so absent classes cost nothing.
-    """
-    b_idx, c_idx = present.nonzero(as_tuple=True)  # (P,), (P,)
-    return b_idx, c_idx
-
-
 def _bin_values(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(P, N) uint8 raw maps -> the normalised value of every raw value 0..255, and each map's min.
 
@@ -430,10 +444,11 @@ def _bin_values(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _first_raw_above(
     values: torch.Tensor, lo: torch.Tensor, x: float | torch.Tensor
 ) -> torch.Tensor:
-    """The smallest raw value v >= lo whose normalised value is strictly above x (256 if none).
+    """The smallest raw value v >= lo whose value is strictly above x (256 if none).
 
-    values: (P, 256) float64 from _bin_values, lo: (P,) int64, x: a number or (P,) float64
-    (NaN: none). Returns (P,) int64. Exact: the values above x form a suffix of lo..255.
+    values: (P, 256), non-decreasing from lo on (normalised values, or their float32 scores
+    after the fg floor); lo: (P,) int64; x: a number or (P,) float64 (NaN: none).
+    Returns (P,) int64. Exact: the values above x form a suffix of lo..255.
     """
     v = torch.arange(256, device=values.device)[None]  # (1, 256)
     x = x[:, None] if isinstance(x, torch.Tensor) else x
@@ -441,18 +456,38 @@ def _first_raw_above(
     return 256 - above.sum(dim=1)
 
 
-def _raw_at_least(maps: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
-    """maps >= first, row by row, for first in 0..256 (256: never). maps: (P, N) uint8 -> (P, N) bool."""
-    return (maps >= first.clamp(max=255).to(torch.uint8)[:, None]) & (first <= 255)[:, None]
+def _u8_at_least_rows(x: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """x >= first as 0/1 uint8, first broadcast over x's last dim, for first in 0..256 (256: never).
+
+    x: (..., N) uint8; first: (..., 1) int64. Computed with uint8 arithmetic (max, subtract,
+    clamp), which torch vectorises, instead of a comparison that makes a bool tensor.
+    """
+    s = (first - 1).clamp(0, 254).to(torch.uint8)  # x > s  <=>  x >= first, for first in 1..255
+    y = (torch.maximum(x, s) - s).clamp_max_(1)  # (..., N) 0/1
+    y.mul_((first <= 255).to(torch.uint8)).bitwise_or_((first <= 0).to(torch.uint8))
+    return y
 
 
-def _u8_at_least(x: torch.Tensor, threshold: float) -> torch.Tensor:
-    """x >= threshold for uint8 x and any number, exactly as numpy compares them. Returns bool."""
+def _u8_first_at_least(threshold: float) -> int:
+    """The smallest uint8 v with v >= threshold as numpy compares them (256 if none)."""
     if math.isnan(threshold) or threshold > 255:
-        return torch.zeros_like(x, dtype=torch.bool)
+        return 256
     if threshold <= 0:
-        return torch.ones_like(x, dtype=torch.bool)
-    return x >= math.ceil(threshold)
+        return 0
+    return math.ceil(threshold)
+
+
+def _is_class(label: torch.Tensor) -> torch.Tensor:
+    """1 where 1 <= label <= 254 (a class), else 0; uint8 arithmetic. label: uint8, any shape."""
+    q = label - 1  # wraps: 0 -> 255, 255 -> 254; a class gives 0..253
+    return 1 - (
+        torch.maximum(q, torch.tensor(253, dtype=torch.uint8, device=q.device)) - 253
+    ).clamp_max_(1)
+
+
+def _is_zero(x: torch.Tensor) -> torch.Tensor:
+    """1 where x == 0, else 0, as uint8 (uint8 arithmetic)."""
+    return 1 - x.clamp_max(1)
 
 
 def _median_of_counts(counts: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -475,6 +510,28 @@ def _median_of_counts(counts: torch.Tensor, values: torch.Tensor) -> torch.Tenso
     return med.masked_fill(n == 0, math.nan)
 
 
+def _groups(present: torch.Tensor) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The images of a batch grouped by their number k of listed classes.
+
+    Returns [(k, rows, b, c)]: rows (n,) the images listing k classes; b, c (n * k,) their
+    listed (image, class) pairs, by image then class, so that a (n * k, ...) tensor of
+    per-pair rows reshapes to (n, k, ...): slot j = each image's j-th class, no padding.
+    """
+    counts = present.sum(dim=1)  # (B,)
+    groups = []
+    for k in torch.unique(counts).tolist():
+        rows = (counts == k).nonzero()[:, 0]  # (n,)
+        i, c = present[rows].nonzero(as_tuple=True)  # (n * k,), (n * k,)
+        groups.append((k, rows, rows[i], c))
+    return groups
+
+
+def _pair_maps(maps: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """maps[b, c] as (P, H * W): the listed pairs' maps. maps: (B, C, H, W); b, c: (P,)."""
+    B, C, H, W = maps.shape
+    return maps.reshape(B * C, H * W).index_select(0, b * C + c)  # (P, HW)
+
+
 def background_extraction(
     sal: torch.Tensor,
     oa_cam: torch.Tensor,
@@ -490,91 +547,124 @@ def background_extraction(
     oa_cam: (B, C, H, W) uint8 raw OA-CAMs of all C classes; entries of absent classes are ignored.
     present: (B, C) bool, the image-level labels.
     Returns (B, H, W) uint8 labels on the inputs' device, equal to background_extraction_ref.
+
+    Every per-pixel quantity is a function of a raw 8-bit value, so it is computed once per raw
+    value (256-entry tables per map) and looked up, or turned into a raw-value threshold.
+    Images are processed in groups that list the same number k of classes: (n, k, HW) maps.
     """
     _check_u8_tensor("sal", sal, 3)
     _check_u8_tensor("oa_cam", oa_cam, 4)
     B, C, H, W = oa_cam.shape
     _check_same_hw("sal", sal, B, H, W)
     _check_present(present, B, C)
-    dev = sal.device
+    N, dev = H * W, sal.device
     fg32 = float(np.float32(fg))  # thresholds as the float32 values the reference compares with
     conflict32 = float(np.float32(conflict))
-    b_idx, c_idx = _listed_pairs(present)  # (P,), (P,)
-    P = b_idx.numel()
-    maps = oa_cam[b_idx, c_idx].reshape(P, H * W)  # (P, HW) uint8
-    values, lo = _bin_values(maps)  # (P, 256) float64, (P,)
-
-    # §3.1: channel 0 = 1 - sal / 255 in float32 (numpy's float32 values, looked up)
-    lut0 = torch.from_numpy(_sal_scores_lut()).to(dev)  # (256,) float32
-    s0 = lut0.expand(B, 256).gather(1, sal.reshape(B, H * W).long())  # (B, HW) float32
-    # §3.1: channel c+1 = a_c cast to float32 (per raw value, looked up per pixel below)
-    score = values.to(torch.float32)  # (P, 256)
-    # §3.2: scores below fg -> 0, background channel included
+    # §3.1: channel 0 = 1 - sal / 255 in float32 (numpy's float32 values, per raw value)
+    s0 = torch.from_numpy(_sal_scores_lut()).to(dev)  # (256,) float32
+    # §3.2: every score below fg -> 0, background channel included
     s0 = s0.masked_fill(s0 < fg32, 0.0)
-    score = score.masked_fill(score < fg32, 0.0)
-    s = score.gather(1, maps.long())  # (P, HW) float32
+    # §3.4: argmax over channels, ties to the lowest channel, as the max of an int64 key per
+    # (channel, raw value): float32 bits (ordered like the scores, all >= 0), then 255 - channel
+    # (a tie goes to the lower channel), then the label the channel gives (0 or class + 1).
+    # Unlisted classes score 0 and never win: channel 0 comes first and scores >= 0.
+    key0 = (s0.view(torch.int32).long() << 16) | (255 << 8)  # (256,) label 0
+    # §3.3: background above conflict <=> sal <= a threshold <=> 255 - sal >= first0
+    first0 = torch.tensor(256 - int((s0 > conflict32).sum()), device=dev)
+    # §3.5: sal >= bg, as numpy compares a uint8 with any number
+    first_bg = torch.tensor(_u8_first_at_least(bg), device=dev)
 
-    # §3.4: argmax over channels, ties to the lowest channel: a running maximum over each
-    # image's listed classes in class order (slot j = every image's j-th class), where a
-    # class wins only if strictly higher; an all-zero pixel stays background
-    best = s0.clone()  # (B, HW) float32
-    label = torch.zeros(B, H * W, dtype=torch.uint8, device=dev)  # (B, HW)
-    rank = present.long().cumsum(dim=1)[b_idx, c_idx] - 1  # (P,) position in its image's list
-    for j in range(int(rank.max()) + 1 if P else 0):
-        rows = (rank == j).nonzero()[:, 0]  # (n,) pairs in slot j
-        bj = b_idx[rows]  # (n,) their images, all distinct
-        s_j, best_j = s.index_select(0, rows), best.index_select(0, bj)  # (n, HW)
-        wins = s_j > best_j  # (n, HW)
-        best.index_copy_(0, bj, torch.where(wins, s_j, best_j))
-        cls_j = (c_idx[rows] + 1).to(torch.uint8)[:, None]  # (n, 1)
-        label.index_copy_(0, bj, torch.where(wins, cls_j, label.index_select(0, bj)))
+    sal = sal.reshape(B, N)
+    out = torch.empty((B, N), dtype=torch.uint8, device=dev)
+    for k, rows, b, c in _groups(present):
+        n = rows.numel()
+        sal_g = sal if n == B else sal[rows]  # (n, N)
+        best = key0.expand(n, 256).gather(1, sal_g.long())  # (n, N) int64
+        n_high = _u8_at_least_rows(255 - sal_g, first0)  # (n, N) 0/1
+        cause = _u8_at_least_rows(sal_g, first_bg)  # (n, N) 0/1
+        if k:
+            maps = _pair_maps(oa_cam, b, c)  # (n * k, N) raw OA-CAMs, slot order
+            values, lo = _bin_values(maps)  # (n * k, 256) float64, (n * k,)
+            # §3.1: channel c+1 = a_c cast to float32; §3.2: below fg -> 0
+            score = values.to(torch.float32)
+            score = score.masked_fill(score < fg32, 0.0)  # (n * k, 256)
+            slot = torch.arange(k, device=dev).repeat(n)  # (n * k,)
+            key = (score.view(torch.int32).long() << 16) | ((254 - slot) << 8)[:, None]
+            key |= (c + 1)[:, None]  # (n * k, 256)
+            g = key.gather(1, maps.long()).view(n, k, N)  # (n, k, N)
+            for j in range(k):  # a running maximum: faster than amax over the middle dim
+                best = torch.maximum(best, g[:, j])
+            stack = maps.view(n, k, N)
+            # §3.3: a class score above conflict <=> raw value >= a threshold
+            hi = _u8_at_least_rows(stack, _first_raw_above(score, lo, conflict32).view(n, k, 1))
+            n_high += hi.sum(dim=1, dtype=torch.uint8).clamp_max_(2)
+            # §3.5: a listed class's float64 a_c strictly above att <=> raw value >= a threshold
+            high = _u8_at_least_rows(stack, _first_raw_above(values, lo, att).view(n, k, 1))
+            cause |= high.amax(dim=1)
+        label = (best & 255).to(torch.uint8)  # (n, N) the argmax label
+        # §3.3: two or more channels above conflict -> 255 (unlisted channels hold 0: they
+        # count only when 0 > conflict, and then every channel does)
+        if 0.0 > conflict32:
+            n_high.fill_(2 if C + 1 >= 2 else 1)
+        conflicted = n_high.clamp_max_(2) >> 1  # (n, N) 1 where two or more
+        # §3.5: background where sal >= bg or some listed OA-CAM > att -> 255
+        result = label | (conflicted | (cause & _is_zero(label))) * IGNORE
+        if n == B:
+            return result.reshape(B, H, W)
+        out[rows] = result
+    return out.reshape(B, H, W)
 
-    # §3.3: channels above conflict (unlisted channels are 0: they count only if 0 > conflict)
-    unlisted = (C - present.sum(dim=1)).int()[:, None]  # (B, 1)
-    n_high = (s0 > conflict32).int() + unlisted * int(0.0 > conflict32)  # (B, HW)
-    n_high = n_high.index_add_(0, b_idx, (s > conflict32).int())
-    # §3.3: two or more channels above conflict -> 255
-    label = label.masked_fill(n_high > 1, IGNORE)
-    # §3.5: a listed class's float64 a_c strictly above att, i.e. its raw value at least the
-    # first raw value above att
-    high = _raw_at_least(maps, _first_raw_above(values, lo, att)).int()  # (P, HW)
-    high_att = torch.zeros(B, H * W, dtype=torch.int32, device=dev).index_add_(0, b_idx, high)
-    # §3.5: sal >= bg (as numpy compares uint8 with any number)
-    salient = _u8_at_least(sal.reshape(B, H * W), bg)  # (B, HW)
-    # §3.5: background where sal >= bg or some OA-CAM > att -> 255
-    label = label.masked_fill((label == 0) & (salient | (high_att > 0)), IGNORE)
-    return label.reshape(B, H, W)
 
-
-def _pom_pairs(
-    label: torch.Tensor, maps: torch.Tensor, b_idx: torch.Tensor, c_idx: torch.Tensor, pom: float
+def _pom_group(
+    label: torch.Tensor, maps: torch.Tensor, c: torch.Tensor, k: int, pom: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """T_c of every listed pair, with the bin values and minimum of its CAM.
+    """T_c (ALGORITHM.md §4) of a group's pairs, with the bin values and minimum of each CAM.
 
-    label: (B, H, W) uint8; maps: (P, HW) uint8 raw CAMs of the pairs (b_idx, c_idx).
-    Returns T: (P,) float64 (NaN selects nothing), values: (P, 256) float64, lo: (P,) int64.
+    label: (n, N) uint8 BE labels of n images that list k classes each; maps: (n * k, N)
+    uint8 raw CAMs in slot order; c: (n * k,) their class ids.
+    Returns T: (n * k,) float64 (NaN selects nothing), values: (n * k, 256) float64, lo.
     Normalisation is monotonic, so every median only needs the counts per raw value.
     """
-    B, H, W = label.shape
-    P = maps.shape[0]
-    idx = maps.long()  # (P, HW)
+    n, N = label.shape
+    P, dev = n * k, maps.device
     values, lo = _bin_values(maps)  # (P, 256) float64, (P,)
-    # histograms of raw values per pair: one bincount over (pair, value) bins
-    flat = idx + 256 * torch.arange(P, device=maps.device)[:, None]  # (P, HW)
-    counts_all = torch.bincount(flat.reshape(-1), minlength=P * 256).reshape(P, 256)
-    in_class = label.reshape(B, H * W)[b_idx] == (c_idx + 1)[:, None]  # (P, HW) bool
-    counts_in = torch.bincount(flat[in_class], minlength=P * 256).reshape(P, 256)
+    # histograms of raw CAM values on each pair's class pixels: one bincount over (pair, value)
+    # bins; a pixel labelled with its image's j-th class counts slot j's CAM value, any other
+    # pixel goes to the spare bins of pair P
+    lab = label.long()  # (n, N), an index
+    first_bin = torch.full((n, 256), P * 256, dtype=torch.int32, device=dev)  # label -> bin 0
+    i = torch.arange(n, device=dev).repeat_interleave(k)  # (P,) image of each pair
+    first_bin[i, c + 1] = torch.arange(0, P * 256, 256, dtype=torch.int32, device=dev)
+    stack = maps.view(n, k, N)
+    # the CAM value of the slot whose class the pixel carries (slot 0's where none does), in
+    # uint8 arithmetic: slot 0's value plus (slot j - slot 0) where the label is slot j's class
+    # (modulo 256, so exact)
+    cam_at = stack[:, 0]  # (n, N) uint8
+    if k > 1:
+        cls = (c + 1).to(torch.uint8).view(n, k, 1)  # (n, k, 1) label value of each slot
+        for j in range(1, k):
+            is_j = _is_zero(label ^ cls[:, j])  # (n, N) 0/1
+            cam_at = cam_at + (stack[:, j] - stack[:, 0]) * is_j
+    bins = (first_bin.gather(1, lab) + cam_at).reshape(-1)  # (n * N,) int32
+    counts_in = torch.bincount(bins, minlength=(P + 1) * 256)[: P * 256].reshape(P, 256)
 
     # §4 MED: non-zero CAM sum on the class's pixels (all values are >= 0) -> their median
     has_inside = (counts_in * (values > 0)).sum(dim=1) > 0  # (P,)
-    t_med = _median_of_counts(counts_in, values)  # (P,)
-    # §4 TQ: m = median of the values > pom; T = median of the values strictly above m
-    counts_above = counts_all * (values > pom)  # (P, 256)
-    has_above = counts_above.sum(dim=1) > 0  # (P,)
-    m_above = _median_of_counts(counts_above, values)  # (P,)
-    t_tq = _median_of_counts(counts_all * (values > m_above[:, None]), values)  # NaN if empty
-    # §4: otherwise T = 1
-    t = torch.where(has_inside, t_med, torch.where(has_above, t_tq, torch.ones_like(t_tq)))
+    t = _median_of_counts(counts_in, values)  # (P,)
+    # §4 TQ (pairs without such pixels only): m = median of the values > pom; T = median of
+    # the values strictly above m; otherwise T = 1
+    rest = (~has_inside).nonzero()[:, 0]  # (R,)
+    if rest.numel():
+        R = rest.numel()
+        offset = torch.arange(0, R * 256, 256, dtype=torch.int32, device=dev)[:, None]
+        flat = maps[rest].int() + offset  # (R, N) int32 bins (pair, raw value)
+        counts_all = torch.bincount(flat.reshape(-1), minlength=R * 256).reshape(R, 256)
+        v_r = values[rest]  # (R, 256)
+        counts_above = counts_all * (v_r > pom)  # (R, 256)
+        has_above = counts_above.sum(dim=1) > 0  # (R,)
+        m_above = _median_of_counts(counts_above, v_r)  # (R,)
+        t_tq = _median_of_counts(counts_all * (v_r > m_above[:, None]), v_r)  # NaN if empty
+        t[rest] = torch.where(has_above, t_tq, torch.ones_like(t_tq))
     return t, values, lo
 
 
@@ -591,11 +681,12 @@ def pom_thresholds(
     B, C, H, W = cam.shape
     _check_same_hw("label", label, B, H, W)
     _check_present(present, B, C)
-    b_idx, c_idx = _listed_pairs(present)  # (P,), (P,)
-    maps = cam[b_idx, c_idx].reshape(-1, H * W)  # (P, HW) uint8
-    t, _, _ = _pom_pairs(label, maps, b_idx, c_idx, pom)
     out = torch.full((B, C), math.nan, dtype=torch.float64, device=cam.device)
-    out[b_idx, c_idx] = t
+    flat = label.reshape(B, H * W)
+    for k, rows, b, c in _groups(present):
+        if k:
+            maps = _pair_maps(cam, b, c)  # (n * k, N)
+            out[b, c] = _pom_group(flat[rows], maps, c, k, pom)[0]
     return out
 
 
@@ -614,15 +705,26 @@ def potential_object_mining(
     B, C, H, W = cam.shape
     _check_same_hw("label", label, B, H, W)
     _check_present(present, B, C)
-    b_idx, c_idx = _listed_pairs(present)  # (P,), (P,)
-    maps = cam[b_idx, c_idx].reshape(-1, H * W)  # (P, HW) uint8
-    t, values, lo = _pom_pairs(label, maps, b_idx, c_idx, pom)
-    # §4: CAM strictly above T_c (NaN selects nothing): raw value >= the first one above T_c
-    chosen = _raw_at_least(maps, _first_raw_above(values, lo, t)).int()  # (P, HW)
-    potential = torch.zeros(B, H * W, dtype=torch.int32, device=cam.device)
-    potential = potential.index_add_(0, b_idx, chosen).reshape(B, H, W) > 0  # (B, H, W)
-    # §4: only background pixels become 255
-    return label.masked_fill((label == 0) & potential, IGNORE)
+    N = H * W
+    flat = label.reshape(B, N)
+    groups = _groups(present)
+    out = flat.clone() if len(groups) > 1 else flat
+    for k, rows, b, c in groups:
+        if k == 0:
+            continue
+        n = rows.numel()
+        lab = flat if n == B else flat[rows]  # (n, N)
+        maps = _pair_maps(cam, b, c)  # (n * k, N) raw CAMs, slot order
+        t, values, lo = _pom_group(lab, maps, c, k, pom)
+        # §4: CAM strictly above T_c (NaN selects nothing): raw value >= the first one above T_c
+        first = _first_raw_above(values, lo, t).view(n, k, 1)
+        potential = _u8_at_least_rows(maps.view(n, k, N), first).amax(dim=1)  # (n, N) 0/1
+        # §4: only background pixels become 255
+        result = lab | (potential & _is_zero(lab)) * IGNORE
+        if n == B:
+            return result.reshape(B, H, W)
+        out[rows] = result
+    return (out if out is not flat else flat.clone()).reshape(B, H, W)
 
 
 def min_label_ratio_rule(label: torch.Tensor, ratio: float = 0.01) -> torch.Tensor:
@@ -634,8 +736,8 @@ def min_label_ratio_rule(label: torch.Tensor, ratio: float = 0.01) -> torch.Tens
     B, H, W = label.shape
     # ALGORITHM.md §4, final rule: float(valid) / (H * W) < ratio, as an exact integer threshold
     n_min = _min_valid_count(H * W, ratio)
-    valid = ((label > 0) & (label < IGNORE)).sum(dim=(1, 2))  # (B,)
-    return label.masked_fill((valid < n_min)[:, None, None], IGNORE)
+    valid = _is_class(label).reshape(B, H * W).sum(dim=1)  # (B,)
+    return label | ((valid < n_min).to(torch.uint8) * IGNORE)[:, None, None]
 
 
 def initial_labels(
@@ -693,8 +795,8 @@ def _window_any(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
 def box_dilation(mask: torch.Tensor, kernel: int = 30) -> torch.Tensor:
     """Dilate binary masks with a kernel x kernel box, anchor (k // 2, k // 2), as box_dilation_ref.
 
-    mask: (B, H, W) bool. Returns (B, H, W) bool: a pixel reaches k // 2 px down/right and
-    k - 1 - k // 2 px up/left; nothing beyond the border.
+    mask: (B, H, W) bool (or 0/1 uint8). Returns (B, H, W) of the same dtype: a pixel reaches
+    k // 2 px down/right and k - 1 - k // 2 px up/left; nothing beyond the border.
     """
     if mask.dim() != 3:
         raise ValueError(f"mask must be (B, H, W), got shape {tuple(mask.shape)}")
@@ -704,7 +806,7 @@ def box_dilation(mask: torch.Tensor, kernel: int = 30) -> torch.Tensor:
         raise ValueError(f"kernel must be >= 1, got {kernel}")
     a = k // 2
     # zeros beyond the border, a before and k - 1 - a after: out[y] = any(mask[y - a : y - a + k])
-    padded = mask.new_zeros((B, H + k - 1, W + k - 1), dtype=torch.bool)
+    padded = mask.new_zeros((B, H + k - 1, W + k - 1))
     padded[:, a : a + H, a : a + W] = mask
     rows = _window_any(padded, k, dim=1)  # (B, H, W + k - 1)
     return _window_any(rows, k, dim=2)  # (B, H, W)
@@ -736,16 +838,17 @@ def non_salient_region_masking(
         raise ValueError(f"present must be (B, C), got shape {tuple(present.shape)}")
     _check_present(present, B, present.shape[1])
 
+    # uint8 arithmetic throughout (0/1 masks, | and *), which torch vectorises on the CPU
     # §6.1: expand: where P = 0 and L is a class (1..254), take L
-    expanded = torch.where((pred == 0) & (pseudo >= 1) & (pseudo <= 254), pseudo, pred)
+    expanded = pred | pseudo * (_is_zero(pred) & _is_class(pseudo))  # (B, H, W)
     # §6.2: object mask = (expanded P != 0) or (sal != 0)
-    mask = (expanded != 0) | (sal != 0)  # (B, H, W) bool
+    mask = (expanded | sal).clamp_max_(1)  # (B, H, W) 0/1
     # §6.3: dilate with a k x k box, anchor (k // 2, k // 2)
-    grown = box_dilation(mask, kernel)
+    grown = box_dilation(mask, kernel)  # (B, H, W) 0/1
     # §6.4: outside the dilated mask -> 255
-    masked = expanded.masked_fill(~grown, IGNORE)
+    masked = expanded | _is_zero(grown) * IGNORE
     # §6: images with one class keep the prediction; complex images (>= 2 classes) are masked
-    is_complex = present.sum(dim=1) >= 2  # (B,)
-    out = torch.where(is_complex[:, None, None], masked, pred)
+    is_complex = (present.sum(dim=1) >= 2).to(torch.uint8)[:, None, None]  # (B, 1, 1)
+    out = masked * is_complex | pred * (1 - is_complex)
     # §6.5: the 1% rule
     return min_label_ratio_rule(out, ratio)

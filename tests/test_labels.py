@@ -638,3 +638,81 @@ def test_parity_covers_enough_images():
     be = sum(case_shape(np.random.default_rng(s), s)[0] for s in range(N_BE_CASES))
     nsrm = sum(case_shape(np.random.default_rng(1000 + s), s)[0] for s in range(N_NSRM_CASES))
     assert be >= 200 and nsrm >= 150, (be, nsrm)
+
+
+# ---------------------------------------------------------------------------------------
+# The batched fast paths: groups by class count, extreme thresholds, thread control
+# ---------------------------------------------------------------------------------------
+
+
+def _assert_pseudo_parity(sal, oa, cam, present, **kw):
+    C = present.shape[1]
+    t = [torch.from_numpy(np.ascontiguousarray(x)) for x in (sal, oa, cam, present)]
+    be_kw = {k: v for k, v in kw.items() if k in ("fg", "conflict", "bg", "att")}
+    be = L.background_extraction(t[0], t[1], t[3], **be_kw).numpy()
+    pseudo = L.pseudo_labels(t[0], t[1], t[2], t[3], **kw).numpy()
+    for b in range(len(sal)):
+        cl = [int(c) for c in np.nonzero(present[b])[0]]
+        np.testing.assert_array_equal(
+            be[b], L.background_extraction_ref(sal[b], oa[b, cl], cl, C, **be_kw)
+        )
+        np.testing.assert_array_equal(
+            pseudo[b], L.pseudo_label_ref(sal[b], oa[b, cl], cam[b, cl], cl, C, **kw)
+        )
+
+
+@pytest.mark.parametrize(
+    "thr",
+    [
+        dict(conflict=-0.5),
+        dict(conflict=0.0, fg=0.0),
+        dict(fg=-0.1, conflict=1.0, att=-1.0),
+        dict(fg=1.0, bg=0, att=0.0),
+        dict(bg=0.5, att=1.0, pom=-0.2),
+        dict(bg=255.5, pom=1.0),
+        dict(bg=float("nan"), pom=0.0, ratio=1.0),
+    ],
+)
+def test_be_pom_parity_extreme_thresholds(thr):
+    rng = np.random.default_rng(7)
+    sal, oa, cam, present = rand_case(rng, 6, 9, 11, 4)
+    _assert_pseudo_parity(sal, oa, cam, present, **thr)
+
+
+def test_be_pom_parity_many_groups_and_classes():
+    """Images listing 0..C classes in one batch (one group per count), C = 8."""
+    rng = np.random.default_rng(11)
+    B, C, H, W = 12, 8, 13, 10
+    sal, oa, cam, _ = rand_case(rng, B, H, W, C)
+    present = np.zeros((B, C), bool)
+    for b in range(B):
+        present[b, rng.choice(C, size=b % (C + 1), replace=False)] = True
+    _assert_pseudo_parity(sal, oa, cam, present)
+    _assert_pseudo_parity(sal, oa, cam, present, fg=0.1, conflict=0.5, pom=0.2)
+
+
+def test_parity_on_gt_derived_maps():
+    """Smooth maps of the size and kind the benchmark uses (blurred GT objects)."""
+    from nsrom_lib.bench import gt_derived_maps
+
+    rng = np.random.default_rng(3)
+    B, C, H, W = 10, 5, 48, 40
+    mask = np.zeros((B, H, W), np.uint8)
+    present = np.zeros((B, C), bool)
+    for b in range(B):
+        for c in rng.choice(C, size=rng.integers(1, 4), replace=False):
+            y, x = rng.integers(0, H - 8), rng.integers(0, W - 8)
+            mask[b, y : y + rng.integers(4, 20), x : x + rng.integers(4, 20)] = c + 1
+            present[b, c] = True
+    oa, cam = gt_derived_maps(mask, present)
+    sal = np.where(mask > 0, 220, 0).astype(np.uint8)
+    _assert_pseudo_parity(sal, oa, cam, present)
+
+
+def test_torch_threads_restores():
+    before = torch.get_num_threads()
+    with L.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with L.torch_threads(None):
+        assert torch.get_num_threads() == before

@@ -1,0 +1,349 @@
+"""Benchmark of the label stages: batched torch functions vs the per-image numpy references.
+
+`python -m nsrom_lib bench labels` (issue 4, item 7). Both versions run on the same inputs in
+one process and their outputs are compared for exact equality before any number is printed:
+
+- pseudo: BE + POM + 1% rule (ALGORITHM.md §3, §4): `pseudo_labels` vs `pseudo_label_ref`,
+  on batches of consecutive images, and again on batches of images that list the same number
+  of classes (the order `labels pseudo` batches them in; the work is the same);
+- masked: NSRM (§6): `non_salient_region_masking` vs `non_salient_region_masking_ref`.
+
+Inputs: the training split of a profile's SynthVOC (the `default` profile: 2000 images of
+96 x 96 px, 6 classes). Its maps are either a run's (`--run-dir`: `<run>/maps/oacam` and
+`<run>/maps/cam`, written by the maps stage) or, without a run, derived from the ground truth
+deterministically by `gt_derived_maps`: for each listed class c, the GT mask of c blurred with a
+Gaussian (OA-CAM: sigma = 6% of the image side, spread like an integral attention map; CAM:
+sigma = 3%, squared, peaked like a classifier's discriminative part), max-normalised to 0..255.
+The NSRM prediction stands in as the GT mask (void -> background). The GT-derived maps cover
+every object, salient or not, so every rule of BE and POM fires on them.
+
+Timing: the reference loops over images in Python with numpy (one thread); the batched path
+runs `batch_size` images per call with torch (`threads` threads, default torch's). Repeats keep
+the best time of each. Numbers depend on the machine's load: say so next to them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "gt_derived_maps",
+    "load_bench_inputs",
+    "bench_labels",
+    "format_bench",
+    "DEFAULT_BATCH_SIZE",
+]
+
+#: Images per batched call (measured on the 2-core CPU at 96 px: 64-128 best, 8 and 256 slower).
+DEFAULT_BATCH_SIZE = 64
+
+
+def gt_derived_maps(
+    mask: np.ndarray, present: np.ndarray, oa_sigma: float = 0.06, cam_sigma: float = 0.03
+) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic stand-in OA-CAMs and CAMs from ground-truth masks (for tests and benchmarks).
+
+    mask: (N, H, W) uint8 GT (0 bg, c + 1 class c, 255 void); present: (N, C) bool.
+    oa_sigma, cam_sigma: Gaussian sigmas as a share of the image side.
+    Returns oa_cam, cam: (N, C, H, W) uint8, zero for absent classes; for a listed class, the
+    blurred GT mask of the class (the CAM squared) max-normalised to 0..255.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    N, H, W = mask.shape
+    C = present.shape[1]
+    oa_cam = np.zeros((N, C, H, W), np.uint8)  # (N, C, H, W)
+    cam = np.zeros((N, C, H, W), np.uint8)  # (N, C, H, W)
+    side = max(H, W)
+    for c in range(C):
+        rows = np.nonzero(present[:, c])[0]
+        if rows.size == 0:
+            continue
+        obj = (mask[rows] == c + 1).astype(np.float32)  # (n, H, W)
+        for out, sigma, power in ((oa_cam, oa_sigma, 1), (cam, cam_sigma, 2)):
+            blur = gaussian_filter(obj, sigma=(0, sigma * side, sigma * side)) ** power  # (n, H, W)
+            peak = blur.reshape(len(rows), -1).max(axis=1)[:, None, None]  # (n, 1, 1)
+            out[rows, c] = np.round(255 * blur / np.maximum(peak, 1e-12)).astype(np.uint8)
+    return oa_cam, cam
+
+
+def _dataset_root(profile: str) -> Path:
+    """The profile's SynthVOC folder (as the data stage names it), generated if absent."""
+    from nsrom_lib.config import make_config
+    from nsrom_lib.data.synthvoc import generate_synthvoc
+    from nsrom_lib.pipeline import default_data_dir, synthvoc_config_for
+
+    cfg = make_config(profile)
+    scfg = synthvoc_config_for(cfg)
+    root = default_data_dir() / f"synthvoc-{cfg.profile}-s{cfg.seed}-{scfg.hash()[:8]}"
+    generate_synthvoc(root, scfg, progress=False)  # reused when complete
+    return root
+
+
+def load_bench_inputs(
+    run_dir: str | os.PathLike | None = None, profile: str = "default", limit: int | None = None
+) -> dict[str, Any]:
+    """The benchmark's inputs: a profile's training split with GT-derived maps, or a run's maps.
+
+    Returns sal (N, H, W), oa_cam and cam (N, C, H, W), pred and mask (N, H, W) uint8, present
+    (N, C) bool, classes (list per image), source (a sentence) and num_classes.
+    """
+    from nsrom_lib.data.stats import load_split_arrays
+    from nsrom_lib.data.voc import read_class_names
+
+    if run_dir is not None:
+        from nsrom_lib.data.maps_io import iter_batches, load_label_inputs
+        from nsrom_lib.pipeline import ensure_data, open_run
+
+        cfg_path = Path(run_dir) / "config.json"
+        if not cfg_path.is_file():
+            from nsrom_lib.data.io import DataError
+
+            raise DataError(f"{cfg_path} not found: --run-dir must be a run folder (runs/<name>).")
+        values = json.loads(cfg_path.read_text())
+        values.pop("extra", None)
+        run = open_run(run_dir, values.pop("profile"), **values)
+        root = ensure_data(run, progress=False)
+    else:
+        root = _dataset_root(profile)
+    arrays = load_split_arrays(root, "train", limit=limit)
+    C = len(read_class_names(root))
+    N = len(arrays["names"])
+    present = np.zeros((N, C), bool)
+    for i, cl in enumerate(arrays["classes"]):
+        present[i, cl] = True
+    mask = arrays["mask"]
+    if run_dir is not None:
+        from nsrom_lib.data.voc import cls_list_path
+
+        inputs = load_label_inputs(
+            cls_list_path(root, "train"),
+            root / "Saliency",
+            oacam_dir=Path(run_dir) / "maps" / "oacam",
+            cam_dir=Path(run_dir) / "maps" / "cam",
+            num_classes=C,
+        )
+        by_name = {e.name: e for e in inputs.entries}
+        inputs.entries = [by_name[n] for n in arrays["names"]]
+        if len(inputs.sizes) != 1:
+            raise ValueError("the run's maps have several sizes; the benchmark needs one size")
+        pos = {n: i for i, n in enumerate(arrays["names"])}
+        oa_cam = np.zeros((N, C, *mask.shape[1:]), np.uint8)  # (N, C, H, W)
+        cam = np.zeros_like(oa_cam)  # (N, C, H, W)
+        for batch in iter_batches(inputs, batch_size=256):
+            idx = [pos[n] for n in batch.names]
+            oa_cam[idx], cam[idx] = batch.oa_cam, batch.cam
+        source = f"run {run_dir}: maps/oacam and maps/cam of {N} training images"
+    else:
+        oa_cam, cam = gt_derived_maps(mask, present)
+        source = (
+            f"SynthVOC '{profile}' training split ({N} images), maps derived from GT "
+            "(bench.gt_derived_maps)"
+        )
+    pred = np.where(mask == 255, 0, mask).astype(np.uint8)  # stand-in round-1 prediction
+    return dict(
+        sal=arrays["saliency"],
+        oa_cam=oa_cam,
+        cam=cam,
+        present=present,
+        mask=mask,
+        pred=pred,
+        classes=arrays["classes"],
+        names=arrays["names"],
+        num_classes=C,
+        source=source,
+    )
+
+
+def _best_time(fn, repeats: int) -> tuple[float, Any]:
+    best, out = float("inf"), None
+    for _ in range(max(repeats, 1)):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def bench_labels(
+    run_dir: str | os.PathLike | None = None,
+    profile: str = "default",
+    device: str = "auto",
+    batch_size: int | None = None,
+    limit: int | None = None,
+    repeats: int = 3,
+    threads: int | None = 1,
+    inputs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Time batched vs per-image label functions on the same inputs; outputs asserted identical.
+
+    threads: torch CPU threads for the batched path (None or 0: torch's setting); the numpy
+    reference runs on one. Returns {rows: [{stage, images, ref_img_s, batched_img_s, ratio,
+    identical}], device, batch_size, threads, source, size, machine, load_average}.
+    """
+    import torch
+
+    from nsrom_lib import labels as L
+    from nsrom_lib.pipeline import resolve_device
+
+    dev = resolve_device(device)
+    bs = batch_size or DEFAULT_BATCH_SIZE
+    x = inputs if inputs is not None else load_bench_inputs(run_dir, profile, limit)
+    N, C = x["present"].shape
+    H, W = x["sal"].shape[1:]
+    lists = [np.nonzero(p)[0].tolist() for p in x["present"]]
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    # --- pseudo: BE + POM + 1% rule
+    def pseudo_ref() -> np.ndarray:
+        return np.stack(
+            [
+                L.pseudo_label_ref(x["sal"][i], x["oa_cam"][i, cl], x["cam"][i, cl], cl, C)
+                for i, cl in enumerate(lists)
+            ]
+        )
+
+    t = {
+        k: torch.from_numpy(np.ascontiguousarray(x[k])).to(dev)
+        for k in ("sal", "oa_cam", "cam", "present", "pred")
+    }
+
+    def pseudo_batched() -> torch.Tensor:
+        with L.torch_threads(threads), torch.inference_mode():
+            out = torch.cat(
+                [
+                    L.pseudo_labels(
+                        t["sal"][i : i + bs],
+                        t["oa_cam"][i : i + bs],
+                        t["cam"][i : i + bs],
+                        t["present"][i : i + bs],
+                    )
+                    for i in range(0, N, bs)
+                ]
+            )
+        sync()
+        return out
+
+    # the same, with batches of images that list the same number of classes (as the CLI
+    # batches them): one (n, k, HW) stack per call instead of one per class count
+    order = torch.from_numpy(np.argsort(x["present"].sum(axis=1), kind="stable")).to(dev)
+    s = {k: t[k].index_select(0, order) for k in ("sal", "oa_cam", "cam", "present")}
+
+    def pseudo_sorted() -> torch.Tensor:
+        with L.torch_threads(threads), torch.inference_mode():
+            out = torch.cat(
+                [
+                    L.pseudo_labels(
+                        s["sal"][i : i + bs],
+                        s["oa_cam"][i : i + bs],
+                        s["cam"][i : i + bs],
+                        s["present"][i : i + bs],
+                    )
+                    for i in range(0, N, bs)
+                ]
+            )
+        sync()
+        return torch.empty_like(out).index_copy_(0, order, out)  # back to list order
+
+    pseudo_batched()  # warm-up (allocator, CUDA context)
+    t_ref, ref = _best_time(pseudo_ref, repeats)
+    rows = []
+    for stage, fn in (
+        ("pseudo (BE+POM+1%)", pseudo_batched),
+        ("  same, by class count", pseudo_sorted),
+    ):
+        t_bat, got = _best_time(fn, repeats)
+        rows.append(
+            dict(
+                stage=stage,
+                images=N,
+                ref_img_s=N / t_ref,
+                batched_img_s=N / t_bat,
+                ratio=t_ref / t_bat,
+                identical=bool(np.array_equal(got.cpu().numpy(), ref)),
+            )
+        )
+
+    # --- masked: NSRM on the pseudo labels just computed
+    pseudo_np = ref
+    t["pseudo"] = torch.from_numpy(pseudo_np).to(dev)
+
+    def masked_ref() -> np.ndarray:
+        return np.stack(
+            [
+                L.non_salient_region_masking_ref(x["pred"][i], pseudo_np[i], x["sal"][i], cl)
+                for i, cl in enumerate(lists)
+            ]
+        )
+
+    def masked_batched() -> torch.Tensor:
+        with L.torch_threads(threads), torch.inference_mode():
+            out = torch.cat(
+                [
+                    L.non_salient_region_masking(
+                        t["pred"][i : i + bs],
+                        t["pseudo"][i : i + bs],
+                        t["sal"][i : i + bs],
+                        t["present"][i : i + bs],
+                    )
+                    for i in range(0, N, bs)
+                ]
+            )
+        sync()
+        return out
+
+    masked_batched()
+    t_ref, ref = _best_time(masked_ref, repeats)
+    t_bat, got = _best_time(masked_batched, repeats)
+    rows.append(
+        dict(
+            stage="masked (NSRM)",
+            images=N,
+            ref_img_s=N / t_ref,
+            batched_img_s=N / t_bat,
+            ratio=t_ref / t_bat,
+            identical=bool(np.array_equal(got.cpu().numpy(), ref)),
+        )
+    )
+    return dict(
+        rows=rows,
+        device=str(dev),
+        batch_size=bs,
+        threads=threads or torch.get_num_threads(),
+        source=x["source"],
+        size=f"{H}x{W}",
+        num_classes=C,
+        machine=f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores)",
+        load_average=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    )
+
+
+def format_bench(result: dict[str, Any]) -> str:
+    """The benchmark result as a text table."""
+    lines = [
+        f"inputs: {result['source']}; {result['size']} px, {result['num_classes']} classes",
+        f"batched: device {result['device']}, batch {result['batch_size']}, "
+        f"{result['threads']} torch thread(s); reference: numpy, one image at a time",
+        f"machine: {result['machine']}, load average {result['load_average']:.2f} "
+        "(shared machines give noisy timings)"
+        if result.get("load_average") is not None
+        else f"machine: {result['machine']}",
+        "",
+        f"{'stage':<24} {'images':>7} {'reference img/s':>16} {'batched img/s':>14} "
+        f"{'ratio':>7}  identical",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"{r['stage']:<24} {r['images']:>7} {r['ref_img_s']:>16.0f} "
+            f"{r['batched_img_s']:>14.0f} {r['ratio']:>6.2f}x  {'yes' if r['identical'] else 'NO'}"
+        )
+    return "\n".join(lines)

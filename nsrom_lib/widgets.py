@@ -1,0 +1,268 @@
+"""The threshold explorer: sliders for BE, POM and NSRM that redraw labels and their quality live.
+
+ALGORITHM.md §3 (fg, conflict, bg, att), §4 (pom) and §6 (kernel), measured with §8 (label
+quality: precision, coverage, mIoU on labelled pixels; non-salient object recall when the
+instances are known). Notebooks 03, 04 and 06 show it on a subset of the training images.
+
+The update logic is the plain function `explore_labels(inputs, **thresholds)`; the widget
+class `ThresholdExplorer` only reads its sliders, calls it and draws the result, so tests and
+scripts can drive either without a browser. `inputs` holds arrays, whatever made them:
+
+    sal        (N, H, W) uint8      saliency
+    oa_cam     (N, C, H, W) uint8   OA-CAMs (BE), raw 8-bit, any value for absent classes
+    cam        (N, C, H, W) uint8   CAMs (POM)
+    present    (N, C) bool          image-level labels
+    gt         (N, H, W) uint8      optional: ground truth (quality metrics)
+    pred       (N, H, W) uint8      optional: round-1 predictions (NSRM, the "masked" labels)
+    instances  (N, H, W), objects   optional: instance maps and per-image instance lists
+                                    (non-salient object recall, SynthVOC)
+    image      (N, H, W, 3) uint8   optional: shown under the overlays (else the saliency)
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "THRESHOLDS",
+    "explorer_inputs",
+    "explore_labels",
+    "render_overlays",
+    "ThresholdExplorer",
+]
+
+#: Slider settings: name -> (reference value, min, max, step). bg is in saliency units (0..255).
+THRESHOLDS: dict[str, tuple[float, float, float, float]] = {
+    "fg": (0.3, 0.0, 1.0, 0.05),
+    "conflict": (0.9, 0.0, 1.0, 0.05),
+    "bg": (32, 0, 256, 1),
+    "att": (0.8, 0.0, 1.0, 0.05),
+    "pom": (0.3, 0.0, 1.0, 0.05),
+    "kernel": (30, 1, 61, 1),
+}
+
+
+def explorer_inputs(
+    arrays: Mapping[str, Any],
+    oa_cam: np.ndarray,
+    cam: np.ndarray,
+    num_classes: int,
+    pred: np.ndarray | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Explorer inputs from `data.stats.load_split_arrays` output and the maps of the same images.
+
+    oa_cam, cam: (N, C, H, W) uint8; pred: optional (N, H, W) uint8; limit: keep the first images.
+    """
+    n = len(arrays["names"]) if limit is None else min(limit, len(arrays["names"]))
+    present = np.zeros((n, num_classes), bool)
+    for i, cl in enumerate(arrays["classes"][:n]):
+        present[i, cl] = True
+    out: dict[str, Any] = dict(
+        sal=arrays["saliency"][:n],
+        oa_cam=oa_cam[:n],
+        cam=cam[:n],
+        present=present,
+        gt=arrays["mask"][:n],
+        image=arrays["image"][:n],
+        names=list(arrays["names"][:n]),
+    )
+    if "instances" in arrays and any(arrays.get("objects", [])):
+        out["instances"], out["objects"] = arrays["instances"][:n], arrays["objects"][:n]
+    if pred is not None:
+        out["pred"] = pred[:n]
+    return out
+
+
+def _quality(labels: np.ndarray, x: Mapping[str, Any], num_labels: int) -> dict[str, float]:
+    from nsrom_lib.metrics import instance_recall, label_quality
+
+    m: dict[str, float] = {"ignore_share": float((labels == 255).mean())}
+    if x.get("gt") is not None:
+        m.update(label_quality(labels, x["gt"], num_labels))
+    if x.get("instances") is not None and x.get("objects") is not None:
+        m["nonsalient_recall"] = instance_recall(
+            labels, x["instances"], x["objects"], salient=False
+        )
+    return m
+
+
+def explore_labels(
+    inputs: Mapping[str, Any],
+    fg: float = 0.3,
+    conflict: float = 0.9,
+    bg: float = 32,
+    att: float = 0.8,
+    pom: float = 0.3,
+    kernel: int = 30,
+    ratio: float = 0.01,
+    device: str = "cpu",
+    threads: int | None = 1,
+) -> dict[str, Any]:
+    """Labels and their quality for one setting of the thresholds (the explorer's update).
+
+    inputs: see the module docstring. Returns {labels: {initial, pseudo[, masked]}: (N, H, W)
+    uint8 numpy, metrics: {stage: {ignore_share[, precision, coverage, miou][, nonsalient_recall]}},
+    seconds}. initial = BE + 1% rule, pseudo = BE + POM + 1% rule, masked = NSRM on pseudo.
+    threads: torch CPU threads while computing (None: torch's setting; 1 is fastest on a busy
+    machine, see labels.torch_threads).
+    """
+    import torch
+
+    from nsrom_lib import labels as L
+
+    t0 = time.perf_counter()
+
+    def T(key: str) -> torch.Tensor:
+        v = inputs[key]
+        return (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v))).to(device)
+
+    sal, present = T("sal"), T("present").bool()
+    num_labels = present.shape[1] + 1
+    with L.torch_threads(threads), torch.inference_mode():
+        be = L.background_extraction(sal, T("oa_cam"), present, fg, conflict, bg, att)
+        out = {
+            "initial": L.min_label_ratio_rule(be, ratio),
+            "pseudo": L.min_label_ratio_rule(
+                L.potential_object_mining(be, T("cam"), present, pom), ratio
+            ),
+        }
+        if inputs.get("pred") is not None:
+            out["masked"] = L.non_salient_region_masking(
+                T("pred"), out["pseudo"], sal, present, int(kernel), ratio
+            )
+    labels = {k: v.cpu().numpy() for k, v in out.items()}
+    metrics = {k: _quality(v, inputs, num_labels) for k, v in labels.items()}
+    return dict(labels=labels, metrics=metrics, seconds=time.perf_counter() - t0)
+
+
+def render_overlays(
+    inputs: Mapping[str, Any], labels: Mapping[str, np.ndarray], indices: list[int], scale: int = 2
+) -> np.ndarray:
+    """One row per image: the image, then each label stage (and GT) overlaid; (h, w, 3) uint8."""
+    from nsrom_lib.viz import overlay
+
+    rows = []
+    for i in indices:
+        base = (
+            inputs["image"][i]
+            if inputs.get("image") is not None
+            else np.repeat(np.asarray(inputs["sal"][i])[..., None], 3, axis=2)
+        )
+        base = np.asarray(base, np.uint8)
+        tiles = [base] + [overlay(base, lab[i]) for lab in labels.values()]
+        if inputs.get("gt") is not None:
+            tiles.append(overlay(base, np.asarray(inputs["gt"][i])))
+        gap = np.full((base.shape[0], 2, 3), 255, np.uint8)
+        rows.append(np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1))
+    gap = np.full((2, rows[0].shape[1], 3), 255, np.uint8)
+    grid = np.concatenate([r for row in rows for r in (row, gap)][:-1], axis=0)
+    return grid.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb, mode="RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _table_html(result: dict[str, Any]) -> str:
+    cols = [
+        ("precision", "precision"),
+        ("coverage", "coverage"),
+        ("miou", "mIoU"),
+        ("ignore_share", "ignore"),
+        ("nonsalient_recall", "non-salient recall"),
+    ]
+    used = [(k, t) for k, t in cols if any(k in m for m in result["metrics"].values())]
+    head = "".join(f"<th>{t}</th>" for _, t in used)
+    body = "".join(
+        f"<tr><td>{stage}</td>"
+        + "".join(f"<td>{m[k]:.3f}</td>" if k in m else "<td></td>" for k, _ in used)
+        + "</tr>"
+        for stage, m in result["metrics"].items()
+    )
+    return (
+        f"<table><tr><th>labels</th>{head}</tr>{body}</table>"
+        f"<small>updated in {result['seconds'] * 1000:.0f} ms</small>"
+    )
+
+
+class ThresholdExplorer:
+    """Sliders for fg, conflict, bg, att, pom (and the NSRM kernel when `pred` is given).
+
+    Every slider change calls `update()`: `explore_labels` on all the inputs (the subset),
+    then the metrics table and the overlays of the first `show` images are redrawn.
+    `result` holds the last output; `history` the settings it was computed for.
+    """
+
+    def __init__(
+        self,
+        inputs: Mapping[str, Any],
+        show: int = 4,
+        scale: int = 2,
+        device: str = "cpu",
+        **initial: float,
+    ):
+        import ipywidgets as W
+
+        unknown = set(initial) - set(THRESHOLDS)
+        if unknown:
+            raise ValueError(f"unknown threshold(s) {sorted(unknown)}; known: {sorted(THRESHOLDS)}")
+        self.inputs, self.device, self.scale = inputs, device, scale
+        self.indices = list(range(min(show, len(inputs["sal"]))))
+        names = [k for k in THRESHOLDS if k != "kernel" or inputs.get("pred") is not None]
+        self.sliders: dict[str, Any] = {}
+        for k in names:
+            ref, lo, hi, step = THRESHOLDS[k]
+            cls = W.IntSlider if k in ("bg", "kernel") else W.FloatSlider
+            self.sliders[k] = cls(
+                value=initial.get(k, ref),
+                min=lo,
+                max=hi,
+                step=step,
+                description=k,
+                continuous_update=False,
+            )
+            self.sliders[k].observe(self._on_change, names="value")
+        self.table = W.HTML()
+        self.image = W.Image(format="png")
+        self.widget = W.VBox(
+            [
+                W.HBox(list(self.sliders.values())[:3]),
+                W.HBox(list(self.sliders.values())[3:]),
+                self.table,
+                self.image,
+            ]
+        )
+        self.history: list[dict[str, float]] = []
+        self.result: dict[str, Any] = {}
+        self.update()
+
+    def thresholds(self) -> dict[str, float]:
+        """The sliders' current values."""
+        return {k: s.value for k, s in self.sliders.items()}
+
+    def update(self) -> dict[str, Any]:
+        """Recompute labels and metrics for the current sliders and redraw; returns the result."""
+        th = self.thresholds()
+        self.result = explore_labels(self.inputs, device=self.device, **th)
+        self.history.append(th)
+        self.table.value = _table_html(self.result)
+        if self.indices:
+            grid = render_overlays(self.inputs, self.result["labels"], self.indices, self.scale)
+            self.image.value = _png(grid)
+        return self.result
+
+    def _on_change(self, change: dict[str, Any]) -> None:
+        self.update()
+
+    def _repr_mimebundle_(self, **kwargs: Any):
+        return self.widget._repr_mimebundle_(**kwargs)
