@@ -33,6 +33,25 @@ class RunConfig:
     n_train: int = 400
     n_val: int = 100
     num_classes: int = 6  # foreground classes (20 for PASCAL VOC)
+    # --- classifier with GloRe + OAA (stage `classifier`), integral attention (stage `iam`) ---
+    backbone: str = "small"  # "small" (from scratch) or "vgg16" (output stride 8)
+    pretrained: bool = False  # vgg16 only: ImageNet weights from the torch hub cache
+    width: int = 64  # small backbone: channels D of the features, extra convs and GloRe
+    output_stride: int = 4  # small backbone: 4 or 8 (vgg16: 8)
+    channels_last: bool = True  # channels_last weights/activations: much faster on CPU here
+    num_threads: int = 0  # torch threads; 0 -> every core this process may use
+    jitter: float = 0.1  # colour jitter strength (brightness, contrast, saturation); no crop/flip
+    cls_epochs: int = 12  # OAA needs >= 2 (it starts in the second epoch)
+    cls_batch_size: int = 32
+    cls_optimizer: str = "adam"  # "adam" (from scratch) or "sgd" (the reference's recipe)
+    cls_lr: float = 1e-3
+    cls_schedule: str = "cosine"  # "cosine", "step" (x0.1 at 1/3, 2/3) or "constant"
+    cls_weight_decay: float = 1e-4
+    oaa_snapshots: int = 6  # images whose accumulated maps are kept after every epoch (figures)
+    oaa_from_epoch: int = 1  # 0-based epoch where OAA starts: 1 = the reference (second epoch)
+    iam_epochs: int = 6
+    iam_lr: float = 1e-3
+    iam_batch_size: int = 32
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept in config.json
 
     def to_dict(self) -> dict[str, Any]:
@@ -41,15 +60,20 @@ class RunConfig:
 
 PROFILES: dict[str, dict[str, Any]] = {
     # tests: seconds per stage
-    "smoke": dict(image_size=64, n_train=48, n_val=16),
+    "smoke": dict(image_size=64, n_train=48, n_val=16, width=16, cls_epochs=3, iam_epochs=2,
+                  cls_batch_size=16, iam_batch_size=16, oaa_snapshots=3),
     # the notebooks' defaults: the whole sequence in a few minutes on a 2-core CPU
-    "quick": dict(image_size=96, n_train=400, n_val=100),
+    "quick": dict(image_size=96, n_train=400, n_val=100, cls_epochs=30, iam_epochs=15),
     # `make run`: clear effects, still CPU-friendly
-    "default": dict(image_size=96, n_train=2000, n_val=500),
+    "default": dict(image_size=96, n_train=2000, n_val=500, cls_epochs=12, iam_epochs=15),
     # larger images and networks, for a lent GPU
-    "gpu": dict(image_size=128, n_train=6000, n_val=1000),
-    # real PASCAL VOC 2012 on disk (set data_root)
-    "voc": dict(num_classes=20, image_size=321, n_train=0, n_val=0),
+    "gpu": dict(image_size=128, n_train=6000, n_val=1000, width=128,
+                cls_epochs=20, iam_epochs=10),
+    # real PASCAL VOC 2012 on disk (set data_root): the reference's VGG-16 recipe
+    "voc": dict(num_classes=20, image_size=321, n_train=0, n_val=0, backbone="vgg16",
+                pretrained=True, output_stride=8, cls_optimizer="sgd", cls_lr=1e-3,
+                cls_schedule="step", cls_weight_decay=5e-4, cls_epochs=15, cls_batch_size=5,
+                iam_epochs=15, iam_batch_size=5, iam_lr=1e-3, jitter=0.3),
 }
 
 
@@ -123,6 +147,16 @@ def make_config(profile: str = "quick", **overrides: Any) -> RunConfig:
         raise ConfigError(f"num_classes={cfg.num_classes} must be in 1..254.")
     if cfg.data_root is None and cfg.profile != "voc" and (cfg.n_train < 1 or cfg.n_val < 1):
         raise ConfigError("n_train and n_val must be at least 1 for a generated dataset.")
+    if cfg.backbone not in ("small", "vgg16"):
+        raise ConfigError(f"backbone={cfg.backbone!r}: use 'small' or 'vgg16'.")
+    if cfg.cls_optimizer not in ("adam", "sgd"):
+        raise ConfigError(f"cls_optimizer={cfg.cls_optimizer!r}: use 'adam' or 'sgd'.")
+    if cfg.cls_schedule not in ("cosine", "step", "constant"):
+        raise ConfigError(f"cls_schedule={cfg.cls_schedule!r}: use 'cosine', 'step' or 'constant'.")
+    if cfg.cls_epochs < 2:
+        raise ConfigError(f"cls_epochs={cfg.cls_epochs}: OAA starts in the second epoch; use >= 2.")
+    if cfg.output_stride not in (4, 8):
+        raise ConfigError(f"output_stride={cfg.output_stride}: use 4 or 8.")
     if cfg.profile == "voc" and cfg.data_root is None:
         raise ConfigError("profile 'voc' needs the dataset: --set data_root=/path/to/VOC2012.")
     return cfg

@@ -17,6 +17,9 @@ __all__ = [
     "miou",
     "label_quality",
     "instance_recall",
+    "average_precision",
+    "classification_map",
+    "map_quality",
 ]
 
 IGNORE = 255
@@ -120,3 +123,103 @@ def instance_recall(
             n += 1
             hits += (lab[px] == o["class"] + 1).mean() >= min_share
     return hits / n if n else float("nan")
+
+
+# ----------------------------------------------------------------------------- classification and maps
+# (issue 3: notebook 02's table)
+
+
+def average_precision(scores: Any, labels: Any) -> float:
+    """Average precision of one class: mean of the precision at each positive's rank.
+
+    scores: (N,) float, higher = more confident; labels: (N,) 0/1. NaN if there is no positive.
+    Ties are broken by the order of a stable sort on descending scores.
+    """
+    s, y = _np(scores).astype(np.float64).ravel(), _np(labels).astype(bool).ravel()
+    if not y.any():
+        return float("nan")
+    order = np.argsort(-s, kind="stable")
+    hits = y[order]
+    precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision_at[hits].mean())
+
+
+def classification_map(scores: Any, labels: Any) -> float:
+    """Classification mAP: the mean over classes (with a positive) of `average_precision`.
+
+    scores: (N, C) float (logits or probabilities); labels: (N, C) 0/1 multi-hot.
+    """
+    s, y = _np(scores), _np(labels)
+    if s.shape != y.shape or s.ndim != 2:
+        raise ValueError(f"scores {s.shape} and labels {y.shape} must both be (N, C)")
+    aps = [average_precision(s[:, c], y[:, c]) for c in range(s.shape[1])]
+    aps = [a for a in aps if not np.isnan(a)]
+    return float(np.mean(aps)) if aps else float("nan")
+
+
+def map_quality(
+    maps: Sequence[dict[int, Any]],
+    masks: Sequence[Any],
+    instance_maps: Sequence[Any] | None = None,
+    objects: Sequence[Sequence[dict[str, Any]]] | None = None,
+    threshold: float = 0.3,
+) -> dict[str, float]:
+    """Coverage and precision of per-class attention maps against ground truth (notebook 02).
+
+    maps: per image {class id (0-based): (H, W) map}, uint8 0..255 (divided by 255) or float in
+    [0, 1]; masks: (H, W) GT label maps (0 bg, c + 1 class c, 255 void);
+    instance_maps / objects: SynthVOC instances (value k = instance k; dicts with `id`, `class`,
+    `salient`), or None to count each (image, class) GT region as one object.
+    A pixel is *active* for class c where its map is > `threshold`.
+    Returns:
+      coverage: mean over GT objects of the share of the object's pixels active for its class
+        (an object whose class has no map counts 0);
+      coverage_salient / coverage_nonsalient: the same over salient / non-salient objects
+        (NaN without instance metadata);
+      precision: share of active (image, class, pixel) triples, void excluded, whose GT is that
+        class, pooled over all maps;
+      objects: the number of objects counted.
+    """
+    cov: dict[str, list[float]] = {"all": [], "salient": [], "nonsalient": []}
+    correct = active_total = 0
+    for i, per_class in enumerate(maps):
+        gt = _np(masks[i])
+        act = {}
+        for c, m in per_class.items():
+            m = _np(m)
+            v = m.astype(np.float64) / 255.0 if m.dtype == np.uint8 else m.astype(np.float64)
+            if v.shape != gt.shape:
+                raise ValueError(f"image {i}: map of class {c} is {v.shape}, GT is {gt.shape}")
+            a = v > threshold
+            act[int(c)] = a
+            valid = a & (gt != IGNORE)
+            active_total += int(valid.sum())
+            correct += int((valid & (gt == int(c) + 1)).sum())
+        if instance_maps is not None and objects is not None:
+            inst = _np(instance_maps[i])
+            for o in objects[i]:
+                px = inst == o["id"]
+                if not px.any():
+                    continue
+                a = act.get(int(o["class"]))
+                share = float(a[px].mean()) if a is not None else 0.0
+                cov["all"].append(share)
+                cov["salient" if o["salient"] else "nonsalient"].append(share)
+        else:
+            for v in np.unique(gt):
+                if v == 0 or v == IGNORE:
+                    continue
+                px = gt == v
+                a = act.get(int(v) - 1)
+                cov["all"].append(float(a[px].mean()) if a is not None else 0.0)
+
+    def mean(xs: list[float]) -> float:
+        return float(np.mean(xs)) if xs else float("nan")
+
+    return dict(
+        coverage=mean(cov["all"]),
+        coverage_salient=mean(cov["salient"]),
+        coverage_nonsalient=mean(cov["nonsalient"]),
+        precision=correct / active_total if active_total else float("nan"),
+        objects=len(cov["all"]),
+    )

@@ -15,7 +15,7 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,41 @@ __all__ = [
     "default_runs_dir",
     "resolve_device",
     "ensure_data",
+    "STAGE_FIELDS",
+    "build_classifier",
+    "load_ground_truth",
+    "snapshot_indices",
+    "ensure_classifier",
+    "ensure_iam",
+    "ensure_maps",
+    "load_classifier",
+    "load_iam",
+    "load_accumulated",
+    "load_oaa_snapshots",
+    "MAP_KINDS",
+    "map_path",
     "synthvoc_config_for",
     "list_notebooks",
     "run_notebooks",
 ]
 
 STAGES = ["data", "classifier", "iam", "maps", "pseudo", "seg1", "masked", "seg2", "results"]
+
+# The configuration keys each stage's result depends on (its record key hashes only these; a
+# stage not listed depends on the whole configuration). Each includes its upstream's keys.
+# Left out on purpose: device, num_threads and channels_last (where and how fast, not what).
+_DATA_FIELDS = ("data_root", "image_size", "n_train", "n_val", "num_classes", "seed")
+_CLASSIFIER_FIELDS = _DATA_FIELDS + (
+    "backbone", "pretrained", "width", "output_stride", "jitter", "cls_epochs", "cls_batch_size",
+    "cls_optimizer", "cls_lr", "cls_schedule", "cls_weight_decay", "oaa_snapshots", "oaa_from_epoch",
+)
+_IAM_FIELDS = _CLASSIFIER_FIELDS + ("iam_epochs", "iam_lr", "iam_batch_size")
+STAGE_FIELDS: dict[str, tuple[str, ...]] = {
+    "data": _DATA_FIELDS,
+    "classifier": _CLASSIFIER_FIELDS,
+    "iam": _IAM_FIELDS,
+    "maps": _IAM_FIELDS,
+}
 
 
 def project_root() -> Path:
@@ -92,17 +121,27 @@ class Run:
         return f"Run({str(self.dir)!r}, profile={self.cfg.profile!r})"
 
     def stage_dir(self, stage: str) -> Path:
-        if stage not in STAGES:
+        """The folder of `stage`, or of a variant `stage/sub` (e.g. `classifier/no_glore`)."""
+        if stage.split("/", 1)[0] not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
         d = self.dir / stage
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-    def stage_key(self, stage: str, **extra: Any) -> str:
-        """The key a stage's record must carry: a hash of the configuration (and `extra`)."""
+    def stage_key(self, stage: str, fields: Iterable[str] | None = None, **extra: Any) -> str:
+        """The key a stage's record must carry: a hash of the configuration (and `extra`).
+
+        fields: the configuration keys the stage depends on (None: those of `STAGE_FIELDS`, or
+        all but device and extra for a stage not listed there), so that changing a downstream
+        setting does not invalidate an upstream stage.
+        """
         values = self.cfg.to_dict()
         values.pop("device", None)  # where it ran does not change what it computes
         values.pop("extra", None)
+        if fields is None:
+            fields = STAGE_FIELDS.get(stage.split("/", 1)[0])
+        if fields is not None:
+            values = {k: values[k] for k in fields}
         return config_hash({"stage": stage, **values, **extra})
 
     def record(self, stage: str) -> dict[str, Any] | None:
@@ -133,9 +172,13 @@ class Run:
         atomic_write_json(self.stage_dir(stage) / "record.json", rec)
         return rec
 
-    def ensure(self, stage: str, compute: Callable[[], dict[str, Any]], **info: Any) -> dict[str, Any]:
-        """Run `compute()` (which returns metrics) unless the stage is already done; return the record."""
-        key = self.stage_key(stage)
+    def ensure(self, stage: str, compute: Callable[[], dict[str, Any]], key: str | None = None,
+               **info: Any) -> dict[str, Any]:
+        """Run `compute()` (which returns metrics) unless the stage is already done; return the record.
+
+        key: the record's key (default `stage_key(stage)`, the whole configuration).
+        """
+        key = key or self.stage_key(stage)
         if self.is_done(stage, key):
             log.info("stage %s: done already (%s)", stage, self.dir / stage)
             return self.record(stage) or {}
@@ -194,6 +237,263 @@ def ensure_data(run: Run, progress: bool = True) -> Path:
         (run.dir / "data" / "record.json").unlink()
     run.ensure("data", compute, data_root=str(root))
     return root
+
+
+# ----------------------------------------------------------------------------- stages `classifier`, `iam`, `maps`
+# ALGORITHM.md §1–§2; the training itself is `nsrom_lib.train`.
+
+
+def _classifier_stage(glore: bool) -> str:
+    return "classifier" if glore else "classifier/no_glore"
+
+
+def build_classifier(cfg: RunConfig, glore: bool = True, iam: bool = False):
+    """The classifier (or, with `iam`, the integral attention model) of a run configuration."""
+    from nsrom_lib.models.classifier import Classifier
+
+    return Classifier(cfg.num_classes, backbone=cfg.backbone, glore=glore, iam=iam,
+                      width=cfg.width, pretrained=cfg.pretrained and not iam,
+                      output_stride=cfg.output_stride, channels_last=cfg.channels_last)
+
+
+def _save_torch(path: Path, obj: Any) -> None:
+    import torch
+
+    from nsrom_lib.data.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _load_torch(path: Path, stage: str) -> Any:
+    import torch
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the stage `{stage}` first "
+                                f"(e.g. ensure_{stage.split('/')[0]}(run)).")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_ground_truth(root: Path, split: str, names: list[str]) -> dict[str, Any] | None:
+    """GT masks (and SynthVOC instances) of `names`, for the map measures; None without masks.
+
+    Returns masks: list of (H, W) uint8; instances: list of (H, W) uint8 or None;
+    objects: per image instance dicts or None.
+    """
+    from nsrom_lib.data.io import read_label_png
+    from nsrom_lib.data.voc import read_instances
+
+    mask_dir = root / "SegmentationClassAug"
+    if not mask_dir.is_dir():
+        mask_dir = root / "SegmentationClass"
+    if not all((mask_dir / f"{n}.png").is_file() for n in names):
+        return None
+    masks = [read_label_png(mask_dir / f"{n}.png", "GT mask") for n in names]
+    meta = read_instances(root)
+    inst_dir = root / "SegmentationObject"
+    if meta is None or not inst_dir.is_dir():
+        return dict(masks=masks, instances=None, objects=None)
+    instances = [read_label_png(inst_dir / f"{n}.png", "instance mask") for n in names]
+    return dict(masks=masks, instances=instances, objects=[meta.get(n, []) for n in names])
+
+
+def _map_quality(maps: list[dict[int, Any]], gt: dict[str, Any] | None) -> dict[str, float] | None:
+    from nsrom_lib.metrics import map_quality
+
+    if gt is None:
+        return None
+    q = map_quality(maps, gt["masks"], gt["instances"], gt["objects"])
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in q.items()}
+
+
+def snapshot_indices(label_ids: list[list[int]], k: int) -> list[int]:
+    """The images whose accumulated maps are kept after every epoch: the first k with 2+
+    classes (then the others), so a figure shows several objects."""
+    multi = [i for i, ids in enumerate(label_ids) if len(ids) >= 2]
+    rest = [i for i, ids in enumerate(label_ids) if len(ids) < 2]
+    return (multi + rest)[:k]
+
+
+def ensure_classifier(run: Run, glore: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Stage `classifier`: train the classifier with OAA (ALGORITHM.md §1–§2); return the record.
+
+    glore=False trains the ablation without the GloRe unit in `classifier/no_glore/` (its own
+    record). Artefacts: `model.pt` (weights and constructor arguments), `accumulated.pt` (the
+    accumulated maps at feature resolution, uint8, with `exists` and the image names),
+    `snapshots.pt` (a few images' accumulated maps after every epoch), `history.json`.
+    Metrics: train loss, train/val mAP (eval mode), img/s, OAA counts, and the coverage /
+    precision of the CAMs and of the accumulated maps on the train split (with GT masks).
+    An interrupted training resumes from `checkpoint.pt` (removed once the stage is complete).
+    """
+    root = ensure_data(run, progress=progress)
+    stage = _classifier_stage(glore)
+    cfg = run.cfg
+
+    def compute() -> dict[str, Any]:
+        import torch
+
+        from nsrom_lib import train as T
+        from nsrom_lib.metrics import classification_map
+
+        d = run.stage_dir(stage)
+        device = resolve_device(cfg.device)
+        threads = T.configure_threads(cfg.num_threads)
+        data = T.load_split_tensors(root, "train", cfg.num_classes, cfg.image_size)
+        T.seed_everything(cfg.seed)
+        model = build_classifier(cfg, glore=glore)
+        snaps = snapshot_indices(data["label_ids"], cfg.oaa_snapshots)
+        res = T.train_classifier(
+            model, data["images"], data["labels"], epochs=cfg.cls_epochs,
+            batch_size=cfg.cls_batch_size, lr=cfg.cls_lr, optimizer=cfg.cls_optimizer,
+            weight_decay=cfg.cls_weight_decay, schedule=cfg.cls_schedule, jitter=cfg.jitter,
+            seed=cfg.seed, device=device, snapshot_indices=snaps, accumulate_from=cfg.oaa_from_epoch,
+            checkpoint=d / "checkpoint.pt", tag=run.stage_key(stage), progress=progress)
+        acc = res["accumulator"]
+        _save_torch(d / "model.pt", dict(state_dict=model.state_dict(), glore=glore, iam=False))
+        _save_torch(d / "accumulated.pt", dict(maps=acc.maps().cpu(), exists=acc.exists.cpu(),
+                                               names=data["names"]))
+        _save_torch(d / "snapshots.pt", dict(indices=res["snapshots"]["indices"],
+                                             names=[data["names"][i] for i in snaps],
+                                             maps=res["snapshots"]["maps"]))
+        atomic_write_json(d / "history.json", res["history"])
+        # Measures: eval-mode CAMs on train, logits on train and val.
+        logits, cams = T.predict_cams(model, data["images"], device=device)
+        val = T.load_split_tensors(root, "val", cfg.num_classes, cfg.image_size)
+        val_logits, _ = T.predict_cams(model, val["images"], device=device)
+        gt = load_ground_truth(root, "train", data["names"])
+        cam_maps = T.maps_to_uint8(cams, data["label_ids"], data["sizes"])
+        acc_maps = T.maps_to_uint8(acc.maps().cpu(), data["label_ids"], data["sizes"],
+                                   normalized=True)
+        hist = res["history"]
+        (d / "checkpoint.pt").unlink(missing_ok=True)
+        return dict(
+            glore=glore,
+            train_map=round(classification_map(logits, data["labels"]), 4),
+            val_map=round(classification_map(val_logits, val["labels"]), 4),
+            final_loss=round(hist[-1]["loss"], 5),
+            img_per_s=round(sum(h["img_per_s"] for h in hist) / len(hist), 1),
+            train_seconds=round(sum(h["seconds"] for h in hist), 1),
+            threads=threads, device=str(device), oaa=acc.stats(),
+            cam=_map_quality(cam_maps, gt), accumulated=_map_quality(acc_maps, gt),
+            torch_threads=torch.get_num_threads(),
+        )
+
+    return run.ensure(stage, compute, glore=glore)
+
+
+def load_classifier(run: Run, glore: bool = True):
+    """The trained classifier of a run (eval mode, CPU); trains it first if needed."""
+    ensure_classifier(run, glore=glore)
+    state = _load_torch(run.dir / _classifier_stage(glore) / "model.pt", "classifier")
+    model = build_classifier(run.cfg, glore=glore)
+    model.load_state_dict(state["state_dict"])
+    return model.eval()
+
+
+def load_accumulated(run: Run, glore: bool = True) -> dict[str, Any]:
+    """The accumulated maps of a run: maps (N, C, h, w) uint8, exists (N, C) bool, names."""
+    ensure_classifier(run, glore=glore)
+    return _load_torch(run.dir / _classifier_stage(glore) / "accumulated.pt", "classifier")
+
+
+def load_oaa_snapshots(run: Run, glore: bool = True) -> dict[str, Any]:
+    """Per-epoch accumulated maps of a few images: indices (k,), names, maps (E, k, C, h, w)."""
+    ensure_classifier(run, glore=glore)
+    return _load_torch(run.dir / _classifier_stage(glore) / "snapshots.pt", "classifier")
+
+
+def ensure_iam(run: Run, progress: bool = True) -> dict[str, Any]:
+    """Stage `iam`: train the integral attention model on the accumulated maps (§2).
+
+    Artefacts: `iam/model.pt`, `iam/history.json`. Metrics: final loss, seconds, img/s.
+    """
+    ensure_classifier(run, glore=True, progress=progress)
+    root = ensure_data(run, progress=progress)
+    cfg = run.cfg
+
+    def compute() -> dict[str, Any]:
+        from nsrom_lib import train as T
+
+        d = run.stage_dir("iam")
+        device = resolve_device(cfg.device)
+        T.configure_threads(cfg.num_threads)
+        data = T.load_split_tensors(root, "train", cfg.num_classes, cfg.image_size)
+        acc = _load_torch(run.dir / "classifier" / "accumulated.pt", "classifier")
+        if list(acc["names"]) != data["names"]:
+            raise RuntimeError(f"{run.dir / 'classifier'} was trained on other images: "
+                               "delete its record.json to retrain it")
+        T.seed_everything(cfg.seed + 1)
+        model = build_classifier(cfg, glore=True, iam=True)
+        res = T.train_iam(
+            model, data["images"], acc["maps"], epochs=cfg.iam_epochs,
+            batch_size=cfg.iam_batch_size, lr=cfg.iam_lr, optimizer=cfg.cls_optimizer,
+            weight_decay=cfg.cls_weight_decay, schedule=cfg.cls_schedule, jitter=cfg.jitter,
+            seed=cfg.seed + 1, device=device, checkpoint=d / "checkpoint.pt",
+            tag=run.stage_key("iam"), progress=progress)
+        _save_torch(d / "model.pt", dict(state_dict=model.state_dict(), glore=True, iam=True))
+        atomic_write_json(d / "history.json", res["history"])
+        hist = res["history"]
+        (d / "checkpoint.pt").unlink(missing_ok=True)
+        return dict(final_loss=round(hist[-1]["loss"], 5),
+                    img_per_s=round(sum(h["img_per_s"] for h in hist) / len(hist), 1),
+                    train_seconds=round(sum(h["seconds"] for h in hist), 1))
+
+    return run.ensure("iam", compute)
+
+
+def load_iam(run: Run):
+    """The trained integral attention model of a run (eval mode, CPU); trains it if needed."""
+    ensure_iam(run)
+    state = _load_torch(run.dir / "iam" / "model.pt", "iam")
+    model = build_classifier(run.cfg, glore=True, iam=True)
+    model.load_state_dict(state["state_dict"])
+    return model.eval()
+
+
+MAP_KINDS = ("cam", "accumulated", "oacam")
+
+
+def ensure_maps(run: Run, progress: bool = True) -> dict[str, Any]:
+    """Stage `maps`: the 8-bit, image-size maps of every training image and listed class.
+
+    `maps/cam/{name}_{cls}.png` (final GloRe classifier, eval mode), `maps/oacam/...` (the
+    integral attention model: the OA-CAMs) and `maps/accumulated/...` (the OAA maps, resized),
+    cls the 0-based class id. Metrics: per kind, coverage / precision against GT (train split).
+    """
+    ensure_iam(run, progress=progress)
+    root = ensure_data(run, progress=progress)
+    cfg = run.cfg
+
+    def compute() -> dict[str, Any]:
+        from nsrom_lib import train as T
+
+        d = run.stage_dir("maps")
+        device = resolve_device(cfg.device)
+        T.configure_threads(cfg.num_threads)
+        data = T.load_split_tensors(root, "train", cfg.num_classes, cfg.image_size)
+        ids, sizes = data["label_ids"], data["sizes"]
+        _, cams = T.predict_cams(load_classifier(run), data["images"], device=device)
+        _, oa = T.predict_cams(load_iam(run), data["images"], device=device)
+        acc = load_accumulated(run)["maps"]
+        maps = {"cam": T.maps_to_uint8(cams, ids, sizes),
+                "accumulated": T.maps_to_uint8(acc, ids, sizes, normalized=True),
+                "oacam": T.maps_to_uint8(oa, ids, sizes)}
+        gt = load_ground_truth(root, "train", data["names"])
+        metrics: dict[str, Any] = {}
+        for kind in MAP_KINDS:
+            metrics[f"{kind}_files"] = T.export_maps(d / kind, data["names"], maps[kind],
+                                                     progress=progress)
+            metrics[kind] = _map_quality(maps[kind], gt)
+        return metrics
+
+    return run.ensure("maps", compute)
+
+
+def map_path(run: Run, kind: str, name: str, cls: int) -> Path:
+    """Where the `maps` stage writes the map of (image `name`, 0-based class `cls`)."""
+    if kind not in MAP_KINDS:
+        raise ValueError(f"kind must be one of {MAP_KINDS}, got {kind!r}")
+    return run.dir / "maps" / kind / f"{name}_{cls}.png"
 
 
 # ----------------------------------------------------------------------------- notebooks

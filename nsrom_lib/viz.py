@@ -13,7 +13,7 @@ import numpy as np
 
 from nsrom_lib.data.io import voc_palette
 
-__all__ = ["PALETTE", "colorize", "overlay", "image_grid", "outline"]
+__all__ = ["PALETTE", "colorize", "overlay", "image_grid", "outline", "heatmap", "receptive_field"]
 
 PALETTE = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
 
@@ -72,3 +72,41 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[Sequence[s
                             ha="right", va="center", fontsize=9, rotation=90)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- attention maps (issue 3)
+
+
+def heatmap(image: np.ndarray, amap: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """Blend an attention map over an image: (H, W, 3) uint8 and (H, W) uint8 0..255 (or float
+    0..1) -> (H, W, 3) uint8. Low values stay mostly the image, high values the colour map's top."""
+    import matplotlib
+
+    a = np.asarray(amap, dtype=np.float64)
+    if np.asarray(amap).dtype == np.uint8:
+        a = a / 255.0
+    col = matplotlib.colormaps[cmap](np.clip(a, 0, 1))[..., :3] * 255.0  # (H, W, 3)
+    w = alpha * np.clip(a, 0, 1)[..., None] ** 0.5
+    out = np.asarray(image, dtype=np.float64) * (1 - w) + col * w
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def receptive_field(module: Any, shape: tuple[int, int, int, int], pixel: tuple[int, int],
+                    seed: int = 0) -> np.ndarray:
+    """Which input pixels one output pixel depends on: |d out[0, :, i, j].sum() / d x|.
+
+    module: maps (B, D, H, W) -> (B, D', H, W) (eval mode is used); shape: the input's
+    (B, D, H, W); pixel: (i, j) of the output. Returns (H, W) float64, the gradient magnitude
+    summed over channels (0 where the output pixel cannot see the input pixel).
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g, requires_grad=True)  # (B, D, H, W)
+    was_training = module.training
+    module.eval()
+    out = module(x)  # (B, D', H, W)
+    module.train(was_training)
+    i, j = pixel
+    out[0, :, i, j].sum().backward()
+    return x.grad[0].abs().sum(0).double().numpy()  # (H, W)

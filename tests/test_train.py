@@ -1,0 +1,204 @@
+"""Classifier / IAM training, checkpoints and resume, stage records, map export, measures.
+
+ALGORITHM.md §1–§2 and issue 3. Everything here is tiny (a few images of 32–64 px, narrow
+networks) so the file runs in well under a minute on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nsrom_lib import train as T
+from nsrom_lib.metrics import average_precision, classification_map, map_quality
+from nsrom_lib.models.classifier import Classifier
+from nsrom_lib.pipeline import (
+    MAP_KINDS,
+    ensure_classifier,
+    ensure_maps,
+    map_path,
+    open_run,
+)
+
+# ----------------------------------------------------------------------------- training
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Bitwise reproducibility on the CPU needs a fixed thread count; restore it afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _toy_data(n: int = 12, size: int = 32, classes: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    labels = (torch.rand(n, classes, generator=g) > 0.5).float()
+    labels[labels.sum(1) == 0, 0] = 1.0
+    return images, labels
+
+
+def _toy_model(seed: int = 0) -> Classifier:
+    torch.manual_seed(seed)
+    return Classifier(3, width=8, output_stride=4)
+
+
+def _train(ckpt, max_epochs=None):
+    images, labels = _toy_data()
+    return T.train_classifier(
+        _toy_model(), images, labels, epochs=3, batch_size=5, seed=1, snapshot_indices=[0, 2],
+        checkpoint=ckpt, tag="t", max_epochs=max_epochs, progress=False,
+    )
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
+    full = _train(tmp_path / "a.pt")
+    part = _train(tmp_path / "b.pt", max_epochs=2)  # "interrupted" after epoch 2
+    assert not part["completed"] and part["epochs_done"] == 2
+    resumed = _train(tmp_path / "b.pt")  # a fresh model and process state, same checkpoint
+    assert resumed["completed"] and resumed["epochs_done"] == 3
+    for k, v in full["model"].state_dict().items():
+        assert torch.equal(v, resumed["model"].state_dict()[k]), k
+    assert torch.equal(full["accumulator"].maps(), resumed["accumulator"].maps())
+    assert torch.equal(full["accumulator"].exists, resumed["accumulator"].exists)
+    assert full["accumulator"].stats() == resumed["accumulator"].stats()
+    assert torch.equal(full["snapshots"]["maps"], resumed["snapshots"]["maps"])
+    assert [h["loss"] for h in full["history"]] == [h["loss"] for h in resumed["history"]]
+    # snapshots: one per epoch, of the chosen images; the first epoch never accumulates
+    assert full["snapshots"]["maps"].shape == (3, 2, 3, 8, 8)
+    assert full["snapshots"]["maps"][0].sum() == 0 and full["snapshots"]["maps"][-1].sum() > 0
+    # every listed (image, class) has a map after the last epoch (the last-epoch write)
+    _, labels = _toy_data()
+    assert torch.equal(full["accumulator"].exists, labels > 0)
+    # a finished checkpoint is not trained further
+    again = _train(tmp_path / "a.pt")
+    assert again["epochs_done"] == 3 and len(again["history"]) == 3
+
+
+def test_checkpoint_of_another_configuration_is_ignored(tmp_path):
+    _train(tmp_path / "c.pt", max_epochs=1)
+    images, labels = _toy_data()
+    out = T.train_classifier(_toy_model(), images, labels, epochs=2, batch_size=6, seed=1,
+                             checkpoint=tmp_path / "c.pt", tag="other", progress=False)
+    assert out["epochs_done"] == 2 and out["history"][0]["epoch"] == 1
+
+
+def test_iam_learns_its_targets_and_checks_their_size():
+    images, labels = _toy_data(n=8)
+    torch.manual_seed(0)
+    iam = Classifier(3, width=8, output_stride=4, iam=True)
+    targets = torch.zeros(8, 3, 8, 8, dtype=torch.uint8)
+    targets[:, 0, 2:6, 2:6] = 255
+    out = T.train_iam(iam, images, targets, epochs=4, batch_size=4, lr=3e-3, jitter=0.0,
+                      progress=False)
+    losses = [h["loss"] for h in out["history"]]
+    assert losses[-1] < losses[0]
+    with pytest.raises(ValueError, match="targets"):
+        T.train_iam(iam, images, targets[..., :4, :4], epochs=1, progress=False)
+
+
+def test_learning_rate_schedules():
+    assert T.learning_rate(1.0, 0, 10, "cosine") == 1.0
+    assert T.learning_rate(1.0, 5, 10, "cosine") == pytest.approx(0.5)
+    assert [T.learning_rate(1.0, e, 15, "step") for e in (0, 4, 5, 9, 10, 14)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01])
+    with pytest.raises(ValueError):
+        T.learning_rate(1.0, 0, 10, "poly")
+
+
+def test_map_export_sizes_and_values(tmp_path):
+    cams = torch.zeros(2, 3, 4, 4)
+    cams[0, 1, :2, :2] = 2.0
+    cams[1, 0] = torch.arange(16.0).reshape(4, 4)
+    maps = T.maps_to_uint8(cams, [[1, 2], [0]], [(16, 16), (12, 20)])
+    assert set(maps[0]) == {1, 2} and set(maps[1]) == {0}
+    assert maps[0][1].shape == (16, 16) and maps[1][0].shape == (12, 20)
+    assert maps[0][1].dtype == np.uint8 and maps[0][1].max() >= 250 and maps[0][2].max() == 0
+    assert T.export_maps(tmp_path / "cam", ["a", "b"], maps) == 3
+    assert sorted(p.name for p in (tmp_path / "cam").iterdir()) == ["a_1.png", "a_2.png", "b_0.png"]
+    # resize_uint8 keeps 0..255 maps as they are (no re-normalisation)
+    acc = torch.full((1, 4, 4), 200, dtype=torch.uint8)
+    assert T.resize_uint8(acc, (8, 8)).unique().tolist() == [200]
+
+
+# ----------------------------------------------------------------------------- measures
+
+
+def test_average_precision_and_map_by_hand():
+    # ranks of positives 1 and 3: AP = (1/1 + 2/3) / 2
+    assert average_precision([0.9, 0.8, 0.7, 0.1], [1, 0, 1, 0]) == pytest.approx(5 / 6)
+    assert np.isnan(average_precision([0.1, 0.2], [0, 0]))
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.3]])
+    labels = np.array([[1, 0], [0, 1], [0, 0]])
+    assert classification_map(scores, labels) == 1.0
+
+
+def test_map_quality_on_hand_made_maps():
+    gt = np.zeros((4, 4), np.uint8)
+    gt[0, :] = 1  # object 1: class 0, 4 px (salient)
+    gt[3, :2] = 2  # object 2: class 1, 2 px (non-salient)
+    inst = np.zeros((4, 4), np.uint8)
+    inst[0, :] = 1
+    inst[3, :2] = 2
+    objs = [{"id": 1, "class": 0, "salient": True}, {"id": 2, "class": 1, "salient": False}]
+    m0 = np.zeros((4, 4), np.uint8)
+    m0[0, :2] = 255  # half of object 1
+    m0[1, 0] = 200  # one activated px of background
+    m1 = np.full((4, 4), 0.2)  # float map, nothing above 0.3
+    q = map_quality([{0: m0, 1: m1}], [gt], [inst], [objs])
+    assert q["coverage_salient"] == pytest.approx(0.5)
+    assert q["coverage_nonsalient"] == 0.0
+    assert q["coverage"] == pytest.approx(0.25)
+    assert q["precision"] == pytest.approx(2 / 3)
+    assert q["objects"] == 2
+    # without instances each (image, class) region is one object
+    q2 = map_quality([{0: m0}], [gt])
+    assert q2["coverage"] == pytest.approx(0.25) and np.isnan(q2["coverage_salient"])
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+@pytest.mark.slow
+def test_stages_record_skip_and_export_layout(tmp_path):
+    over = dict(n_train=12, n_val=4, cls_epochs=2, iam_epochs=1, width=8, oaa_snapshots=2)
+    run = open_run(tmp_path / "run", "smoke", **over)
+    rec = ensure_maps(run, progress=False)
+    assert run.is_done("classifier") and run.is_done("iam") and run.is_done("maps")
+    cls_rec = run.record("classifier")
+    for key in ("train_map", "val_map", "final_loss", "cam", "accumulated", "oaa"):
+        assert key in cls_rec["metrics"]
+    assert json.loads((run.dir / "classifier" / "history.json").read_text())[-1]["epoch"] == 2
+    assert not (run.dir / "classifier" / "checkpoint.pt").exists()
+    # every listed (image, class) has one PNG of image size per kind
+    from nsrom_lib.data.io import read_gray_png
+    from nsrom_lib.data.voc import VOCSegDataset
+
+    ds = VOCSegDataset(run.record("data")["metrics"]["data_root"], "train", with_saliency=False)
+    pairs = [(ds.names[i], c) for i in range(len(ds)) for c in ds.get_raw(i)["label_ids"]]
+    for kind in MAP_KINDS:
+        files = sorted(p.name for p in (run.dir / "maps" / kind).glob("*.png"))
+        assert files == sorted(f"{n}_{c}.png" for n, c in pairs)
+        assert rec["metrics"][f"{kind}_files"] == len(pairs)
+    png = read_gray_png(map_path(run, "oacam", *pairs[0]))
+    assert png.shape == (64, 64) and png.dtype == np.uint8
+    # a second call finds the records and recomputes nothing
+    stamp = {s: run.record(s)["finished"] for s in ("classifier", "iam", "maps")}
+    mtime = (run.dir / "classifier" / "model.pt").stat().st_mtime_ns
+    ensure_maps(run, progress=False)
+    assert {s: run.record(s)["finished"] for s in stamp} == stamp
+    assert (run.dir / "classifier" / "model.pt").stat().st_mtime_ns == mtime
+    # a downstream-only change keeps the classifier, an upstream change does not
+    run2 = open_run(tmp_path / "run", "smoke", **{**over, "iam_epochs": 2})
+    assert run2.is_done("classifier") and not run2.is_done("iam")
+    run3 = open_run(tmp_path / "run", "smoke", **{**over, "cls_lr": 3e-3})
+    assert not run3.is_done("classifier")
+    # the GloRe-off classifier has its own folder and record
+    ensure_classifier(run, glore=False, progress=False)
+    assert run.is_done("classifier/no_glore") and run.is_done("classifier")
+    assert run.record("classifier/no_glore")["metrics"]["glore"] is False
