@@ -33,6 +33,7 @@ __all__ = [
     "default_runs_dir",
     "resolve_device",
     "ensure_data",
+    "dataset_id",
     "STAGE_FIELDS",
     "build_classifier",
     "load_ground_truth",
@@ -142,7 +143,8 @@ class Run:
             fields = STAGE_FIELDS.get(stage.split("/", 1)[0])
         if fields is not None:
             values = {k: values[k] for k in fields}
-        return config_hash({"stage": stage, **values, **extra})
+        # every stage depends on the dataset's content, not only on its settings
+        return config_hash({"stage": stage, "dataset": dataset_id(self.cfg), **values, **extra})
 
     def record(self, stage: str) -> dict[str, Any] | None:
         p = self.dir / stage / "record.json"
@@ -206,6 +208,17 @@ def synthvoc_config_for(cfg: RunConfig):
 
     return SynthVOCConfig(image_size=cfg.image_size, n_train=cfg.n_train, n_val=cfg.n_val,
                           num_classes=cfg.num_classes, seed=cfg.seed)
+
+
+def dataset_id(cfg: RunConfig) -> str:
+    """What identifies a run's data: the resolved `data_root`, or the SynthVOC generator hash.
+
+    The generator hash covers its settings and `GENERATOR_VERSION`, so a change to what SynthVOC
+    draws invalidates every stage trained on the old images.
+    """
+    if cfg.data_root is not None:
+        return str(Path(cfg.data_root).expanduser().resolve())
+    return "synthvoc:" + synthvoc_config_for(cfg).hash()
 
 
 def ensure_data(run: Run, progress: bool = True) -> Path:

@@ -136,3 +136,15 @@ def test_cli_run_executes_notebooks_and_summarises(tmp_path):
     summary = json.loads((run_dir / "run_summary.json").read_text())
     assert summary["profile"] == "smoke" and summary["notebooks"][0]["notebook"] == "00_synthetic_data.ipynb"
     assert (run_dir / "data" / "record.json").is_file()
+
+
+def test_stage_keys_follow_the_dataset_content(tmp_path, monkeypatch):
+    import nsrom_lib.data.synthvoc as synthvoc
+
+    run = open_run(tmp_path / "r", "smoke")
+    before = {s: run.stage_key(s) for s in ("data", "classifier", "pseudo")}
+    monkeypatch.setattr(synthvoc, "GENERATOR_VERSION", synthvoc.GENERATOR_VERSION + 1)
+    after = {s: run.stage_key(s) for s in before}
+    assert all(before[s] != after[s] for s in before)
+    other = open_run(tmp_path / "r2", "smoke", data_root=str(tmp_path))
+    assert other.stage_key("classifier") != before["classifier"]
