@@ -52,6 +52,13 @@ class RunConfig:
     iam_epochs: int = 6
     iam_lr: float = 1e-3
     iam_batch_size: int = 32
+    # --- pseudo labels (stage `pseudo`): BE (ALGORITHM.md §3), POM (§4), the 1% rule ---
+    be_fg: float = 0.3  # scores below this become 0 (background channel included)
+    be_conflict: float = 0.9  # two or more channels above this -> ignore
+    be_bg: int = 32  # saliency (0..255) at or above this: a background pixel becomes ignore
+    be_att: float = 0.8  # some OA-CAM strictly above this: a background pixel becomes ignore
+    pom_threshold: float = 0.3  # POM's TQ branch: the CAM values above this
+    min_label_ratio: float = 0.01  # fewer class pixels than this share: the whole label ignored
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept in config.json
 
     def to_dict(self) -> dict[str, Any]:

@@ -223,3 +223,35 @@ def map_quality(
         precision=correct / active_total if active_total else float("nan"),
         objects=len(cov["all"]),
     )
+
+
+# ----------------------------------------------------------------------------- pseudo labels (issue 4)
+
+
+def instance_background_share(
+    labels: Sequence[Any],
+    instance_maps: Sequence[Any],
+    objects: Sequence[Sequence[dict[str, Any]]],
+    *,
+    salient: bool | None = False,
+) -> float:
+    """Share of GT instance pixels that a label map teaches as background (label 0).
+
+    The pixels of objects that a label calls background are what potential object mining
+    (ALGORITHM.md §4) turns into ignore; this measures how many are left. Arguments as
+    `instance_recall` (salient=False: non-salient objects only, True: salient, None: all).
+    Returns NaN if no instance qualifies.
+    """
+    as_bg = n = 0
+    for lab, inst, objs in zip(labels, instance_maps, objects, strict=True):
+        lab, inst = _np(lab), _np(inst)
+        ids = [o["id"] for o in objs if salient is None or bool(o["salient"]) == salient]
+        if not ids:
+            continue
+        px = np.isin(inst, ids)
+        n += int(px.sum())
+        as_bg += int((lab[px] == 0).sum())
+    return as_bg / n if n else float("nan")
+
+
+__all__ += ["instance_background_share"]

@@ -47,6 +47,12 @@ __all__ = [
     "load_oaa_snapshots",
     "MAP_KINDS",
     "map_path",
+    "PSEUDO_KINDS",
+    "pseudo_thresholds",
+    "ensure_pseudo",
+    "load_labels",
+    "load_maps",
+    "load_explorer_inputs",
     "synthvoc_config_for",
     "list_notebooks",
     "run_notebooks",
@@ -68,6 +74,9 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "classifier": _CLASSIFIER_FIELDS,
     "iam": _IAM_FIELDS,
     "maps": _IAM_FIELDS,
+    "pseudo": _IAM_FIELDS + (
+        "be_fg", "be_conflict", "be_bg", "be_att", "pom_threshold", "min_label_ratio",
+    ),
 }
 
 
@@ -507,6 +516,196 @@ def map_path(run: Run, kind: str, name: str, cls: int) -> Path:
     if kind not in MAP_KINDS:
         raise ValueError(f"kind must be one of {MAP_KINDS}, got {kind!r}")
     return run.dir / "maps" / kind / f"{name}_{cls}.png"
+
+
+# ----------------------------------------------------------------------------- stage `pseudo`
+# ALGORITHM.md §3–§4; the label math is `nsrom_lib.labels`, the folders `nsrom_lib.data.maps_io`
+# (the same code as `python -m nsrom_lib labels pseudo`).
+
+#: The label folders of the `pseudo` stage: BE + 1% rule, and BE + POM + 1% rule.
+PSEUDO_KINDS = ("initial", "pseudo")
+
+
+def pseudo_thresholds(cfg: RunConfig) -> dict[str, float]:
+    """The BE / POM thresholds of a configuration, named as `labels.pseudo_labels` takes them."""
+    return dict(fg=cfg.be_fg, conflict=cfg.be_conflict, bg=cfg.be_bg, att=cfg.be_att,
+                pom=cfg.pom_threshold, ratio=cfg.min_label_ratio)
+
+
+def _check_thresholds(th: dict[str, float]) -> None:
+    names = dict(fg="be_fg", conflict="be_conflict", bg="be_bg", att="be_att",
+                 pom="pom_threshold", ratio="min_label_ratio")
+    for k, v in th.items():
+        hi = 256 if k == "bg" else 1
+        if not 0 <= v <= hi:
+            raise ValueError(f"{names[k]}={v} is outside 0..{hi}; "
+                             f"set it with --set {names[k]}=... (reference: see RunConfig)")
+
+
+def _label_metrics(labels: list[Any], gt: dict[str, Any] | None, num_labels: int) -> dict[str, Any]:
+    """Ignore share, images left all-ignore and, with GT, the label quality of ALGORITHM.md §8."""
+    import numpy as np
+
+    from nsrom_lib.metrics import instance_background_share, instance_recall, label_quality
+
+    pixels = sum(lab.size for lab in labels)
+    m: dict[str, Any] = dict(
+        ignore_share=sum(int((lab == 255).sum()) for lab in labels) / max(pixels, 1),
+        empty_images=sum(bool(np.all(lab == 255)) for lab in labels),
+    )
+    if gt is not None:
+        m.update(label_quality(labels, gt["masks"], num_labels))
+        if gt["instances"] is not None:
+            for salient, key in ((False, "nonsalient_recall"), (True, "salient_recall")):
+                m[key] = instance_recall(labels, gt["instances"], gt["objects"], salient=salient)
+            m["nonsalient_as_background"] = instance_background_share(
+                labels, gt["instances"], gt["objects"], salient=False)
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()}
+
+
+def ensure_pseudo(run: Run, progress: bool = True, batch_size: int = 64) -> dict[str, Any]:
+    """Stage `pseudo`: the initial (BE) and POM pseudo labels of every training image (§3–§4).
+
+    Reads the run's `maps/oacam` and `maps/cam` folders with the CLI's code
+    (`maps_io.load_label_inputs`, `iter_batches`, `write_labels`), computes BE once per batch
+    (`labels.background_extraction`), then `initial/{name}.png` = BE + 1% rule and
+    `pseudo/{name}.png` = BE + POM + 1% rule (VOC-palette PNGs: 0 background, c + 1 class c,
+    255 ignore), thresholds from the configuration (`be_fg`, `be_conflict`, `be_bg`, `be_att`,
+    `pom_threshold`, `min_label_ratio`). Metrics per kind: ignore share, all-ignore images and,
+    against the GT of the training split, precision, coverage, mIoU on labelled pixels and
+    (SynthVOC) non-salient / salient object recall and the share of non-salient object pixels
+    labelled background; plus the share of pixels POM turned from
+    background to ignore, images/s and seconds. The record is written after every file.
+    """
+    ensure_maps(run, progress=progress)
+    root = ensure_data(run, progress=progress)
+    cfg = run.cfg
+    th = pseudo_thresholds(cfg)
+    _check_thresholds(th)
+
+    def compute() -> dict[str, Any]:
+        import torch
+        from tqdm.auto import tqdm
+
+        from nsrom_lib import labels as L
+        from nsrom_lib.data.maps_io import iter_batches, load_label_inputs, write_labels
+        from nsrom_lib.data.voc import VOCSegDataset, write_cls_list
+
+        d = run.stage_dir("pseudo")
+        ds = VOCSegDataset(root, "train", num_classes=cfg.num_classes, with_mask=False)
+        names = list(ds.names)
+        list_path = d / "train_cls.txt"  # the images and classes the maps stage exported
+        write_cls_list(list_path, ds.cls_list())
+        inputs = load_label_inputs(
+            list_path, ds.saliency_dir, oacam_dir=run.dir / "maps" / "oacam",
+            cam_dir=run.dir / "maps" / "cam", num_classes=cfg.num_classes, strict=True,
+            progress=progress)
+        device = resolve_device(cfg.device)
+        out: dict[str, dict[str, Any]] = {k: {} for k in PSEUDO_KINDS}
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(names), desc="pseudo labels", unit="img", disable=not progress)
+        with bar, L.torch_threads(1), torch.inference_mode():  # 1 thread: see torch_threads
+            for batch in iter_batches(inputs, batch_size):
+                sal = torch.from_numpy(batch.sal).to(device)  # (B, H, W) uint8
+                present = torch.from_numpy(batch.present).to(device)  # (B, C) bool
+                oa_cam = torch.from_numpy(batch.oa_cam).to(device)  # (B, C, H, W) uint8
+                cam = torch.from_numpy(batch.cam).to(device)  # (B, C, H, W) uint8
+                be = L.background_extraction(sal, oa_cam, present, th["fg"], th["conflict"],
+                                             th["bg"], th["att"])
+                labs = {"initial": L.min_label_ratio_rule(be, th["ratio"]),
+                        "pseudo": L.min_label_ratio_rule(
+                            L.potential_object_mining(be, cam, present, th["pom"]), th["ratio"])}
+                for kind, lab in labs.items():
+                    out[kind].update(zip(batch.names, lab.cpu().numpy(), strict=True))
+                bar.update(len(batch.names))
+        label_seconds = time.perf_counter() - t0
+        for kind in PSEUDO_KINDS:
+            write_labels(d / kind, ((n, out[kind][n]) for n in names))
+            keep = {f"{n}.png" for n in names}
+            for p in (d / kind).glob("*.png"):  # labels of images no longer in the split
+                if p.name not in keep:
+                    p.unlink()
+        seconds = time.perf_counter() - t0
+        gt = load_ground_truth(root, "train", names)
+        labels = {k: [out[k][n] for n in names] for k in PSEUDO_KINDS}
+        pixels = sum(lab.size for lab in labels["initial"])
+        pom_ignored = sum(int(((a == 0) & (b == 255)).sum())
+                          for a, b in zip(labels["initial"], labels["pseudo"], strict=True))
+        return dict(
+            images=len(names),
+            thresholds=th,
+            initial=_label_metrics(labels["initial"], gt, cfg.num_classes + 1),
+            pseudo=_label_metrics(labels["pseudo"], gt, cfg.num_classes + 1),
+            pom_ignored_share=round(pom_ignored / max(pixels, 1), 4),
+            label_seconds=round(label_seconds, 3),
+            write_seconds=round(seconds - label_seconds, 3),
+            images_per_s=round(len(names) / max(seconds, 1e-9), 1),
+            device=str(device),
+        )
+
+    return run.ensure("pseudo", compute, thresholds=th)
+
+
+def load_labels(run: Run, kind: str = "pseudo", names: list[str] | None = None):
+    """The `pseudo` stage's labels (computing them if needed), in training-split order.
+
+    kind: "initial" (BE) or "pseudo" (BE + POM); names: a subset (default: the whole split).
+    Returns (N, H, W) uint8 when all images have one size, else a list of (H, W) uint8.
+    """
+    import numpy as np
+
+    from nsrom_lib.data.io import read_label_png
+    from nsrom_lib.data.voc import read_split
+
+    if kind not in PSEUDO_KINDS:
+        raise ValueError(f"kind must be one of {PSEUDO_KINDS}, got {kind!r}")
+    ensure_pseudo(run)
+    if names is None:
+        names = read_split(ensure_data(run), "train")
+    labels = [read_label_png(run.dir / "pseudo" / kind / f"{n}.png", f"{kind} label")
+              for n in names]
+    if labels and len({lab.shape for lab in labels}) == 1:
+        return np.stack(labels)
+    return labels
+
+
+def load_maps(run: Run, kind: str, names: list[str], classes: list[list[int]]):
+    """The `maps` stage's maps of `names` as one (N, C, H, W) uint8 array (zeros for unlisted
+    classes); classes: the listed class ids of each image. All images must have one size."""
+    import numpy as np
+
+    from nsrom_lib.data.io import read_gray_png
+
+    ensure_maps(run)
+    per_image = []
+    for n, cl in zip(names, classes, strict=True):
+        maps = {c: read_gray_png(map_path(run, kind, n, c), f"{kind} map") for c in cl}
+        shapes = {m.shape for m in maps.values()}
+        if len(shapes) > 1:
+            raise ValueError(f"the {kind} maps of {n} differ in size: {sorted(shapes)}")
+        per_image.append(maps)
+    sizes = {m.shape for maps in per_image for m in maps.values()}
+    if len(sizes) > 1:
+        raise ValueError(f"load_maps needs images of one size; {kind} maps have {sorted(sizes)[:3]}")
+    H, W = sizes.pop() if sizes else (0, 0)
+    out = np.zeros((len(names), run.cfg.num_classes, H, W), np.uint8)  # (N, C, H, W)
+    for i, maps in enumerate(per_image):
+        for c, m in maps.items():
+            out[i, c] = m
+    return out
+
+
+def load_explorer_inputs(run: Run, limit: int | None = None) -> dict[str, Any]:
+    """Inputs of `widgets.explore_labels` / `ThresholdExplorer` for the first `limit` training
+    images of a run: images, saliency, GT (and instances), the run's OA-CAMs and CAMs."""
+    from nsrom_lib.data.stats import load_split_arrays
+    from nsrom_lib.widgets import explorer_inputs
+
+    ensure_maps(run)
+    arrays = load_split_arrays(ensure_data(run), "train", limit=limit)
+    oa_cam = load_maps(run, "oacam", arrays["names"], arrays["classes"])
+    cam = load_maps(run, "cam", arrays["names"], arrays["classes"])
+    return explorer_inputs(arrays, oa_cam, cam, run.cfg.num_classes)
 
 
 # ----------------------------------------------------------------------------- notebooks

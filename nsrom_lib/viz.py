@@ -110,3 +110,40 @@ def receptive_field(module: Any, shape: tuple[int, int, int, int], pixel: tuple[
     i, j = pixel
     out[0, :, i, j].sum().backward()
     return x.grad[0].abs().sum(0).double().numpy()  # (H, W)
+
+
+# ----------------------------------------------------------------------------- pseudo labels (issue 4)
+
+
+def highlight(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 0, 0),
+              alpha: float = 0.7) -> np.ndarray:
+    """Paint the pixels of a boolean mask in one colour over an image (e.g. the pixels a rule
+    changed): (H, W, 3) uint8 image and (H, W) bool mask -> (H, W, 3) uint8."""
+    out = np.asarray(image, dtype=np.float64).copy()
+    m = np.asarray(mask, dtype=bool)
+    out[m] = out[m] * (1 - alpha) + np.asarray(color, np.float64) * alpha
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+__all__ += ["highlight"]
+
+
+def quality_table(rows: dict[str, dict[str, Any]], columns: dict[str, str], digits: int = 3) -> str:
+    """A Markdown table: one row per label set, one column per metric.
+
+    rows: {row name: {metric key: value}}; columns: {metric key: column title}, in order.
+    Floats are shown with `digits` decimals, a missing or NaN value as "n/a".
+    """
+
+    def cell(v: Any) -> str:
+        if v is None or (isinstance(v, float) and v != v):
+            return "n/a"
+        return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+    head = "| | " + " | ".join(columns.values()) + " |\n|---" + "|---" * len(columns) + "|\n"
+    return head + "\n".join(
+        f"| {name} | " + " | ".join(cell(m.get(k)) for k in columns) + " |" for name, m in rows.items()
+    )
+
+
+__all__ += ["quality_table"]
