@@ -287,6 +287,13 @@ def _save_torch(path: Path, obj: Any) -> None:
         torch.save(obj, tmp)
 
 
+def _history_metrics(hist: list[dict[str, Any]]) -> dict[str, Any]:
+    """The training summary kept in a stage record: final loss, mean img/s, seconds."""
+    return dict(final_loss=round(hist[-1]["loss"], 5),
+                img_per_s=round(sum(h["img_per_s"] for h in hist) / len(hist), 1),
+                train_seconds=round(sum(h["seconds"] for h in hist), 1))
+
+
 def _load_torch(path: Path, stage: str) -> Any:
     import torch
 
@@ -392,9 +399,7 @@ def ensure_classifier(run: Run, glore: bool = True, progress: bool = True) -> di
             glore=glore,
             train_map=round(classification_map(logits, data["labels"]), 4),
             val_map=round(classification_map(val_logits, val["labels"]), 4),
-            final_loss=round(hist[-1]["loss"], 5),
-            img_per_s=round(sum(h["img_per_s"] for h in hist) / len(hist), 1),
-            train_seconds=round(sum(h["seconds"] for h in hist), 1),
+            **_history_metrics(hist),
             threads=threads, device=str(device), oaa=acc.stats(),
             cam=_map_quality(cam_maps, gt), accumulated=_map_quality(acc_maps, gt),
             torch_threads=torch.get_num_threads(),
@@ -456,9 +461,7 @@ def ensure_iam(run: Run, progress: bool = True) -> dict[str, Any]:
         atomic_write_json(d / "history.json", res["history"])
         hist = res["history"]
         (d / "checkpoint.pt").unlink(missing_ok=True)
-        return dict(final_loss=round(hist[-1]["loss"], 5),
-                    img_per_s=round(sum(h["img_per_s"] for h in hist) / len(hist), 1),
-                    train_seconds=round(sum(h["seconds"] for h in hist), 1))
+        return _history_metrics(hist)
 
     return run.ensure("iam", compute)
 
