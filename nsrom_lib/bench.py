@@ -217,21 +217,15 @@ def bench_labels(
         for k in ("sal", "oa_cam", "cam", "present", "pred")
     }
 
-    def pseudo_batched() -> torch.Tensor:
+    def chunked(fn, *tensors: torch.Tensor) -> torch.Tensor:
+        """fn over batches of `bs` images of the (N, ...) tensors, concatenated."""
         with L.torch_threads(threads), torch.inference_mode():
-            out = torch.cat(
-                [
-                    L.pseudo_labels(
-                        t["sal"][i : i + bs],
-                        t["oa_cam"][i : i + bs],
-                        t["cam"][i : i + bs],
-                        t["present"][i : i + bs],
-                    )
-                    for i in range(0, N, bs)
-                ]
-            )
+            out = torch.cat([fn(*(a[i : i + bs] for a in tensors)) for i in range(0, N, bs)])
         sync()
         return out
+
+    def pseudo_batched() -> torch.Tensor:
+        return chunked(L.pseudo_labels, t["sal"], t["oa_cam"], t["cam"], t["present"])
 
     # the same, with batches of images that list the same number of classes (as the CLI
     # batches them): one (n, k, HW) stack per call instead of one per class count
@@ -239,19 +233,7 @@ def bench_labels(
     s = {k: t[k].index_select(0, order) for k in ("sal", "oa_cam", "cam", "present")}
 
     def pseudo_sorted() -> torch.Tensor:
-        with L.torch_threads(threads), torch.inference_mode():
-            out = torch.cat(
-                [
-                    L.pseudo_labels(
-                        s["sal"][i : i + bs],
-                        s["oa_cam"][i : i + bs],
-                        s["cam"][i : i + bs],
-                        s["present"][i : i + bs],
-                    )
-                    for i in range(0, N, bs)
-                ]
-            )
-        sync()
+        out = chunked(L.pseudo_labels, s["sal"], s["oa_cam"], s["cam"], s["present"])
         return torch.empty_like(out).index_copy_(0, order, out)  # back to list order
 
     pseudo_batched()  # warm-up (allocator, CUDA context)
@@ -286,20 +268,7 @@ def bench_labels(
         )
 
     def masked_batched() -> torch.Tensor:
-        with L.torch_threads(threads), torch.inference_mode():
-            out = torch.cat(
-                [
-                    L.non_salient_region_masking(
-                        t["pred"][i : i + bs],
-                        t["pseudo"][i : i + bs],
-                        t["sal"][i : i + bs],
-                        t["present"][i : i + bs],
-                    )
-                    for i in range(0, N, bs)
-                ]
-            )
-        sync()
-        return out
+        return chunked(L.non_salient_region_masking, t["pred"], t["pseudo"], t["sal"], t["present"])
 
     masked_batched()
     t_ref, ref = _best_time(masked_ref, repeats)

@@ -405,13 +405,12 @@ def generate_synthvoc(
             instances[name] = objs
             bar.update()
     bar.close()
+    from nsrom_lib.data.voc import cls_list_path, split_path, write_cls_list
+
     for split, names in splits.items():
-        atomic_write_text(root / "ImageSets/Segmentation" / f"{split}.txt", "\n".join(names) + "\n")
-        lines = []
-        for n in names:
-            classes = sorted({o["class"] for o in instances[n]})
-            lines.append(" ".join([n] + [str(c) for c in classes]))
-        atomic_write_text(root / "ImageSets/Segmentation" / f"{split}_cls.txt", "\n".join(lines) + "\n")
+        atomic_write_text(split_path(root, split), "\n".join(names) + "\n")
+        write_cls_list(cls_list_path(root, split),
+                       {n: [o["class"] for o in instances[n]] for n in names})
     atomic_write_text(root / "classes.txt", "\n".join(CLASS_NAMES[: cfg.num_classes]) + "\n")
     atomic_write_json(root / "instances.json", instances)
     meta = dict(
