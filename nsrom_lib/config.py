@@ -59,6 +59,20 @@ class RunConfig:
     be_att: float = 0.8  # some OA-CAM strictly above this: a background pixel becomes ignore
     pom_threshold: float = 0.3  # POM's TQ branch: the CAM values above this
     min_label_ratio: float = 0.01  # fewer class pixels than this share: the whole label ignored
+    # --- segmentation rounds (stages `seg1`, `seg2` and the baselines; ALGORITHM.md §5, §7) ---
+    seg_backbone: str = "small"  # "small" (from scratch) or "resnet50" / "resnet101" (output stride 8)
+    seg_pretrained: bool = False  # resnet only: ImageNet weights from the torch hub cache
+    seg_width: int = 64  # small backbone: channels of the features
+    seg_output_stride: int = 8  # small backbone: 8 (DeepLab-v2) or 4
+    seg_epochs: int = 20
+    seg_batch_size: int = 32
+    seg_optimizer: str = "adam"  # "adam" (from scratch) or "sgd" (the reference's, with pretrained)
+    seg_lr: float = 1e-3  # poly decay (power 0.9) per iteration
+    seg_weight_decay: float = 1e-4
+    seg_scale: float = 0.25  # random rescaling by a factor in [1 - s, 1 + s], then crop / pad
+    seg_test_flip: bool = True  # average the prediction over the image and its mirror
+    # --- non-salient region masking (stage `masked`; ALGORITHM.md §6) ---
+    nsrm_kernel: int = 0  # dilation box side in px; 0 -> the reference's 30 px scaled (nsrm_kernel_for)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept in config.json
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,19 +82,24 @@ class RunConfig:
 PROFILES: dict[str, dict[str, Any]] = {
     # tests: seconds per stage
     "smoke": dict(image_size=64, n_train=48, n_val=16, width=16, cls_epochs=3, iam_epochs=2,
-                  cls_batch_size=16, iam_batch_size=16, oaa_snapshots=3),
+                  cls_batch_size=16, iam_batch_size=16, oaa_snapshots=3, seg_width=16,
+                  seg_epochs=2, seg_batch_size=16),
     # the notebooks' defaults: the whole sequence in a few minutes on a 2-core CPU
-    "quick": dict(image_size=96, n_train=400, n_val=100, cls_epochs=30, iam_epochs=15),
+    "quick": dict(image_size=96, n_train=400, n_val=100, cls_epochs=30, iam_epochs=15,
+                  seg_epochs=30),
     # `make run`: clear effects, still CPU-friendly
     "default": dict(image_size=96, n_train=2000, n_val=500, cls_epochs=12, iam_epochs=15),
     # larger images and networks, for a lent GPU
     "gpu": dict(image_size=128, n_train=6000, n_val=1000, width=128,
-                cls_epochs=20, iam_epochs=10),
+                cls_epochs=20, iam_epochs=10, seg_width=128, seg_epochs=30),
     # real PASCAL VOC 2012 on disk (set data_root): the reference's VGG-16 recipe
     "voc": dict(num_classes=20, image_size=321, n_train=0, n_val=0, backbone="vgg16",
                 pretrained=True, output_stride=8, cls_optimizer="sgd", cls_lr=1e-3,
                 cls_schedule="step", cls_weight_decay=5e-4, cls_epochs=15, cls_batch_size=5,
-                iam_epochs=15, iam_batch_size=5, iam_lr=1e-3, jitter=0.3),
+                iam_epochs=15, iam_batch_size=5, iam_lr=1e-3, jitter=0.3,
+                seg_backbone="resnet101", seg_pretrained=True, seg_optimizer="sgd", seg_lr=2.5e-4,
+                seg_weight_decay=5e-4, seg_batch_size=10, seg_epochs=20, seg_scale=0.25,
+                nsrm_kernel=30),
 }
 
 
@@ -164,6 +183,18 @@ def make_config(profile: str = "quick", **overrides: Any) -> RunConfig:
         raise ConfigError(f"cls_epochs={cfg.cls_epochs}: OAA starts in the second epoch; use >= 2.")
     if cfg.output_stride not in (4, 8):
         raise ConfigError(f"output_stride={cfg.output_stride}: use 4 or 8.")
+    if cfg.seg_backbone not in ("small", "resnet50", "resnet101"):
+        raise ConfigError(f"seg_backbone={cfg.seg_backbone!r}: use 'small', 'resnet50' or 'resnet101'.")
+    if cfg.seg_optimizer not in ("adam", "sgd"):
+        raise ConfigError(f"seg_optimizer={cfg.seg_optimizer!r}: use 'adam' or 'sgd'.")
+    if cfg.seg_output_stride not in (4, 8) or (cfg.seg_backbone != "small" and cfg.seg_output_stride != 8):
+        raise ConfigError(f"seg_output_stride={cfg.seg_output_stride}: use 8 (or 4 with the small backbone).")
+    if cfg.seg_epochs < 1 or cfg.seg_batch_size < 1:
+        raise ConfigError("seg_epochs and seg_batch_size must be at least 1.")
+    if not 0 <= cfg.seg_scale < 1:
+        raise ConfigError(f"seg_scale={cfg.seg_scale}: use a value in [0, 1), e.g. 0.25 for 0.75..1.25.")
+    if cfg.nsrm_kernel < 0:
+        raise ConfigError(f"nsrm_kernel={cfg.nsrm_kernel}: use 0 (scaled from the reference) or a size >= 1.")
     if cfg.profile == "voc" and cfg.data_root is None:
         raise ConfigError("profile 'voc' needs the dataset: --set data_root=/path/to/VOC2012.")
     return cfg

@@ -53,6 +53,25 @@ __all__ = [
     "load_labels",
     "load_maps",
     "load_explorer_inputs",
+    "variant_stage",
+    "SEG_MODELS",
+    "nsrm_kernel_for",
+    "build_segmenter",
+    "ensure_segmentation",
+    "load_segmenter",
+    "load_predictions",
+    "ensure_masked",
+    "load_masked",
+    "RESULT_ROWS",
+    "LABEL_ROWS",
+    "TARGETS",
+    "results_checks",
+    "ensure_results",
+    "load_results",
+    "results_table",
+    "label_table",
+    "stage_times",
+    "write_report",
     "synthvoc_config_for",
     "list_notebooks",
     "run_notebooks",
@@ -78,6 +97,15 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
         "be_fg", "be_conflict", "be_bg", "be_att", "pom_threshold", "min_label_ratio",
     ),
 }
+_SEG_FIELDS = (
+    "seg_backbone", "seg_pretrained", "seg_width", "seg_output_stride", "seg_epochs",
+    "seg_batch_size", "seg_optimizer", "seg_lr", "seg_weight_decay", "seg_scale", "seg_test_flip",
+)
+STAGE_FIELDS["seg1"] = STAGE_FIELDS["pseudo"] + _SEG_FIELDS
+STAGE_FIELDS["masked"] = STAGE_FIELDS["seg1"] + ("nsrm_kernel",)
+STAGE_FIELDS["seg2"] = STAGE_FIELDS["masked"]
+#: The fully supervised upper bound depends on the data and the segmentation settings only.
+UPPER_BOUND_FIELDS = _DATA_FIELDS + _SEG_FIELDS
 
 
 def project_root() -> Path:
@@ -265,8 +293,14 @@ def ensure_data(run: Run, progress: bool = True) -> Path:
 # ALGORITHM.md §1–§2; the training itself is `nsrom_lib.train`.
 
 
+def variant_stage(stage: str, glore: bool = True) -> str:
+    """The folder of `stage` in the main pipeline (`stage`) or in the GloRe-off ablation
+    (`stage/no_glore`), e.g. `classifier/no_glore`, `pseudo/no_glore`, `seg2/no_glore`."""
+    return stage if glore else f"{stage}/no_glore"
+
+
 def _classifier_stage(glore: bool) -> str:
-    return "classifier" if glore else "classifier/no_glore"
+    return variant_stage("classifier", glore)
 
 
 def build_classifier(cfg: RunConfig, glore: bool = True, iam: bool = False):
@@ -429,48 +463,52 @@ def load_oaa_snapshots(run: Run, glore: bool = True) -> dict[str, Any]:
     return _load_torch(run.dir / _classifier_stage(glore) / "snapshots.pt", "classifier")
 
 
-def ensure_iam(run: Run, progress: bool = True) -> dict[str, Any]:
+def ensure_iam(run: Run, progress: bool = True, glore: bool = True) -> dict[str, Any]:
     """Stage `iam`: train the integral attention model on the accumulated maps (§2).
 
     Artefacts: `iam/model.pt`, `iam/history.json`. Metrics: final loss, seconds, img/s.
+    glore=False: the ablation's IAM (no GloRe unit) on the GloRe-off classifier's accumulated
+    maps, in `iam/no_glore/`.
     """
-    ensure_classifier(run, glore=True, progress=progress)
+    ensure_classifier(run, glore=glore, progress=progress)
     root = ensure_data(run, progress=progress)
     cfg = run.cfg
+    stage = variant_stage("iam", glore)
 
     def compute() -> dict[str, Any]:
         from nsrom_lib import train as T
 
-        d = run.stage_dir("iam")
+        d = run.stage_dir(stage)
         device = resolve_device(cfg.device)
         T.configure_threads(cfg.num_threads)
         data = T.load_split_tensors(root, "train", cfg.num_classes, cfg.image_size)
-        acc = _load_torch(run.dir / "classifier" / "accumulated.pt", "classifier")
+        cls_dir = run.dir / _classifier_stage(glore)
+        acc = _load_torch(cls_dir / "accumulated.pt", "classifier")
         if list(acc["names"]) != data["names"]:
-            raise RuntimeError(f"{run.dir / 'classifier'} was trained on other images: "
+            raise RuntimeError(f"{cls_dir} was trained on other images: "
                                "delete its record.json to retrain it")
         T.seed_everything(cfg.seed + 1)
-        model = build_classifier(cfg, glore=True, iam=True)
+        model = build_classifier(cfg, glore=glore, iam=True)
         res = T.train_iam(
             model, data["images"], acc["maps"], epochs=cfg.iam_epochs,
             batch_size=cfg.iam_batch_size, lr=cfg.iam_lr, optimizer=cfg.cls_optimizer,
             weight_decay=cfg.cls_weight_decay, schedule=cfg.cls_schedule, jitter=cfg.jitter,
             seed=cfg.seed + 1, device=device, checkpoint=d / "checkpoint.pt",
-            tag=run.stage_key("iam"), progress=progress)
-        _save_torch(d / "model.pt", dict(state_dict=model.state_dict(), glore=True, iam=True))
+            tag=run.stage_key(stage), progress=progress)
+        _save_torch(d / "model.pt", dict(state_dict=model.state_dict(), glore=glore, iam=True))
         atomic_write_json(d / "history.json", res["history"])
         hist = res["history"]
         (d / "checkpoint.pt").unlink(missing_ok=True)
         return _history_metrics(hist)
 
-    return run.ensure("iam", compute)
+    return run.ensure(stage, compute, glore=glore)
 
 
-def load_iam(run: Run):
+def load_iam(run: Run, glore: bool = True):
     """The trained integral attention model of a run (eval mode, CPU); trains it if needed."""
-    ensure_iam(run)
-    state = _load_torch(run.dir / "iam" / "model.pt", "iam")
-    model = build_classifier(run.cfg, glore=True, iam=True)
+    ensure_iam(run, glore=glore)
+    state = _load_torch(run.dir / variant_stage("iam", glore) / "model.pt", "iam")
+    model = build_classifier(run.cfg, glore=glore, iam=True)
     model.load_state_dict(state["state_dict"])
     return model.eval()
 
@@ -478,28 +516,30 @@ def load_iam(run: Run):
 MAP_KINDS = ("cam", "accumulated", "oacam")
 
 
-def ensure_maps(run: Run, progress: bool = True) -> dict[str, Any]:
+def ensure_maps(run: Run, progress: bool = True, glore: bool = True) -> dict[str, Any]:
     """Stage `maps`: the 8-bit, image-size maps of every training image and listed class.
 
     `maps/cam/{name}_{cls}.png` (final GloRe classifier, eval mode), `maps/oacam/...` (the
     integral attention model: the OA-CAMs) and `maps/accumulated/...` (the OAA maps, resized),
     cls the 0-based class id. Metrics: per kind, coverage / precision against GT (train split).
+    glore=False: the same from the GloRe-off classifier and IAM, in `maps/no_glore/{kind}/`.
     """
-    ensure_iam(run, progress=progress)
+    ensure_iam(run, progress=progress, glore=glore)
     root = ensure_data(run, progress=progress)
     cfg = run.cfg
+    stage = variant_stage("maps", glore)
 
     def compute() -> dict[str, Any]:
         from nsrom_lib import train as T
 
-        d = run.stage_dir("maps")
+        d = run.stage_dir(stage)
         device = resolve_device(cfg.device)
         T.configure_threads(cfg.num_threads)
         data = T.load_split_tensors(root, "train", cfg.num_classes, cfg.image_size)
         ids, sizes = data["label_ids"], data["sizes"]
-        _, cams = T.predict_cams(load_classifier(run), data["images"], device=device)
-        _, oa = T.predict_cams(load_iam(run), data["images"], device=device)
-        acc = load_accumulated(run)["maps"]
+        _, cams = T.predict_cams(load_classifier(run, glore), data["images"], device=device)
+        _, oa = T.predict_cams(load_iam(run, glore), data["images"], device=device)
+        acc = load_accumulated(run, glore)["maps"]
         maps = {"cam": T.maps_to_uint8(cams, ids, sizes),
                 "accumulated": T.maps_to_uint8(acc, ids, sizes, normalized=True),
                 "oacam": T.maps_to_uint8(oa, ids, sizes)}
@@ -511,14 +551,14 @@ def ensure_maps(run: Run, progress: bool = True) -> dict[str, Any]:
             metrics[kind] = _map_quality(maps[kind], gt)
         return metrics
 
-    return run.ensure("maps", compute)
+    return run.ensure(stage, compute, glore=glore)
 
 
-def map_path(run: Run, kind: str, name: str, cls: int) -> Path:
+def map_path(run: Run, kind: str, name: str, cls: int, glore: bool = True) -> Path:
     """Where the `maps` stage writes the map of (image `name`, 0-based class `cls`)."""
     if kind not in MAP_KINDS:
         raise ValueError(f"kind must be one of {MAP_KINDS}, got {kind!r}")
-    return run.dir / "maps" / kind / f"{name}_{cls}.png"
+    return run.dir / variant_stage("maps", glore) / kind / f"{name}_{cls}.png"
 
 
 # ----------------------------------------------------------------------------- stage `pseudo`
@@ -566,7 +606,8 @@ def _label_metrics(labels: list[Any], gt: dict[str, Any] | None, num_labels: int
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()}
 
 
-def ensure_pseudo(run: Run, progress: bool = True, batch_size: int = 64) -> dict[str, Any]:
+def ensure_pseudo(run: Run, progress: bool = True, batch_size: int = 64,
+                  glore: bool = True) -> dict[str, Any]:
     """Stage `pseudo`: the initial (BE) and POM pseudo labels of every training image (§3–§4).
 
     Reads the run's `maps/oacam` and `maps/cam` folders with the CLI's code
@@ -579,10 +620,13 @@ def ensure_pseudo(run: Run, progress: bool = True, batch_size: int = 64) -> dict
     (SynthVOC) non-salient / salient object recall and the share of non-salient object pixels
     labelled background; plus the share of pixels POM turned from
     background to ignore, images/s and seconds. The record is written after every file.
+    glore=False: the same from the GloRe-off maps, in `pseudo/no_glore/{initial,pseudo}/`.
     """
-    ensure_maps(run, progress=progress)
+    ensure_maps(run, progress=progress, glore=glore)
     root = ensure_data(run, progress=progress)
     cfg = run.cfg
+    stage = variant_stage("pseudo", glore)
+    maps_dir = run.dir / variant_stage("maps", glore)
     th = pseudo_thresholds(cfg)
     _check_thresholds(th)
 
@@ -594,14 +638,14 @@ def ensure_pseudo(run: Run, progress: bool = True, batch_size: int = 64) -> dict
         from nsrom_lib.data.maps_io import iter_batches, load_label_inputs, write_labels
         from nsrom_lib.data.voc import VOCSegDataset, write_cls_list
 
-        d = run.stage_dir("pseudo")
+        d = run.stage_dir(stage)
         ds = VOCSegDataset(root, "train", num_classes=cfg.num_classes, with_mask=False)
         names = list(ds.names)
         list_path = d / "train_cls.txt"  # the images and classes the maps stage exported
         write_cls_list(list_path, ds.cls_list())
         inputs = load_label_inputs(
-            list_path, ds.saliency_dir, oacam_dir=run.dir / "maps" / "oacam",
-            cam_dir=run.dir / "maps" / "cam", num_classes=cfg.num_classes, strict=True,
+            list_path, ds.saliency_dir, oacam_dir=maps_dir / "oacam",
+            cam_dir=maps_dir / "cam", num_classes=cfg.num_classes, strict=True,
             progress=progress)
         device = resolve_device(cfg.device)
         out: dict[str, dict[str, Any]] = {k: {} for k in PSEUDO_KINDS}
@@ -646,13 +690,15 @@ def ensure_pseudo(run: Run, progress: bool = True, batch_size: int = 64) -> dict
             device=str(device),
         )
 
-    return run.ensure("pseudo", compute, thresholds=th)
+    return run.ensure(stage, compute, thresholds=th, glore=glore)
 
 
-def load_labels(run: Run, kind: str = "pseudo", names: list[str] | None = None):
+def load_labels(run: Run, kind: str = "pseudo", names: list[str] | None = None,
+                glore: bool = True):
     """The `pseudo` stage's labels (computing them if needed), in training-split order.
 
-    kind: "initial" (BE) or "pseudo" (BE + POM); names: a subset (default: the whole split).
+    kind: "initial" (BE) or "pseudo" (BE + POM); names: a subset (default: the whole split);
+    glore=False: the GloRe-off ablation's labels.
     Returns (N, H, W) uint8 when all images have one size, else a list of (H, W) uint8.
     """
     import numpy as np
@@ -662,10 +708,11 @@ def load_labels(run: Run, kind: str = "pseudo", names: list[str] | None = None):
 
     if kind not in PSEUDO_KINDS:
         raise ValueError(f"kind must be one of {PSEUDO_KINDS}, got {kind!r}")
-    ensure_pseudo(run)
+    ensure_pseudo(run, glore=glore)
     if names is None:
         names = read_split(ensure_data(run), "train")
-    labels = [read_label_png(run.dir / "pseudo" / kind / f"{n}.png", f"{kind} label")
+    folder = run.dir / variant_stage("pseudo", glore) / kind
+    labels = [read_label_png(folder / f"{n}.png", f"{kind} label")
               for n in names]
     if labels and len({lab.shape for lab in labels}) == 1:
         return np.stack(labels)
@@ -709,6 +756,504 @@ def load_explorer_inputs(run: Run, limit: int | None = None) -> dict[str, Any]:
     oa_cam = load_maps(run, "oacam", arrays["names"], arrays["classes"])
     cam = load_maps(run, "cam", arrays["names"], arrays["classes"])
     return explorer_inputs(arrays, oa_cam, cam, run.cfg.num_classes)
+
+
+# ----------------------------------------------------------------------------- stages `seg1`, `masked`, `seg2`
+# ALGORITHM.md §5–§7; the training loop is `nsrom_lib.train`, the masking `nsrom_lib.labels`
+# through the CLI's code (`maps_io.make_labels`).
+
+#: Every segmentation model a run trains: key (as in `results/metrics.json`) -> its stage folder,
+#: the labels it learns from and the classifier variant those labels come from.
+SEG_MODELS: dict[str, dict[str, Any]] = {
+    "upper_bound": dict(stage="seg1/gt", labels="gt", glore=True,
+                        title="fully supervised (GT masks)"),
+    "be_round1": dict(stage="seg1/be", labels="initial", glore=True,
+                      title="round 1 on BE labels"),
+    "pom_round1": dict(stage="seg1", labels="pseudo", glore=True,
+                       title="round 1 on BE + POM labels"),
+    "nsrm_round2": dict(stage="seg2", labels="masked", glore=True,
+                        title="round 2 on NSRM labels"),
+    "pom_round1_no_glore": dict(stage="seg1/no_glore", labels="pseudo", glore=False,
+                                title="round 1, GloRe off"),
+    "nsrm_round2_no_glore": dict(stage="seg2/no_glore", labels="masked", glore=False,
+                                 title="round 2, GloRe off"),
+}
+
+
+def nsrm_kernel_for(cfg: RunConfig) -> int:
+    """The NSRM dilation kernel of a run: `nsrm_kernel`, or 0 -> the reference's 30 px scaled.
+
+    The reference dilates with k = 30 on PASCAL VOC images, whose long side is (at most) 500 px;
+    scaled to the run's image side S that is k = max(1, round(30 * S / 500)): 6 px at 96 px,
+    8 px at 128 px, 19 px at 321 px. The `voc` profile sets 30 explicitly.
+    """
+    if cfg.nsrm_kernel > 0:
+        return int(cfg.nsrm_kernel)
+    return max(1, round(30 * cfg.image_size / 500))
+
+
+def build_segmenter(cfg: RunConfig):
+    """The segmentation network of a run configuration (DeepLab-v2 style, §5)."""
+    from nsrom_lib.models.segmentation import DeepLabV2
+
+    return DeepLabV2(cfg.num_classes, backbone=cfg.seg_backbone, width=cfg.seg_width,
+                     image_size=cfg.image_size, pretrained=cfg.seg_pretrained,
+                     output_stride=cfg.seg_output_stride, channels_last=cfg.channels_last)
+
+
+def _seg_key(run: Run, which: str) -> str:
+    spec = SEG_MODELS[which]
+    fields = UPPER_BOUND_FIELDS if spec["labels"] == "gt" else None
+    return run.stage_key(spec["stage"], fields)
+
+
+def _resize_labels(labels: list[Any], size: tuple[int, int]):
+    """(H, W) uint8 label maps -> one (N, S, S) uint8 tensor at `size` (nearest neighbour)."""
+    import torch
+    import torch.nn.functional as F
+
+    out = []
+    for lab in labels:
+        t = torch.from_numpy(lab)
+        if tuple(t.shape) != tuple(size):
+            t = F.interpolate(t[None, None].float(), size=size, mode="nearest")[0, 0].to(torch.uint8)
+        out.append(t)
+    return torch.stack(out)
+
+
+def _to_sizes(preds, sizes: list[tuple[int, int]]) -> list[Any]:
+    """(N, h, w) uint8 predictions -> list of (H_i, W_i) numpy arrays at each image's size."""
+    import torch.nn.functional as F
+
+    out = []
+    for p, hw in zip(preds, sizes, strict=True):
+        if tuple(p.shape) != tuple(hw):
+            p = F.interpolate(p[None, None].float(), size=hw, mode="nearest")[0, 0].byte()
+        out.append(p.numpy())
+    return out
+
+
+def _training_labels(run: Run, which: str, names: list[str], root: Path) -> list[Any]:
+    """The labels model `which` learns from, for the training images `names`."""
+    from nsrom_lib.data.io import read_label_png
+
+    spec = SEG_MODELS[which]
+    if spec["labels"] == "gt":
+        gt = load_ground_truth(root, "train", names)
+        if gt is None:
+            raise DataError(f"the fully supervised upper bound needs GT masks of the training "
+                            f"images in {root}/SegmentationClass(Aug); without them skip it")
+        return gt["masks"]
+    if spec["labels"] in PSEUDO_KINDS:
+        return list(load_labels(run, spec["labels"], names, glore=spec["glore"]))
+    ensure_masked(run, glore=spec["glore"])
+    folder = run.dir / variant_stage("masked", spec["glore"]) / "labels"
+    return [read_label_png(folder / f"{n}.png", "masked label") for n in names]
+
+
+def _prediction_metrics(preds: list[Any], gt: dict[str, Any] | None, num_labels: int) -> dict[str, Any]:
+    """mIoU, per-class IoU and (SynthVOC) non-salient / salient object recall of predictions."""
+    import numpy as np
+
+    from nsrom_lib.metrics import confusion_matrix, instance_recall, iou_from_confusion
+
+    if gt is None:
+        return {}
+    conf = np.zeros((num_labels, num_labels), np.int64)
+    for p, g in zip(preds, gt["masks"], strict=True):
+        conf += confusion_matrix(p, g, num_labels)
+    m, iou = iou_from_confusion(conf)
+    out: dict[str, Any] = dict(miou=round(m, 4),
+                               iou=[None if np.isnan(v) else round(float(v), 4) for v in iou])
+    if gt["instances"] is not None:
+        for salient, key in ((False, "nonsalient_recall"), (True, "salient_recall")):
+            r = instance_recall(preds, gt["instances"], gt["objects"], salient=salient)
+            out[key] = round(r, 4)
+    return out
+
+
+def ensure_segmentation(run: Run, which: str = "pom_round1", progress: bool = True) -> dict[str, Any]:
+    """Train one segmentation model of the run (ALGORITHM.md §5, §7) and evaluate it; the record.
+
+    which: a key of `SEG_MODELS` — "pom_round1" is the stage `seg1` (round 1 on the BE + POM
+    pseudo labels), "nsrm_round2" the stage `seg2` (round 2 on the masked labels); the others are
+    the baselines and the GloRe-off ablation in sub-folders (`seg1/gt`, `seg1/be`,
+    `seg1/no_glore`, `seg2/no_glore`). All share the network, budget and seed, so they differ
+    only in their labels. Artefacts in the stage folder: `model.pt`, `history.json`,
+    `val_pred/{name}.png` (VOC palette) and, for round-1 models that feed NSRM,
+    `train_pred/{name}.png`. Metrics: val mIoU, per-class IoU, non-salient / salient object
+    recall, training summary; for `train_pred`, the quality of those predictions as labels.
+    """
+    if which not in SEG_MODELS:
+        raise ValueError(f"unknown segmentation model {which!r}; choose one of {list(SEG_MODELS)}")
+    spec = SEG_MODELS[which]
+    stage = spec["stage"]
+    root = ensure_data(run, progress=progress)
+    cfg = run.cfg
+    key = _seg_key(run, which)
+    feeds_nsrm = which in ("pom_round1", "pom_round1_no_glore")
+    if run.is_done(stage, key):
+        return run.record(stage) or {}
+    # upstream stages first (each returns at once when done), so this stage's time is its own
+    from nsrom_lib.data.voc import read_split
+
+    names = read_split(root, "train")
+    labels = _training_labels(run, which, names, root)
+
+    def compute() -> dict[str, Any]:
+        import numpy as np
+
+        from nsrom_lib import train as T
+        from nsrom_lib.data.maps_io import write_labels
+
+        d = run.stage_dir(stage)
+        device = resolve_device(cfg.device)
+        T.configure_threads(cfg.num_threads)
+        data = T.load_split_tensors(root, "train", cfg.num_classes, cfg.image_size)
+        if data["names"] != names:
+            raise RuntimeError(f"the training split of {root} changed while the run was going")
+        y = _resize_labels(labels, tuple(data["images"].shape[-2:]))  # (N, S, S) uint8
+        T.seed_everything(cfg.seed + 2)
+        model = build_segmenter(cfg)
+        res = T.train_segmentation(
+            model, data["images"], y, epochs=cfg.seg_epochs, batch_size=cfg.seg_batch_size,
+            lr=cfg.seg_lr, optimizer=cfg.seg_optimizer, weight_decay=cfg.seg_weight_decay,
+            scale=(1 - cfg.seg_scale, 1 + cfg.seg_scale), jitter=cfg.jitter, seed=cfg.seed + 2,
+            device=device, checkpoint=d / "checkpoint.pt", tag=key, progress=progress,
+            desc=which)
+        _save_torch(d / "model.pt", dict(state_dict=model.state_dict(), which=which))
+        atomic_write_json(d / "history.json", res["history"])
+        t0 = time.perf_counter()
+        val = T.load_split_tensors(root, "val", cfg.num_classes, cfg.image_size)
+        val_pred = _to_sizes(T.predict_segmentation(model, val["images"], device=device,
+                                                    flip=cfg.seg_test_flip), val["sizes"])
+        write_labels(d / "val_pred", zip(val["names"], val_pred, strict=True))
+        metrics: dict[str, Any] = dict(
+            which=which, trained_on=spec["labels"], glore=spec["glore"],
+            **_prediction_metrics(val_pred, load_ground_truth(root, "val", val["names"]),
+                                  cfg.num_classes + 1),
+            **_history_metrics(res["history"]),
+            label_coverage=round(float(np.mean([(lab != 255).mean() for lab in labels])), 4),
+        )
+        if feeds_nsrm:
+            train_pred = _to_sizes(T.predict_segmentation(model, data["images"], device=device,
+                                                          flip=cfg.seg_test_flip), data["sizes"])
+            write_labels(d / "train_pred", zip(names, train_pred, strict=True))
+            gt = load_ground_truth(root, "train", names)
+            metrics["train_pred"] = _label_metrics(train_pred, gt, cfg.num_classes + 1)
+        metrics["predict_seconds"] = round(time.perf_counter() - t0, 2)
+        metrics["device"] = str(device)
+        (d / "checkpoint.pt").unlink(missing_ok=True)
+        return metrics
+
+    return run.ensure(stage, compute, key=key, which=which)
+
+
+def load_segmenter(run: Run, which: str = "pom_round1"):
+    """A trained segmentation model of the run (eval mode, CPU); trains it first if needed."""
+    ensure_segmentation(run, which)
+    state = _load_torch(run.dir / SEG_MODELS[which]["stage"] / "model.pt", SEG_MODELS[which]["stage"])
+    model = build_segmenter(run.cfg)
+    model.load_state_dict(state["state_dict"])
+    return model.eval()
+
+
+def load_predictions(run: Run, which: str, split: str = "val", names: list[str] | None = None):
+    """Stored predictions of a segmentation model: `val_pred` or (round-1 models) `train_pred`.
+
+    Returns (N, H, W) uint8 for same-size images, else a list of (H, W) uint8.
+    """
+    import numpy as np
+
+    from nsrom_lib.data.io import read_label_png
+    from nsrom_lib.data.voc import read_split
+
+    ensure_segmentation(run, which)
+    folder = run.dir / SEG_MODELS[which]["stage"] / f"{split}_pred"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist: only the round-1 models "
+                                "(pom_round1, pom_round1_no_glore) keep train predictions")
+    names = read_split(ensure_data(run), split) if names is None else names
+    preds = [read_label_png(folder / f"{n}.png", f"{which} prediction") for n in names]
+    return np.stack(preds) if preds and len({p.shape for p in preds}) == 1 else preds
+
+
+def ensure_masked(run: Run, progress: bool = True, glore: bool = True) -> dict[str, Any]:
+    """Stage `masked`: non-salient region masking (ALGORITHM.md §6) of the round-1 predictions.
+
+    Reads `seg1/train_pred` (round-1 predictions on the training images), `pseudo/pseudo` (POM
+    labels) and the saliency maps with the CLI's code (`maps_io.load_label_inputs` and
+    `make_labels`, i.e. `python -m nsrom_lib labels masked`), kernel `nsrm_kernel_for(cfg)`, and
+    writes `masked/labels/{name}.png`. glore=False: the ablation's, in `masked/no_glore/labels/`.
+    Metrics: label quality of the masked labels and, for comparison, of the round-1 predictions
+    and the POM labels (precision, coverage, mIoU, non-salient recall), the share of pixels that
+    masking turned to ignore, the kernel, images/s.
+    """
+    which = "pom_round1" if glore else "pom_round1_no_glore"
+    stage = variant_stage("masked", glore)
+    root = ensure_data(run, progress=progress)
+    cfg = run.cfg
+    kernel = nsrm_kernel_for(cfg)
+    if run.is_done(stage):
+        return run.record(stage) or {}
+    ensure_segmentation(run, which, progress=progress)
+    ensure_pseudo(run, progress=progress, glore=glore)
+
+    def compute() -> dict[str, Any]:
+        from nsrom_lib.data.io import read_label_png
+        from nsrom_lib.data.maps_io import load_label_inputs, make_labels
+        from nsrom_lib.data.voc import VOCSegDataset, write_cls_list
+
+        d = run.stage_dir(stage)
+        ds = VOCSegDataset(root, "train", num_classes=cfg.num_classes, with_mask=False)
+        names = list(ds.names)
+        list_path = d / "train_cls.txt"
+        write_cls_list(list_path, ds.cls_list())
+        pred_dir = run.dir / SEG_MODELS[which]["stage"] / "train_pred"
+        pseudo_dir = run.dir / variant_stage("pseudo", glore) / "pseudo"
+        inputs = load_label_inputs(list_path, ds.saliency_dir, pred_dir=pred_dir,
+                                   pseudo_dir=pseudo_dir, num_classes=cfg.num_classes,
+                                   strict=True, progress=progress)
+        summary = make_labels(inputs, d / "labels", device=cfg.device, progress=progress,
+                              kernel=kernel, ratio=cfg.min_label_ratio)
+        masked = [read_label_png(d / "labels" / f"{n}.png", "masked label") for n in names]
+        preds = [read_label_png(pred_dir / f"{n}.png", "round-1 prediction") for n in names]
+        pseudo = [read_label_png(pseudo_dir / f"{n}.png", "pseudo label") for n in names]
+        gt = load_ground_truth(root, "train", names)
+        n_cls = cfg.num_classes + 1
+        complex_images = sum(len(c) >= 2 for c in ds.cls_list().values())
+        pixels = sum(m.size for m in masked)
+        turned = sum(int(((p != 255) & (m == 255)).sum()) for p, m in zip(preds, masked, strict=True))
+        expanded = sum(int(((p == 0) & (m != 0) & (m != 255)).sum())
+                       for p, m in zip(preds, masked, strict=True))
+        return dict(
+            kernel=kernel, images=len(names), complex_images=complex_images,
+            masked=_label_metrics(masked, gt, n_cls),
+            round1_pred=_label_metrics(preds, gt, n_cls),
+            pseudo=_label_metrics(pseudo, gt, n_cls),
+            masked_to_ignore_share=round(turned / max(pixels, 1), 4),
+            expanded_share=round(expanded / max(pixels, 1), 4),
+            images_per_s=round(summary["images_per_s"], 1), device=summary["device"],
+        )
+
+    return run.ensure(stage, compute, kernel=kernel, glore=glore)
+
+
+def load_masked(run: Run, names: list[str] | None = None, glore: bool = True):
+    """The `masked` stage's labels in training-split order ((N, H, W) uint8 or a list)."""
+    import numpy as np
+
+    from nsrom_lib.data.io import read_label_png
+    from nsrom_lib.data.voc import read_split
+
+    ensure_masked(run, glore=glore)
+    names = read_split(ensure_data(run), "train") if names is None else names
+    folder = run.dir / variant_stage("masked", glore) / "labels"
+    labels = [read_label_png(folder / f"{n}.png", "masked label") for n in names]
+    return np.stack(labels) if labels and len({x.shape for x in labels}) == 1 else labels
+
+
+# ----------------------------------------------------------------------------- stage `results`
+
+#: The rows of the ablation table, in order (keys of `results/metrics.json`).
+RESULT_ROWS = ("upper_bound", "be_round1", "pom_round1", "nsrm_round2", "nsrm_round2_no_glore")
+#: The label sets measured on the training images: key -> (stage, record field, folder).
+LABEL_ROWS = {
+    "be_labels": ("pseudo", "initial", "pseudo/initial"),
+    "pom_labels": ("pseudo", "pseudo", "pseudo/pseudo"),
+    "masked_labels": ("masked", "masked", "masked/labels"),
+}
+#: The targets the results are checked against (issue 5), computed from metrics.json.
+TARGETS = {
+    "round2_ratio": "round-2 mIoU >= 0.85 x the fully supervised upper bound",
+    "monotone": "val mIoU rises: BE round 1 < BE+POM round 1 < NSRM round 2",
+    "glore_not_worse": "GloRe on is not worse than GloRe off (final mIoU)",
+    "nonsalient_2x": "non-salient recall of the final model >= 2 x that of the BE labels",
+}
+
+
+def results_checks(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The targets of `TARGETS` evaluated on a `metrics.json` dict: {name: {ok, value, text}}."""
+    r = {k: metrics[k] for k in RESULT_ROWS}
+    be_ns = metrics["be_labels"].get("nonsalient_recall")
+    final_ns = r["nsrm_round2"].get("nonsalient_recall")
+    mi = [r[k]["miou"] for k in ("be_round1", "pom_round1", "nsrm_round2")]
+    out = {
+        "round2_ratio": dict(value=r["nsrm_round2"]["ratio_to_upper_bound"], target=0.85,
+                             ok=r["nsrm_round2"]["ratio_to_upper_bound"] >= 0.85),
+        "monotone": dict(value=mi, ok=mi[0] < mi[1] < mi[2]),
+        "glore_not_worse": dict(value=[r["nsrm_round2"]["miou"], r["nsrm_round2_no_glore"]["miou"]],
+                                ok=r["nsrm_round2"]["miou"] >= r["nsrm_round2_no_glore"]["miou"]),
+    }
+    if be_ns is not None and final_ns is not None:
+        out["nonsalient_2x"] = dict(value=[final_ns, be_ns], ok=final_ns >= 2 * be_ns)
+    for k, v in out.items():
+        v["text"] = TARGETS[k]
+    return out
+
+
+def ensure_results(run: Run, progress: bool = True) -> dict[str, Any]:
+    """Stage `results`: every model and label set of the ablation, `results/metrics.json`,
+    `results/ablation.png` and the run's `report.md` (ALGORITHM.md §8; issue 5).
+
+    Trains what is missing (upper bound, BE round 1, round 1, NSRM, round 2, and the GloRe-off
+    pipeline: classifier, IAM, maps, pseudo labels, both rounds). metrics.json holds one entry per
+    `RESULT_ROWS` key (`miou`, `ratio_to_upper_bound`, `nonsalient_recall`, `salient_recall`,
+    `iou`, `stage`) and per `LABEL_ROWS` key (`precision`, `coverage`, `miou`,
+    `nonsalient_recall`, `stage`), all rates as fractions in 0..1, plus the checks of `TARGETS`.
+    """
+    for which in SEG_MODELS:
+        ensure_segmentation(run, which, progress=progress)
+    for glore in (True, False):
+        ensure_masked(run, progress=progress, glore=glore)
+
+    def compute() -> dict[str, Any]:
+        return _collect_results(run)
+
+    rec = run.ensure("results", compute)
+    write_report(run)
+    return rec
+
+
+def _collect_results(run: Run) -> dict[str, Any]:
+    d = run.stage_dir("results")
+    out: dict[str, Any] = dict(profile=run.cfg.profile, run_dir=str(run.dir))
+    recs = {w: run.record(SEG_MODELS[w]["stage"]) or {} for w in SEG_MODELS}
+    upper = recs["upper_bound"]["metrics"]["miou"]
+    for which in list(RESULT_ROWS) + ["pom_round1_no_glore"]:
+        m = recs[which]["metrics"]
+        out[which] = dict(
+            miou=m["miou"], ratio_to_upper_bound=round(m["miou"] / upper, 4) if upper else None,
+            nonsalient_recall=m.get("nonsalient_recall"), salient_recall=m.get("salient_recall"),
+            iou=m.get("iou"), stage=SEG_MODELS[which]["stage"], title=SEG_MODELS[which]["title"],
+            train_seconds=m.get("train_seconds"),
+        )
+    for key, (stage, field_, folder) in LABEL_ROWS.items():
+        m = (run.record(stage) or {}).get("metrics", {}).get(field_, {})
+        out[key] = {k: m.get(k) for k in ("precision", "coverage", "miou", "nonsalient_recall",
+                                          "ignore_share")}
+        out[key]["stage"] = folder
+    out["checks"] = results_checks(out)
+    atomic_write_json(d / "metrics.json", out)
+    _ablation_figure(out, d / "ablation.png")
+    return {k: out[k] for k in RESULT_ROWS + tuple(LABEL_ROWS) + ("checks",)}
+
+
+def load_results(run: Run) -> dict[str, Any]:
+    """`results/metrics.json` of a run (computing the results stage if needed)."""
+    ensure_results(run)
+    return json.loads((run.dir / "results" / "metrics.json").read_text())
+
+
+def _ablation_figure(metrics: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from nsrom_lib.viz import ablation_chart
+
+    fig = ablation_chart(metrics)
+    from nsrom_lib.data.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def results_table(metrics: dict[str, Any]) -> str:
+    """The ablation table of a `metrics.json` dict as Markdown."""
+    from nsrom_lib.viz import quality_table
+
+    rows = {metrics[k]["title"] + f" (`{metrics[k]['stage']}`)": metrics[k] for k in RESULT_ROWS}
+    return quality_table(rows, dict(miou="val mIoU", ratio_to_upper_bound="ratio to upper bound",
+                                    nonsalient_recall="non-salient recall",
+                                    salient_recall="salient recall"))
+
+
+def label_table(metrics: dict[str, Any]) -> str:
+    """The label-quality table (training images) of a `metrics.json` dict as Markdown."""
+    from nsrom_lib.viz import quality_table
+
+    names = dict(be_labels="BE labels", pom_labels="BE + POM labels", masked_labels="NSRM labels")
+    rows = {f"{names[k]} (`{metrics[k]['stage']}`)": metrics[k] for k in LABEL_ROWS}
+    return quality_table(rows, dict(precision="precision", coverage="coverage", miou="mIoU",
+                                    nonsalient_recall="non-salient recall"))
+
+
+def stage_times(run: Run) -> dict[str, float]:
+    """Wall time of every stage (and variant) with a record in the run: {stage folder: seconds}."""
+    out: dict[str, float] = {}
+    for rec_path in sorted(run.dir.glob("**/record.json")):
+        rel = rec_path.parent.relative_to(run.dir).as_posix()
+        if rel.split("/", 1)[0] not in STAGES:
+            continue
+        try:
+            out[rel] = float(json.loads(rec_path.read_text()).get("seconds", 0.0))
+        except (json.JSONDecodeError, OSError, ValueError):
+            continue
+    order = {s: i for i, s in enumerate(STAGES)}
+    return dict(sorted(out.items(), key=lambda kv: (order[kv[0].split("/")[0]], kv[0])))
+
+
+def write_report(run: Run, notebooks: list[dict[str, Any]] | None = None) -> Path:
+    """Write `<run>/report.md`: profile, machine, the ablation table, the checks, label quality,
+    per-class IoU, the figure and the wall time per stage (and per notebook when given)."""
+    metrics = json.loads((run.dir / "results" / "metrics.json").read_text())
+    rec = run.record("results") or {}
+    cfg = run.cfg
+    lines = [
+        f"# NSROM on {'SynthVOC' if cfg.data_root is None else cfg.data_root}: profile `{cfg.profile}`",
+        "",
+        f"Machine: {rec.get('machine', platform.node())}; device `{resolve_device(cfg.device)}`; "
+        f"results finished {rec.get('finished', '?')}. Run folder `{run.dir}`; configuration in "
+        "`config.json`. Every number below is read from the run's stage records and "
+        "`results/metrics.json`.",
+        "",
+        "## Ablation (validation split)",
+        "",
+        results_table(metrics),
+        "",
+        "![ablation](results/ablation.png)",
+        "",
+        "## Targets",
+        "",
+    ]
+    for v in metrics["checks"].values():
+        val = v["value"]
+        shown = ", ".join(f"{x:.3f}" for x in val) if isinstance(val, list) else f"{val:.3f}"
+        lines.append(f"- {'met' if v['ok'] else '**missed**'}: {v['text']} ({shown})")
+    lines += ["", "## Label quality (training images, against GT)", "", label_table(metrics), ""]
+    names = _class_names(run)
+    head = ["background", *names]
+    lines += ["## Per-class IoU (validation)", "",
+              "| model | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for k in RESULT_ROWS:
+        iou = metrics[k].get("iou") or []
+        lines.append(f"| {k} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in iou) + " |")
+    lines += ["", "## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
+    for stage, sec in stage_times(run).items():
+        lines.append(f"| `{stage}` | {sec:.1f} |")
+    if notebooks:
+        lines += ["", "| notebook | seconds |", "|---|---|"]
+        lines += [f"| {n['notebook']} | {n['seconds']:.1f} |" for n in notebooks]
+        lines.append(f"| total | {sum(n['seconds'] for n in notebooks):.1f} |")
+    path = run.dir / "report.md"
+    from nsrom_lib.data.io import atomic_write_text
+
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _class_names(run: Run) -> list[str]:
+    """The class names of the run's dataset (`classes.txt`), or c0, c1, ... without one."""
+    from nsrom_lib.data.voc import read_class_names
+
+    try:
+        names = read_class_names(ensure_data(run, progress=False))
+    except (DataError, OSError):
+        names = None
+    return list(names) if names else [f"c{i}" for i in range(run.cfg.num_classes)]
 
 
 # ----------------------------------------------------------------------------- notebooks

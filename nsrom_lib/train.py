@@ -64,6 +64,11 @@ __all__ = [
     "make_optimizer",
     "train_classifier",
     "train_iam",
+    "poly_lr",
+    "augment_segmentation",
+    "segmentation_loss",
+    "train_segmentation",
+    "predict_segmentation",
     "predict_cams",
     "resize_uint8",
     "maps_to_uint8",
@@ -174,10 +179,18 @@ def cam_size(model: nn.Module, image_size: tuple[int, int]) -> tuple[int, int]:
 # ----------------------------------------------------------------------------- optimisation
 
 
+def poly_lr(base_lr: float, iteration: int, iterations: int, power: float = 0.9) -> float:
+    """DeepLab's "poly" decay: base_lr · (1 − iteration / iterations) ** power (0-based)."""
+    return base_lr * max(0.0, 1.0 - iteration / max(iterations, 1)) ** power
+
+
 def learning_rate(base_lr: float, epoch: int, epochs: int, schedule: str) -> float:
     """The learning rate of 0-based `epoch`: "cosine" (half a cosine from base_lr towards 0),
-    "step" (x0.1 at 1/3 and 2/3 of the epochs, as the reference's 5 and 10 of 15) or "constant".
+    "step" (x0.1 at 1/3 and 2/3 of the epochs, as the reference's 5 and 10 of 15), "constant",
+    or "poly" (the value at the epoch's first iteration; `_fit` applies it per iteration).
     """
+    if schedule == "poly":
+        return poly_lr(base_lr, epoch, max(epochs, 1))
     if schedule == "cosine":
         return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
     if schedule == "step":
@@ -185,7 +198,7 @@ def learning_rate(base_lr: float, epoch: int, epochs: int, schedule: str) -> flo
         return base_lr * 0.1 ** sum(epoch >= m for m in milestones)
     if schedule == "constant":
         return base_lr
-    raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {schedule!r}")
+    raise ValueError(f"schedule must be 'cosine', 'step', 'constant' or 'poly', got {schedule!r}")
 
 
 def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -237,7 +250,7 @@ def _fit(
     model: nn.Module,
     images: Tensor,
     *,
-    step: Callable[[Tensor, Tensor, int], Tensor],
+    step: Callable[[Any, Tensor, int], Tensor],
     epochs: int,
     batch_size: int,
     lr: float,
@@ -254,9 +267,16 @@ def _fit(
     max_epochs: int | None,
     progress: bool,
     desc: str,
+    make_batch: Callable[[Tensor, torch.Generator], Any] | None = None,
 ) -> dict[str, Any]:
-    """The shared training loop: shuffle, jitter, `step(x, idx, epoch) -> loss`, optimise,
-    checkpoint per epoch, resume. Returns history, epochs_done and completed."""
+    """The shared training loop: shuffle, build the batch, `step(batch, idx, epoch) -> loss`,
+    optimise, checkpoint per epoch, resume. Returns history, epochs_done and completed.
+
+    make_batch(idx, generator): the batch `step` receives (default: the colour-jittered,
+    normalised images[idx] on the device); it must draw its randomness from `generator`, which
+    the checkpoints save. schedule "poly" sets lr = base·(1 − it / iterations)^0.9 at every
+    iteration (DeepLab's decay); the others change it once per epoch.
+    """
     from tqdm.auto import tqdm
 
     N = images.shape[0]
@@ -279,18 +299,22 @@ def _fit(
         log.info("%s: resumed from %s after epoch %d", desc, ckpt, start)
     stop = epochs if max_epochs is None else min(epochs, max_epochs)
     n_batches = (N + batch_size - 1) // batch_size
+    if make_batch is None:
+        def make_batch(idx: Tensor, g: torch.Generator) -> Tensor:
+            return normalize_images(_jitter(images[idx], jitter, g)).to(device)  # (B, 3, H, W)
     bar = tqdm(total=max(stop - start, 0) * n_batches, desc=desc, unit="batch", disable=not progress)
     for epoch in range(start, stop):
         t0 = time.perf_counter()
-        lr_e = learning_rate(lr, epoch, epochs, schedule)
+        lr_e = learning_rate(lr, epoch, epochs, schedule) if schedule != "poly" else lr
         _set_lr(opt, lr_e)
         order = torch.randperm(N, generator=gen)  # (N,)
         batches = [order[i : i + batch_size] for i in range(0, N, batch_size)]
         total, seen = 0.0, 0
         bar.set_description(f"{desc} epoch {epoch + 1}/{epochs}")
-        for idx in batches:
-            x = normalize_images(_jitter(images[idx], jitter, gen)).to(device)  # (B, 3, H, W)
-            loss = step(x, idx, epoch)
+        for it, idx in enumerate(batches):
+            if schedule == "poly":
+                _set_lr(opt, poly_lr(lr, epoch * n_batches + it, epochs * n_batches))
+            loss = step(make_batch(idx, gen), idx, epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -441,6 +465,145 @@ def train_iam(
                desc="iam")
     out.update(model=model.eval())
     return out
+
+
+# ----------------------------------------------------------------------------- segmentation (§5, §7)
+
+
+def augment_segmentation(
+    images: Tensor, labels: Tensor, generator: torch.Generator, scale: tuple[float, float] = (0.75, 1.25),
+    flip: bool = True, jitter: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """DeepLab-style augmentation of a batch, image and label together, vectorised over the batch.
+
+    images: (B, 3, H, W) uint8; labels: (B, H, W) uint8 (0..C, 255 ignore). One random scale per
+    batch in `scale` (bilinear for images, nearest for labels), a random H x W crop per image
+    (padding with the mean colour / 255 where the scaled batch is smaller), a random horizontal
+    flip per image, and colour jitter. Returns x (B, 3, H, W) float32 normalised and
+    y (B, H, W) int64. All randomness comes from `generator`.
+    """
+    B, _, H, W = images.shape
+    x = normalize_images(_jitter(images, jitter, generator))  # (B, 3, H, W)
+    y = labels.unsqueeze(1).float()  # (B, 1, H, W)
+    lo, hi = scale
+    s = lo + (hi - lo) * float(torch.rand((), generator=generator))
+    h2, w2 = max(1, round(H * s)), max(1, round(W * s))
+    if (h2, w2) != (H, W):
+        x = F.interpolate(x, size=(h2, w2), mode="bilinear", align_corners=False)
+        y = F.interpolate(y, size=(h2, w2), mode="nearest")
+    ph, pw = max(H - h2, 0), max(W - w2, 0)
+    if ph or pw:  # normalised 0 = the mean colour; labels padded with ignore
+        pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+        x, y = F.pad(x, pad, value=0.0), F.pad(y, pad, value=255.0)
+    oy = torch.randint(0, x.shape[-2] - H + 1, (B,), generator=generator).tolist()
+    ox = torch.randint(0, x.shape[-1] - W + 1, (B,), generator=generator).tolist()
+    offsets = list(enumerate(zip(oy, ox, strict=True)))
+    x = torch.stack([x[i, :, a : a + H, b : b + W] for i, (a, b) in offsets])  # (B, 3, H, W)
+    y = torch.stack([y[i, 0, a : a + H, b : b + W] for i, (a, b) in offsets])  # (B, H, W)
+    if flip:
+        f = torch.rand(B, generator=generator) < 0.5  # (B,)
+        x = torch.where(f.view(B, 1, 1, 1), x.flip(-1), x)
+        y = torch.where(f.view(B, 1, 1), y.flip(-1), y)
+    return x, y.long()
+
+
+def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy over labelled pixels (255 = ignore), averaged over them.
+
+    logits: (B, L, H, W); target: (B, H, W) int64. A batch without any labelled pixel gives 0
+    (with a gradient), not NaN.
+    """
+    valid = (target != 255).sum().clamp(min=1)
+    return F.cross_entropy(logits, target, ignore_index=255, reduction="sum") / valid
+
+
+def train_segmentation(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    epochs: int,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    weight_decay: float = 1e-4,
+    schedule: str = "poly",
+    scale: tuple[float, float] = (0.75, 1.25),
+    flip: bool = True,
+    jitter: float = 0.0,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    checkpoint: str | os.PathLike | None = None,
+    tag: str = "",
+    max_epochs: int | None = None,
+    progress: bool = True,
+    desc: str = "segmentation",
+) -> dict[str, Any]:
+    """Train a segmentation network on (pseudo) labels: ALGORITHM.md §5 and §7.
+
+    model: e.g. `DeepLabV2`, (B, 3, H, W) -> (B, C + 1, H, W) logits; images: (N, 3, H, W) uint8;
+    labels: (N, H, W) uint8 (0 background, c + 1 class c, 255 ignore). Cross-entropy with ignore
+    index 255 (`segmentation_loss`), poly decay per iteration, random scale / crop / flip
+    (`augment_segmentation`). Checkpoints and resume as `train_classifier`.
+    Returns model (eval mode), history, epochs_done, completed.
+    """
+    device = torch.device(device)
+    if labels.shape[0] != images.shape[0] or tuple(labels.shape[-2:]) != tuple(images.shape[-2:]):
+        raise ValueError(f"labels {tuple(labels.shape)} do not match images {tuple(images.shape)}: "
+                         "one (H, W) label per image")
+    model.to(device)
+
+    def make_batch(idx: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        x, y = augment_segmentation(images[idx], labels[idx], g, scale, flip, jitter)
+        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    def step(batch: tuple[Tensor, Tensor], idx: Tensor, epoch: int) -> Tensor:
+        x, y = batch
+        return segmentation_loss(model(x), y)
+
+    out = _fit(model, images, step=step, epochs=epochs, batch_size=batch_size, lr=lr,
+               optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, jitter=jitter,
+               seed=seed, device=device, checkpoint=checkpoint, tag=f"seg:{tag}",
+               extra_state=None, on_epoch_end=None, max_epochs=max_epochs, progress=progress,
+               desc=desc, make_batch=make_batch)
+    out.update(model=model.eval())
+    return out
+
+
+@torch.no_grad()
+def predict_segmentation(
+    model: nn.Module, images: Tensor, batch_size: int = 64, device: torch.device | str = "cpu",
+    flip: bool = False, scales: Sequence[float] = (1.0,), progress: bool = False,
+) -> Tensor:
+    """Eval-mode label predictions, optionally averaged over flips and scales.
+
+    images: (N, 3, H, W) uint8. With `flip` and `scales`, the softmax of every (scale, flip)
+    version, resized back to H x W, is averaged before the argmax. Returns (N, H, W) uint8
+    (0 background, c + 1 class c), on the CPU.
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    model.to(device).eval()
+    H, W = images.shape[-2:]
+    preds = []
+    for i in tqdm(range(0, images.shape[0], batch_size), desc="predict", leave=False,
+                  disable=not progress):
+        x = normalize_images(images[i : i + batch_size]).to(device)  # (B, 3, H, W)
+        prob = None
+        for s in scales:
+            xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear",
+                                                  align_corners=False)
+            for flipped in ((False, True) if flip else (False,)):
+                out = model(xs.flip(-1) if flipped else xs).float()  # (B, L, h, w)
+                if flipped:
+                    out = out.flip(-1)
+                if out.shape[-2:] != (H, W):
+                    out = F.interpolate(out, size=(H, W), mode="bilinear", align_corners=False)
+                p = out.softmax(1)
+                prob = p if prob is None else prob + p
+        preds.append(prob.argmax(1).to(torch.uint8).cpu())  # (B, H, W)
+    return torch.cat(preds)
 
 
 # ----------------------------------------------------------------------------- inference and export

@@ -108,7 +108,10 @@ def test_learning_rate_schedules():
     assert [T.learning_rate(1.0, e, 15, "step") for e in (0, 4, 5, 9, 10, 14)] == pytest.approx(
         [1, 1, 0.1, 0.1, 0.01, 0.01])
     with pytest.raises(ValueError):
-        T.learning_rate(1.0, 0, 10, "poly")
+        T.learning_rate(1.0, 0, 10, "exponential")
+    assert T.poly_lr(1.0, 0, 100) == 1.0
+    assert T.poly_lr(1.0, 50, 100) == pytest.approx(0.5 ** 0.9)
+    assert T.poly_lr(1.0, 100, 100) == 0.0
 
 
 def test_map_export_sizes_and_values(tmp_path):

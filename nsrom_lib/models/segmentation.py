@@ -16,6 +16,7 @@ weights load only from the torch hub cache.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -77,13 +78,16 @@ class DeepLabV2(nn.Module):
 
     num_classes: C foreground classes (the network predicts C + 1 labels, 0 = background);
     image_size: the training crop side, which sets the ASPP rates unless `rates` is given;
-    backbone: "small" (width `width`) | "resnet50" | "resnet101".
+    backbone: "small" (width `width`) | "resnet50" | "resnet101"; output_stride: 8 (DeepLab-v2),
+    or 4 for the small backbone on small images (a 96 px image at stride 8 leaves a 12x12 grid,
+    coarser relative to the image than the reference's 41x41 on 321 px crops);
+    channels_last: keep weights and activations channels_last (faster on CPU).
     forward(x: (B, 3, H, W)) -> (B, C + 1, H, W) logits.
     """
 
     def __init__(self, num_classes: int, *, backbone: str = "small", width: int = 96,
                  image_size: int = 96, rates: tuple[int, ...] | None = None,
-                 pretrained: bool = False):
+                 pretrained: bool = False, output_stride: int = 8, channels_last: bool = False):
         super().__init__()
         self.num_labels = num_classes + 1
         self.rates = tuple(rates) if rates is not None else aspp_rates(image_size)
@@ -91,15 +95,23 @@ class DeepLabV2(nn.Module):
             if pretrained:
                 raise ValueError("the small backbone trains from scratch: pretrained=True needs "
                                  "backbone='resnet50' or 'resnet101'")
-            self.backbone, channels = small_backbone(width, output_stride=8), width
+            self.backbone, channels = small_backbone(width, output_stride=output_stride), width
         elif backbone in _RESNET_FILES:
+            if output_stride != 8:
+                raise ValueError(f"backbone={backbone!r} is dilated to output stride 8, got {output_stride}")
             self.backbone, channels = _resnet_os8(backbone, pretrained)
         else:
             raise ValueError(f"unknown backbone {backbone!r}: use 'small', 'resnet50' or 'resnet101'")
         self.aspp = ASPP(channels, self.num_labels, self.rates)
+        self.output_stride = output_stride
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
         B, _, H, W = x.shape
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         feats = self.backbone(x)  # (B, D, H/8, W/8)
         logits = self.aspp(feats)  # (B, C + 1, H/8, W/8)
         return F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)

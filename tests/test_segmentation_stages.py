@@ -1,0 +1,228 @@
+"""Segmentation rounds (ALGORITHM.md §5–§8): the training loop's augmentation, loss and resume,
+the `seg1` / `masked` / `seg2` / `results` stages on the smoke profile, their stage keys, the
+masked labels against the per-image NSRM reference, and metrics.json / report.md."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nsrom_lib import labels as L
+from nsrom_lib import train as T
+from nsrom_lib.config import ConfigError, make_config
+from nsrom_lib.data.io import read_gray_png, read_label_png
+from nsrom_lib.data.voc import read_cls_list, read_split
+from nsrom_lib.metrics import confusion_matrix, iou_from_confusion
+from nsrom_lib.models.segmentation import DeepLabV2
+from nsrom_lib.pipeline import (
+    LABEL_ROWS,
+    RESULT_ROWS,
+    SEG_MODELS,
+    ensure_data,
+    ensure_masked,
+    ensure_results,
+    ensure_segmentation,
+    load_ground_truth,
+    load_labels,
+    load_masked,
+    load_predictions,
+    nsrm_kernel_for,
+    open_run,
+    results_checks,
+)
+
+# ----------------------------------------------------------------------------- library
+
+
+def test_augmentation_keeps_image_and_label_aligned():
+    # the label is a function of the image: class 1 where the red channel is high
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.zeros(6, 3, 32, 32, dtype=torch.uint8)
+    labs = torch.zeros(6, 32, 32, dtype=torch.uint8)
+    for i in range(6):
+        y0, x0 = 3 + i, 20 - 2 * i
+        imgs[i, 0, y0 : y0 + 8, x0 : x0 + 9] = 255
+        labs[i, y0 : y0 + 8, x0 : x0 + 9] = 1
+    for _ in range(5):
+        x, y = T.augment_segmentation(imgs, labs, g, scale=(1.0, 1.0), flip=True)
+        assert x.shape == (6, 3, 32, 32) and y.shape == (6, 32, 32) and y.dtype == torch.int64
+        red = x[:, 0] > 0  # normalised: above the mean only on the square
+        assert torch.equal(red, y == 1)
+    # with rescaling: labels stay in {0, 1, 255}; padding (zoom out) is ignore, never class 0
+    seen_pad = False
+    for _ in range(10):
+        x, y = T.augment_segmentation(imgs, labs, g, scale=(0.5, 0.7), flip=True)
+        assert set(y.unique().tolist()) <= {0, 1, 255}
+        pad = y == 255  # (B, H, W): only padding is 255 here
+        seen_pad |= bool(pad.any())
+        assert torch.all(x.permute(0, 2, 3, 1)[pad].abs() < 1e-6)  # padded with the mean colour
+    assert seen_pad
+
+
+def test_segmentation_loss_ignores_255_and_survives_an_empty_batch():
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    target = torch.full((2, 4, 4), 255, dtype=torch.long)
+    loss = T.segmentation_loss(logits, target)
+    assert loss.item() == 0.0 and torch.isfinite(loss)
+    loss.backward()
+    target[0, 0, 0] = 2
+    expected = torch.nn.functional.cross_entropy(logits[:1, :, :1, :1], target[:1, :1, :1])
+    torch.testing.assert_close(T.segmentation_loss(logits, target), expected)
+
+
+def _tiny_seg_data(n=12, size=32):
+    g = torch.Generator().manual_seed(1)
+    imgs = torch.randint(0, 255, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    labs = (imgs[:, 0] > 128).to(torch.uint8)  # (N, S, S) learnable from the red channel
+    labs[:, :2] = 255
+    return imgs, labs
+
+
+def test_segmentation_training_learns_and_resumes_bitwise(tmp_path):
+    imgs, labs = _tiny_seg_data()
+    kw = dict(epochs=4, batch_size=4, lr=3e-3, seed=3, progress=False, tag="t")
+
+    def fresh():
+        torch.manual_seed(0)
+        return DeepLabV2(1, width=16, image_size=32)
+
+    full = T.train_segmentation(fresh(), imgs, labs, checkpoint=tmp_path / "a.pt", **kw)
+    assert full["completed"] and full["history"][-1]["loss"] < full["history"][0]["loss"]
+    # interrupted after 2 epochs, resumed with a new model object: the same weights at the end
+    part = T.train_segmentation(fresh(), imgs, labs, checkpoint=tmp_path / "b.pt", max_epochs=2, **kw)
+    assert not part["completed"] and part["epochs_done"] == 2
+    resumed = T.train_segmentation(fresh(), imgs, labs, checkpoint=tmp_path / "b.pt", **kw)
+    assert resumed["completed"] and len(resumed["history"]) == 4
+    for (k, a), b in zip(full["model"].state_dict().items(), resumed["model"].state_dict().values(),
+                         strict=True):
+        assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="do not match"):
+        T.train_segmentation(fresh(), imgs, labs[:3], **kw)
+
+
+def test_predict_segmentation_flip_and_shapes():
+    imgs, _ = _tiny_seg_data(5)
+    torch.manual_seed(0)
+    net = DeepLabV2(2, width=16, image_size=32).eval()
+    p = T.predict_segmentation(net, imgs, batch_size=2)
+    assert p.shape == (5, 32, 32) and p.dtype == torch.uint8 and int(p.max()) <= 2
+    with torch.no_grad():
+        direct = net(T.normalize_images(imgs)).argmax(1).to(torch.uint8)
+    assert torch.equal(p, direct)
+    pf = T.predict_segmentation(net, imgs, flip=True, scales=(1.0, 0.75))
+    assert pf.shape == p.shape
+
+
+def test_seg_config_validation():
+    assert make_config("default").seg_output_stride in (4, 8)
+    for bad in (dict(seg_backbone="vit"), dict(seg_output_stride=16), dict(seg_scale=1.5),
+                dict(nsrm_kernel=-1), dict(seg_optimizer="rmsprop"), dict(seg_epochs=0)):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            make_config("smoke", **bad)
+
+
+def test_nsrm_kernel_rule():
+    assert nsrm_kernel_for(make_config("default")) == 6  # 30 px at 500 px -> 96 px
+    assert nsrm_kernel_for(make_config("smoke")) == 4
+    assert nsrm_kernel_for(make_config("smoke", nsrm_kernel=9)) == 9
+    assert nsrm_kernel_for(make_config("voc", data_root="/x")) == 30
+
+
+# ----------------------------------------------------------------------------- stages (smoke)
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory):
+    run = open_run(tmp_path_factory.mktemp("seg") / "run", "smoke")
+    rec = ensure_results(run, progress=False)
+    return run, rec
+
+
+def test_every_model_has_val_predictions_and_metrics(smoke_results):
+    run, _ = smoke_results
+    root = ensure_data(run)
+    val_names = read_split(root, "val")
+    gt = load_ground_truth(root, "val", val_names)
+    for which, spec in SEG_MODELS.items():
+        rec = run.record(spec["stage"])
+        assert rec is not None, which
+        preds = load_predictions(run, which, "val")
+        assert preds.shape == (len(val_names), run.cfg.image_size, run.cfg.image_size)
+        # the record's mIoU is the one of the stored PNGs
+        conf = sum(confusion_matrix(p, g, run.cfg.num_classes + 1) for p, g in
+                   zip(preds, gt["masks"], strict=True))
+        assert rec["metrics"]["miou"] == pytest.approx(iou_from_confusion(conf)[0], abs=1e-4)
+        assert 0 <= rec["metrics"]["nonsalient_recall"] <= 1
+    # only the round-1 models that feed NSRM keep train predictions
+    assert load_predictions(run, "pom_round1", "train").shape[0] == len(read_split(root, "train"))
+    with pytest.raises(FileNotFoundError, match="train predictions"):
+        load_predictions(run, "upper_bound", "train")
+
+
+def test_masked_labels_equal_the_nsrm_reference(smoke_results):
+    run, _ = smoke_results
+    root = ensure_data(run)
+    listed = read_cls_list(run.dir / "masked" / "train_cls.txt")
+    names = list(listed)
+    masked = load_masked(run, names)
+    preds = load_predictions(run, "pom_round1", "train", names)
+    pseudo = load_labels(run, "pseudo", names)
+    k = nsrm_kernel_for(run.cfg)
+    assert run.record("masked")["metrics"]["kernel"] == k
+    for i, n in enumerate(names):
+        sal = read_gray_png(root / "Saliency" / f"{n}.png")
+        ref = L.non_salient_region_masking_ref(preds[i], pseudo[i], sal, listed[n], kernel=k,
+                                               ratio=run.cfg.min_label_ratio)
+        np.testing.assert_array_equal(masked[i], ref, err_msg=n)
+    # the GloRe-off pipeline has its own labels, from its own round-1 model
+    off = load_masked(run, names, glore=False)
+    assert off.shape == masked.shape
+    assert (run.dir / "seg1" / "no_glore" / "train_pred").is_dir()
+
+
+def test_metrics_json_and_report(smoke_results):
+    run, rec = smoke_results
+    m = json.loads((run.dir / "results" / "metrics.json").read_text())
+    for k in RESULT_ROWS:
+        e = m[k]
+        assert {"miou", "ratio_to_upper_bound", "nonsalient_recall", "stage"} <= set(e)
+        assert 0 <= e["miou"] <= 1 and (run.dir / e["stage"] / "record.json").is_file()
+        assert e["miou"] == run.record(e["stage"])["metrics"]["miou"]
+        assert (run.dir / e["stage"] / "val_pred").is_dir()
+    assert m["upper_bound"]["ratio_to_upper_bound"] == 1.0
+    for k in LABEL_ROWS:
+        assert {"precision", "coverage", "miou", "nonsalient_recall", "stage"} <= set(m[k])
+        assert 0 <= m[k]["coverage"] <= 1
+    assert m["masked_labels"]["precision"] == run.record("masked")["metrics"]["masked"]["precision"]
+    # the checks are recomputed from the numbers, never stored by hand
+    assert m["checks"] == json.loads(json.dumps(results_checks(m)))
+    fake = json.loads(json.dumps(m))
+    fake["be_round1"]["miou"], fake["pom_round1"]["miou"], fake["nsrm_round2"]["miou"] = 0.1, 0.2, 0.3
+    assert results_checks(fake)["monotone"]["ok"]
+    fake["pom_round1"]["miou"] = 0.35
+    assert not results_checks(fake)["monotone"]["ok"]
+    report = (run.dir / "report.md").read_text()
+    assert "profile `smoke`" in report and "round 2 on NSRM labels" in report
+    assert f"{m['nsrm_round2']['miou']:.3f}" in report and "`seg2/no_glore`" in report
+    assert (run.dir / "results" / "ablation.png").stat().st_size > 1000
+
+
+def test_stage_keys_retrain_only_downstream(smoke_results):
+    run, _ = smoke_results
+    before = {w: run.record(s["stage"])["key"] for w, s in SEG_MODELS.items()}
+    masked_key = run.record("masked")["key"]
+    # a new kernel: masked and round 2 are redone; round 1 and the upper bound are not
+    run2 = open_run(run.dir, "smoke", nsrm_kernel=9)
+    ensure_segmentation(run2, "nsrm_round2", progress=False)
+    assert run2.record("masked")["key"] != masked_key and run2.record("masked")["metrics"]["kernel"] == 9
+    assert run2.record("seg2")["key"] != before["nsrm_round2"]
+    assert run2.record("seg1")["key"] == before["pom_round1"]
+    # a new BE threshold: the upper bound (GT masks) stays, round 1 is redone
+    run3 = open_run(run.dir, "smoke", be_att=0.5)
+    ensure_segmentation(run3, "upper_bound", progress=False)
+    assert run3.record("seg1/gt")["key"] == before["upper_bound"]
+    ensure_masked(run3, progress=False)
+    assert run3.record("seg1")["key"] != before["pom_round1"]
