@@ -124,15 +124,21 @@ def _cmd_run(args) -> int:
     from nsrom_lib.pipeline import default_runs_dir, list_notebooks, run_notebooks
 
     overrides = parse_set(args.set)
-    make_config(args.profile, **overrides)  # fail fast on a bad profile or key
+    cfg = make_config(args.profile, **overrides)  # fail fast on a bad profile or key
     run_dir = Path(args.run_dir) if args.run_dir else default_runs_dir() / args.profile
     notebooks = list_notebooks()
     if args.only:
         wanted = {x.strip().zfill(2) for x in args.only.split(",") if x.strip()}
+        available = [nb.name[:2] for nb in notebooks]
         notebooks = [nb for nb in notebooks if nb.name[:2] in wanted]
         if not notebooks:
-            print(f"error: --only {args.only}: no notebook with those numbers", file=sys.stderr)
+            print(f"error: --only {args.only}: no notebook with those numbers; "
+                  f"choose among {','.join(available)}", file=sys.stderr)
             return 2
+    problem = _run_preflight(cfg, run_dir)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     print(f"nsrom run: profile {args.profile}, {len(notebooks)} notebook(s) -> {run_dir}")
     t0 = time.perf_counter()
     try:
@@ -149,7 +155,66 @@ def _cmd_run(args) -> int:
     print(f"  {'total':<40} {total:>8.1f} s")
     print(f"executed notebooks: {run_dir / 'notebooks'}")
     print(f"configuration and stage records: {run_dir}")
+    if (Path(run_dir) / "results" / "metrics.json").is_file():
+        _print_results(run_dir, args.profile, overrides, done)
     return 0
+
+
+def _print_results(run_dir, profile: str, overrides: dict, done: list) -> None:
+    """Rewrite the run's report.md with the notebook times and print its ablation table."""
+    from nsrom_lib.pipeline import open_run, results_table, write_report
+
+    run = open_run(run_dir, profile, **overrides)
+    report = write_report(run, notebooks=done)
+    metrics = json.loads((Path(run_dir) / "results" / "metrics.json").read_text())
+    print("\nAblation (val split; every rate a fraction)")
+    print(results_table(metrics))
+    for check in metrics["checks"].values():
+        print(f"  {'met    ' if check['ok'] else 'MISSED '} {check['text']}")
+    print(f"report: {report}")
+
+
+def _run_preflight(cfg, run_dir: Path) -> str | None:
+    """What would stop a run later, found before any notebook starts: a message, or None.
+
+    The dataset folder, the device, ImageNet weights in the torch cache, a writable run folder.
+    """
+    if cfg.data_root is not None and not Path(cfg.data_root).expanduser().is_dir():
+        return (f"data_root {cfg.data_root} does not exist. Point --set data_root=... at a "
+                "VOC-layout folder (see data/README.md), or leave it unset for SynthVOC.")
+    if cfg.device != "auto":
+        from nsrom_lib.pipeline import resolve_device
+
+        try:
+            resolve_device(cfg.device)
+        except RuntimeError as e:
+            return f"--set device={cfg.device}: {e}"
+    weights = []
+    if cfg.pretrained:
+        from nsrom_lib.models.classifier import VGG16_WEIGHTS_FILE
+
+        weights.append(("pretrained", "backbone", VGG16_WEIGHTS_FILE))
+    if cfg.seg_pretrained:
+        from nsrom_lib.models.segmentation import _RESNET_FILES
+
+        weights.append(("seg_pretrained", "seg_backbone", _RESNET_FILES[cfg.seg_backbone]))
+    if weights:
+        from nsrom_lib.models.pretrained import cached_weights_path
+
+        for key, backbone, filename in weights:
+            path = cached_weights_path(filename)
+            if not path.is_file():
+                return (f"{key}=true needs the ImageNet weights of {backbone}={getattr(cfg, backbone)} "
+                        f"at {path} (nothing is downloaded). Copy {filename} there (from "
+                        f"https://download.pytorch.org/models/{filename}, or from the torch hub "
+                        "cache of a machine with internet; TORCH_HOME sets the cache folder), "
+                        f"or use --set {key}=false.")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return (f"cannot create the run folder {run_dir}: {e.strerror or e}. "
+                "Choose a writable --run-dir.")
+    return None
 
 
 def _cmd_synthvoc(args) -> int:
@@ -175,8 +240,13 @@ def _cmd_stats(args) -> int:
     from nsrom_lib.data.stats import dataset_statistics, load_split_arrays
     from nsrom_lib.data.voc import read_class_names
 
+    if args.num_classes is not None and not 1 <= args.num_classes <= 254:
+        print(f"error: --num-classes must be in 1..254, got {args.num_classes}", file=sys.stderr)
+        return 2
     num_classes = args.num_classes or len(read_class_names(args.root))
-    stats = dataset_statistics(load_split_arrays(args.root, args.split), num_classes)
+    # per-image arrays: the split may mix image sizes (PASCAL VOC does)
+    arrays = load_split_arrays(args.root, args.split, stack=False)
+    stats = dataset_statistics(arrays, num_classes)
     if args.json:
         print(json.dumps(stats, indent=2))
     else:
@@ -185,11 +255,33 @@ def _cmd_stats(args) -> int:
     return 0
 
 
+def _label_option_problem(args) -> str | None:
+    """A message for the first out-of-range `labels` option, or None (checked before any file)."""
+    import math
+
+    if args.batch_size < 1:
+        return f"--batch-size must be >= 1, got {args.batch_size}"
+    if not 1 <= args.num_classes <= 254:
+        return (f"--num-classes must be in 1..254 (label PNGs are 8-bit), got {args.num_classes}; "
+                "PASCAL VOC has 20")
+    if args.threads < 0:
+        return f"--threads must be >= 0 (0: torch's default), got {args.threads}"
+    ranges = [("--min-ratio", args.min_ratio, 1)]
+    if args.labels_command == "pseudo":
+        ranges += [("--fg", args.fg, 1), ("--conflict", args.conflict, 1), ("--att", args.att, 1),
+                   ("--pom", args.pom, 1), ("--bg", args.bg, 256)]
+    for flag, value, hi in ranges:
+        if math.isnan(value) or not 0 <= value <= hi:
+            return f"{flag} must be in 0..{hi}, got {value}"
+    return None
+
+
 def _cmd_labels(args) -> int:
     from nsrom_lib.data.maps_io import load_label_inputs, make_labels
 
-    if args.batch_size < 1:
-        print(f"error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
+    problem = _label_option_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     from nsrom_lib.pipeline import resolve_device
 
@@ -260,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, FileNotFoundError, PermissionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a failed write (disk full, read-only, a file in the way): names the file
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 2
 
 

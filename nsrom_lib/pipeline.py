@@ -321,11 +321,13 @@ def _save_torch(path: Path, obj: Any) -> None:
         torch.save(obj, tmp)
 
 
-def _history_metrics(hist: list[dict[str, Any]]) -> dict[str, Any]:
-    """The training summary kept in a stage record: final loss, mean img/s, seconds."""
+def _history_metrics(hist: list[dict[str, Any]], resumed_from: int = 0) -> dict[str, Any]:
+    """The training summary kept in a stage record: final loss, mean img/s, seconds (of every
+    epoch, also those before an interruption), and the epoch a resumed training restarted after."""
     return dict(final_loss=round(hist[-1]["loss"], 5),
                 img_per_s=round(sum(h["img_per_s"] for h in hist) / len(hist), 1),
-                train_seconds=round(sum(h["seconds"] for h in hist), 1))
+                train_seconds=round(sum(h["seconds"] for h in hist), 1),
+                resumed_from_epoch=resumed_from)
 
 
 def _load_torch(path: Path, stage: str) -> Any:
@@ -433,7 +435,7 @@ def ensure_classifier(run: Run, glore: bool = True, progress: bool = True) -> di
             glore=glore,
             train_map=round(classification_map(logits, data["labels"]), 4),
             val_map=round(classification_map(val_logits, val["labels"]), 4),
-            **_history_metrics(hist),
+            **_history_metrics(hist, res["resumed_from"]),
             threads=threads, device=str(device), oaa=acc.stats(),
             cam=_map_quality(cam_maps, gt), accumulated=_map_quality(acc_maps, gt),
             torch_threads=torch.get_num_threads(),
@@ -499,7 +501,7 @@ def ensure_iam(run: Run, progress: bool = True, glore: bool = True) -> dict[str,
         atomic_write_json(d / "history.json", res["history"])
         hist = res["history"]
         (d / "checkpoint.pt").unlink(missing_ok=True)
-        return _history_metrics(hist)
+        return _history_metrics(hist, res["resumed_from"])
 
     return run.ensure(stage, compute, glore=glore)
 
@@ -932,7 +934,7 @@ def ensure_segmentation(run: Run, which: str = "pom_round1", progress: bool = Tr
             which=which, trained_on=spec["labels"], glore=spec["glore"],
             **_prediction_metrics(val_pred, load_ground_truth(root, "val", val["names"]),
                                   cfg.num_classes + 1),
-            **_history_metrics(res["history"]),
+            **_history_metrics(res["history"], res["resumed_from"]),
             label_coverage=round(float(np.mean([(lab != 255).mean() for lab in labels])), 4),
         )
         if feeds_nsrm:

@@ -51,6 +51,7 @@ from nsrom_lib.cam import OAAccumulator, cam_to_uint8, iam_loss
 from nsrom_lib.data.io import atomic_path, save_gray_png
 from nsrom_lib.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ColorJitter, Resize
 from nsrom_lib.data.voc import VOCSegDataset
+from nsrom_lib.faults import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,21 @@ def normalize_images(images: Tensor) -> Tensor:
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+def _pinned(t: Tensor, device: torch.device) -> Tensor:
+    """`t` in page-locked memory when it will be copied to a CUDA device (then `.to(device,
+    non_blocking=True)` overlaps the copy with compute); unchanged for a CPU run."""
+    return t.pin_memory() if device.type == "cuda" and not t.is_pinned() else t
+
+
+def _autocast(device: torch.device, enabled: bool = True):
+    """bfloat16 autocast on CUDA (no gradient scaling needed); a no-op context on the CPU."""
+    import contextlib
+
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _jitter(images: Tensor, strength: float, generator: torch.Generator) -> Tensor:
@@ -301,7 +317,8 @@ def _fit(
     n_batches = (N + batch_size - 1) // batch_size
     if make_batch is None:
         def make_batch(idx: Tensor, g: torch.Generator) -> Tensor:
-            return normalize_images(_jitter(images[idx], jitter, g)).to(device)  # (B, 3, H, W)
+            x = normalize_images(_jitter(images[idx], jitter, g))  # (B, 3, H, W)
+            return _pinned(x, device).to(device, non_blocking=True)
     bar = tqdm(total=max(stop - start, 0) * n_batches, desc=desc, unit="batch", disable=not progress)
     for epoch in range(start, stop):
         t0 = time.perf_counter()
@@ -336,9 +353,10 @@ def _fit(
                 generator=gen.get_state(), torch_rng=torch.get_rng_state(), history=history,
                 extra=extra_state[0]() if extra_state is not None else {},
             ))
+        crash_point(f"{desc}-epoch", epoch + 1)  # tests: a SIGKILL after this checkpoint
     bar.close()
     done = len(history)
-    return dict(history=history, epochs_done=done, completed=done >= epochs)
+    return dict(history=history, epochs_done=done, completed=done >= epochs, resumed_from=start)
 
 
 def train_classifier(
@@ -555,11 +573,13 @@ def train_segmentation(
 
     def make_batch(idx: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
         x, y = augment_segmentation(images[idx], labels[idx], g, scale, flip, jitter)
-        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        return _pinned(x, device).to(device, non_blocking=True), _pinned(y, device).to(device, non_blocking=True)
 
     def step(batch: tuple[Tensor, Tensor], idx: Tensor, epoch: int) -> Tensor:
         x, y = batch
-        return segmentation_loss(model(x), y)
+        with _autocast(device):  # mixed precision on CUDA: logits in bf16, the loss in float32
+            logits = model(x)
+        return segmentation_loss(logits.float(), y)
 
     out = _fit(model, images, step=step, epochs=epochs, batch_size=batch_size, lr=lr,
                optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, jitter=jitter,
@@ -595,7 +615,8 @@ def predict_segmentation(
             xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear",
                                                   align_corners=False)
             for flipped in ((False, True) if flip else (False,)):
-                out = model(xs.flip(-1) if flipped else xs).float()  # (B, L, h, w)
+                with _autocast(device):
+                    out = model(xs.flip(-1) if flipped else xs).float()  # (B, L, h, w)
                 if flipped:
                     out = out.flip(-1)
                 if out.shape[-2:] != (H, W):

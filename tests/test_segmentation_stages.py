@@ -226,3 +226,16 @@ def test_stage_keys_retrain_only_downstream(smoke_results):
     assert run3.record("seg1/gt")["key"] == before["upper_bound"]
     ensure_masked(run3, progress=False)
     assert run3.record("seg1")["key"] != before["pom_round1"]
+
+
+def test_cli_run_prints_the_ablation_and_adds_notebook_times(smoke_results, capsys):
+    from nsrom_lib.cli import _print_results
+
+    run, _ = smoke_results
+    _print_results(run.dir, "smoke", {}, [{"notebook": "08_results.ipynb", "seconds": 12.5}])
+    out = capsys.readouterr().out
+    m = json.loads((run.dir / "results" / "metrics.json").read_text())
+    assert "round 2 on NSRM labels" in out and f"{m['nsrm_round2']['miou']:.3f}" in out
+    assert sum(line.strip().startswith(("met", "MISSED")) for line in out.splitlines()) == len(m["checks"])
+    report = (run.dir / "report.md").read_text()
+    assert "| 08_results.ipynb | 12.5 |" in report
