@@ -14,6 +14,8 @@
       time the batched label functions against the per-image references
 
 Parsing and `--help` import no torch; each command imports what it needs.
+Exit status: 0 done; 2 bad input (a bad option, configuration or input file: one line naming
+it and the fix, nothing written); 1 a failed write (disk full, read-only) or a failed run.
 """
 
 from __future__ import annotations
@@ -245,7 +247,7 @@ def _cmd_stats(args) -> int:
         return 2
     num_classes = args.num_classes or len(read_class_names(args.root))
     # per-image arrays: the split may mix image sizes (PASCAL VOC does)
-    arrays = load_split_arrays(args.root, args.split, stack=False)
+    arrays = load_split_arrays(args.root, args.split, stack=False, num_classes=num_classes)
     stats = dataset_statistics(arrays, num_classes)
     if args.json:
         print(json.dumps(stats, indent=2))

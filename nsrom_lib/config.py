@@ -8,12 +8,19 @@ so the CLI can parse and validate arguments quickly.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RunConfig", "PROFILES", "ConfigError", "make_config", "parse_set", "config_hash"]
+__all__ = ["RunConfig", "PROFILES", "ConfigError", "make_config", "parse_set", "config_hash",
+           "SYNTHVOC_MAX_CLASSES"]
+
+#: SynthVOC draws one shape per class (data/synthvoc.py CLASS_NAMES): at most this many classes.
+SYNTHVOC_MAX_CLASSES = 8
 
 
 class ConfigError(ValueError):
@@ -128,7 +135,15 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
             raise ValueError("not a boolean")
         return value
     except ValueError as e:
-        raise ConfigError(f"--set {key}={value!r}: expected {t} ({e}).") from e
+        raise ConfigError(
+            f"--set {key}={value!r}: expected {t} ({e}); write e.g. --set {key}={_example(key)}."
+        ) from e
+
+
+def _example(key: str) -> str:
+    """The default of config field `key`, written as `--set` takes it (for error messages)."""
+    value = getattr(RunConfig(), key)
+    return json.dumps(value) if isinstance(value, dict) else str(value)
 
 
 def _check_type(key: str, value: Any, typ: Any) -> None:
@@ -147,7 +162,11 @@ def _check_type(key: str, value: Any, typ: Any) -> None:
     elif t.startswith("dict"):
         ok = isinstance(value, dict)
     if not ok:
-        raise ConfigError(f"config key {key!r} expects {t}, got {value!r} ({type(value).__name__}).")
+        raise ConfigError(
+            f"config key {key!r} expects {t}, got {value!r} ({type(value).__name__}); "
+            f"pass a {t} value, e.g. {key}={getattr(RunConfig(), key)!r} "
+            f"(or --set {key}={_example(key)})."
+        )
 
 
 def make_config(profile: str = "quick", **overrides: Any) -> RunConfig:
@@ -162,13 +181,15 @@ def make_config(profile: str = "quick", **overrides: Any) -> RunConfig:
     for key, value in overrides.items():
         if key not in fields or key == "profile":
             known = sorted(k for k in fields if k != "profile")
-            raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(known)}.")
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown config key {key!r}{hint}; known keys: {', '.join(known)}.")
         values[key] = _coerce(key, value, fields[key].type)
     for key, value in values.items():
         _check_type(key, value, fields[key].type)
     cfg = RunConfig(profile=profile, **values)
     if cfg.image_size < 32:
-        raise ConfigError(f"image_size={cfg.image_size} is too small; use at least 32.")
+        raise ConfigError(f"image_size={cfg.image_size} is too small; use at least 32 (--set image_size=...).")
     if cfg.num_classes < 1 or cfg.num_classes > 254:
         raise ConfigError(f"num_classes={cfg.num_classes} must be in 1..254.")
     if cfg.data_root is None and cfg.profile != "voc" and (cfg.n_train < 1 or cfg.n_val < 1):
@@ -180,7 +201,7 @@ def make_config(profile: str = "quick", **overrides: Any) -> RunConfig:
     if cfg.cls_schedule not in ("cosine", "step", "constant"):
         raise ConfigError(f"cls_schedule={cfg.cls_schedule!r}: use 'cosine', 'step' or 'constant'.")
     if cfg.cls_epochs < 2:
-        raise ConfigError(f"cls_epochs={cfg.cls_epochs}: OAA starts in the second epoch; use >= 2.")
+        raise ConfigError(f"cls_epochs={cfg.cls_epochs}: OAA starts in the second epoch; use >= 2 (--set cls_epochs=...).")
     if cfg.output_stride not in (4, 8):
         raise ConfigError(f"output_stride={cfg.output_stride}: use 4 or 8.")
     if cfg.seg_backbone not in ("small", "resnet50", "resnet101"):
@@ -197,7 +218,58 @@ def make_config(profile: str = "quick", **overrides: Any) -> RunConfig:
         raise ConfigError(f"nsrm_kernel={cfg.nsrm_kernel}: use 0 (scaled from the reference) or a size >= 1.")
     if cfg.profile == "voc" and cfg.data_root is None:
         raise ConfigError("profile 'voc' needs the dataset: --set data_root=/path/to/VOC2012.")
+    _check_ranges(cfg)
     return cfg
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+_UNIT_FIELDS = ("be_fg", "be_conflict", "be_att", "pom_threshold", "min_label_ratio")
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    """Values of the right type but out of range: a ConfigError naming the key and the fix."""
+
+    def need(ok: bool, key: str, rule: str) -> None:
+        if not ok:
+            raise ConfigError(
+                f"{key}={getattr(cfg, key)!r}: {rule}; set it with --set {key}=... "
+                f"(default {_example(key)})."
+            )
+
+    for f in dataclasses.fields(RunConfig):
+        v = getattr(cfg, f.name)
+        if isinstance(v, float):
+            need(math.isfinite(v), f.name, "must be a finite number (not NaN or infinity)")
+    need(cfg.seed >= 0, "seed", "seeds must be >= 0")
+    need(_DEVICE.fullmatch(cfg.device) is not None, "device", "use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    need(cfg.data_root is None or cfg.data_root.strip() != "", "data_root",
+         "give the dataset folder, or none for SynthVOC")
+    need(cfg.n_train >= 0 and cfg.n_val >= 0, "n_train" if cfg.n_train < 0 else "n_val", "use >= 0")
+    if cfg.data_root is None and cfg.profile != "voc":
+        need(cfg.num_classes <= SYNTHVOC_MAX_CLASSES, "num_classes",
+             f"SynthVOC draws {SYNTHVOC_MAX_CLASSES} shapes, use 1..{SYNTHVOC_MAX_CLASSES} "
+             "(or set data_root to a dataset with more classes)")
+    for key in ("width", "seg_width", "cls_batch_size", "iam_batch_size", "iam_epochs"):
+        need(getattr(cfg, key) >= 1, key, "use >= 1")
+    for key in ("cls_lr", "iam_lr", "seg_lr"):
+        need(getattr(cfg, key) > 0, key, "learning rates must be > 0")
+    for key in ("cls_weight_decay", "seg_weight_decay", "jitter"):
+        need(getattr(cfg, key) >= 0, key, "use >= 0")
+    need(cfg.num_threads >= 0, "num_threads", "use 0 (every core) or a thread count >= 1")
+    need(cfg.oaa_snapshots >= 0, "oaa_snapshots", "use >= 0")
+    need(0 <= cfg.oaa_from_epoch < cfg.cls_epochs, "oaa_from_epoch",
+         f"OAA must start within the classifier's cls_epochs={cfg.cls_epochs}: "
+         f"use 0..{cfg.cls_epochs - 1}")
+    for key in _UNIT_FIELDS:
+        need(0 <= getattr(cfg, key) <= 1, key, "use a value in [0, 1]")
+    need(0 <= cfg.be_bg <= 256, "be_bg", "a saliency level: use 0..255 (256: never)")
+    need(not cfg.pretrained or cfg.backbone == "vgg16", "pretrained",
+         "ImageNet weights exist for backbone='vgg16' only; use pretrained=false with 'small'")
+    need(cfg.backbone != "vgg16" or cfg.output_stride == 8, "output_stride",
+         "backbone='vgg16' has output stride 8")
+    need(not cfg.seg_pretrained or cfg.seg_backbone != "small", "seg_pretrained",
+         "the small segmenter trains from scratch; use seg_backbone=resnet50/resnet101 or "
+         "seg_pretrained=false")
 
 
 def parse_set(items: list[str] | None) -> dict[str, str]:

@@ -13,7 +13,7 @@ import torch
 from nsrom_lib import labels as L
 from nsrom_lib import train as T
 from nsrom_lib.config import ConfigError, make_config
-from nsrom_lib.data.io import read_gray_png, read_label_png
+from nsrom_lib.data.io import read_gray_png
 from nsrom_lib.data.voc import read_cls_list, read_split
 from nsrom_lib.metrics import confusion_matrix, iou_from_confusion
 from nsrom_lib.models.segmentation import DeepLabV2

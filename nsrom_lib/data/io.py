@@ -9,6 +9,8 @@ Gray maps (saliency, CAMs) are 8-bit "L" PNGs.
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import os
 import tempfile
@@ -20,10 +22,13 @@ from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "DataError",
+    "WriteError",
     "voc_palette",
     "atomic_path",
+    "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
+    "write_error",
     "save_label_png",
     "save_gray_png",
     "save_rgb_png",
@@ -35,6 +40,14 @@ __all__ = [
 
 class DataError(ValueError):
     """Bad input on disk: the message names the file, the problem and the fix."""
+
+
+class WriteError(OSError):
+    """A failed write (disk full, read-only, a file in the way): the message names the file and
+    the fix; `errno` is the original one."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def voc_palette(n: int = 256) -> list[int]:
@@ -57,31 +70,95 @@ def voc_palette(n: int = 256) -> list[int]:
 
 _PALETTE = voc_palette()
 
+#: Image modes read_gray_png converts to 8-bit luminance; wider modes (I;16, I, F) are refused.
+_GRAY_CONVERTIBLE = ("1", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "PA", "La", "RGBa", "RGBX")
+
+
+#: errnos of a failed write (as opposed to a missing input): disk full, quota, read-only, denied.
+_WRITE_ERRNOS = {
+    getattr(errno, n)
+    for n in "ENOSPC EDQUOT EFBIG EROFS EACCES EPERM EIO ENOTDIR EEXIST EISDIR".split()
+    if hasattr(errno, n)
+}
+_FULL_ERRNOS = {getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EFBIG") if hasattr(errno, n)}
+
+
+def write_error(path: str | os.PathLike, e: OSError, what: str = "") -> WriteError:
+    """A WriteError (an OSError, same errno) whose message names `path` and the fix for `e`.
+
+    Disk full / quota: free space or write elsewhere. Read-only, denied, a file in the way:
+    choose a writable folder. `what` names the file's role, e.g. "the output folder".
+    """
+    if isinstance(e, WriteError) and isinstance(e.__cause__, OSError):
+        e = e.__cause__  # re-worded once already (e.g. for a staging file): use the original
+    code = e.errno
+    why = e.strerror or str(e)
+    target = f"{what} {path}" if what else str(path)
+    if code in _FULL_ERRNOS:
+        fix = (
+            "free disk space (or write to another disk) and run the command again; "
+            "no half-written file was left"
+        )
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "choose a folder you can write to, or fix its permissions"
+    elif code in (errno.ENOTDIR, errno.EEXIST):
+        fix = "a part of that path is a file, not a folder: choose another folder"
+    else:
+        fix = "check the folder and the disk, then run the command again"
+    return WriteError(code, f"cannot write {target}: {why}; {fix}")
+
+
+def _mkdir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(folder, e, "the folder") from e
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
     A crash, a full disk or an exception inside the block leaves `path` as it was (absent
-    or old) and removes the temporary file: readers never see a half-written file.
+    or old) and removes the temporary file: readers never see a half-written file. A failed
+    write (disk full, read-only or not a folder) raises an OSError that names `path` and the fix.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    _mkdir(path.parent)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise write_error(path, e) from e
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        except OSError as e:
+            if e.errno in _WRITE_ERRNOS:
+                raise write_error(path, e) from e
+            raise
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` atomically (write to a temporary file, then rename)."""
+def _write_bytes(path: Path, data: bytes) -> None:
+    """The one low-level write of this module's atomic writers (tests simulate a full disk here)."""
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically (write to a temporary file, then rename)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        _write_bytes(tmp, data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically (write to a temporary file, then rename)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
@@ -90,8 +167,9 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
 
 
 def _save_png(img: Image.Image, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def save_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
@@ -115,7 +193,15 @@ def save_gray_png(path: str | os.PathLike, gray: np.ndarray) -> None:
     """Save an (H, W) uint8 map (saliency, CAM) as an 8-bit gray PNG, atomically."""
     gray = np.asarray(gray)
     if gray.ndim != 2 or gray.dtype != np.uint8:
-        raise ValueError(f"gray map for {path} must be (H, W) uint8, got {gray.shape} {gray.dtype}")
+        hint = "quantise float maps to 0..255 first (nsrom_lib.cam.cam_to_uint8)"
+        if np.issubdtype(gray.dtype, np.floating) and not np.isfinite(gray).all():
+            hint = (
+                "it holds NaN or infinite values (did the model diverge? lower the learning "
+                "rate and retrain); " + hint
+            )
+        raise ValueError(
+            f"gray map for {path} must be (H, W) uint8, got {gray.shape} {gray.dtype}: {hint}"
+        )
     _save_png(Image.fromarray(gray, mode="L"), path)
 
 
@@ -149,7 +235,8 @@ def read_label_png(path: str | os.PathLike, what: str = "label PNG") -> np.ndarr
         return np.array(img, dtype=np.uint8)
     raise DataError(
         f"{what} {path} has mode {img.mode!r}; a label must be an 8-bit palette (P) or gray (L) "
-        "PNG whose pixel values are the label ids."
+        "PNG whose pixel values are the label ids (0 background, c + 1 class c, 255 ignore). "
+        "Convert it to label ids and save it with nsrom_lib.data.io.save_label_png."
     )
 
 
@@ -161,6 +248,12 @@ def read_gray_png(path: str | os.PathLike, what: str = "gray map") -> np.ndarray
     img = _open(path, what)
     if img.mode in ("P", "L"):
         return np.array(img, dtype=np.uint8)
+    if img.mode not in _GRAY_CONVERTIBLE:  # 16-bit, 32-bit int or float: convert("L") would clip
+        raise DataError(
+            f"{what} {path} has {img.mode!r} pixels (more than 8 bits); {what}s must be 8-bit "
+            "gray PNGs with values 0..255. Rescale it to 0..255 and save it as 8-bit gray "
+            "(e.g. nsrom_lib.data.io.save_gray_png)."
+        )
     return np.array(img.convert("L"), dtype=np.uint8)
 
 

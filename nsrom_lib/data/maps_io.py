@@ -26,6 +26,7 @@ The `pseudo` stage of a run can use the same functions on the run's `maps/oacam`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -39,7 +40,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from nsrom_lib.data.io import DataError, read_gray_png, read_label_png, save_label_png
+from nsrom_lib.data.io import (
+    DataError,
+    read_gray_png,
+    read_label_png,
+    save_label_png,
+    write_error,
+)
 from nsrom_lib.data.voc import read_cls_list
 
 __all__ = [
@@ -113,24 +120,45 @@ class LabelBatch:
 # ----------------------------------------------------------------------------- validation
 
 
-def _png_header(path: Path) -> tuple[tuple[int, int] | None, str | None]:
-    """((H, W), None) for a readable PNG (header read, chunks and checksums verified), or (None, why)."""
+#: Modes a gray map may have (read_gray_png converts them to 8-bit); a label must be P or L.
+_MAP_MODES = ("L", "P", "1", "LA", "RGB", "RGBA", "PA")
+_LABEL_MODES = ("L", "P")
+
+
+def _png_header(path: Path, label: bool = False) -> tuple[tuple[int, int] | None, str | None]:
+    """((H, W), None) for a readable PNG (header read, chunks and checksums verified), or (None, why).
+
+    label: the file is a label PNG (8-bit palette or gray), else a gray map (8-bit, or RGB).
+    """
     try:
         with Image.open(path) as im:
             w, h = im.size
+            mode = im.mode
             im.verify()  # walks every chunk and checks its CRC: truncated files fail here
     except (UnidentifiedImageError, OSError, SyntaxError, EOFError, ValueError) as e:
         return (
             None,
             f"{path}: unreadable image ({e}); the file is corrupt or truncated, regenerate it",
         )
+    if label and mode not in _LABEL_MODES:
+        return None, (
+            f"{path}: label PNG of mode {mode!r}; labels must be 8-bit palette (P) or gray (L) "
+            "PNGs of label ids (0 bg, c + 1 class c, 255 ignore): save them with save_label_png"
+        )
+    if not label and mode not in _MAP_MODES:
+        return None, (
+            f"{path}: map of mode {mode!r} (more than 8 bits); maps must be 8-bit gray PNGs "
+            "with values 0..255: rescale to 0..255 and save as 8-bit gray"
+        )
     return (h, w), None
 
 
-def _dir(path: str | os.PathLike, what: str, problems: list[str]) -> Path:
+def _dir(path: str | os.PathLike, what: str, flag: str, problems: list[str]) -> Path:
     p = Path(path)
     if not p.is_dir():
-        problems.append(f"{what} folder not found: {p}")
+        problems.append(
+            f"{what} folder not found: {p} ({flag}): pass the folder that holds the {what} PNGs"
+        )
     return p
 
 
@@ -172,18 +200,18 @@ def load_label_inputs(
         raise DataError(f"{list_path} lists no image: write one 'name c1 c2 ...' line per image.")
 
     problems: list[str] = []
-    sal_dir = _dir(saliency_dir, "saliency", problems)
+    sal_dir = _dir(saliency_dir, "saliency", "--saliency", problems)
     if mode == "pseudo":
         map_dirs = {
-            "oacam": _dir(oacam_dir, "OA-CAM", problems),
-            "cam": _dir(cam_dir, "CAM", problems),
+            "oacam": _dir(oacam_dir, "OA-CAM", "--oacam", problems),
+            "cam": _dir(cam_dir, "CAM", "--cam", problems),
         }
         label_dirs: dict[str, Path] = {}
     else:
         map_dirs = {}
         label_dirs = {
-            "pred": _dir(pred_dir, "prediction", problems),
-            "pseudo": _dir(pseudo_dir, "pseudo-label", problems),
+            "pred": _dir(pred_dir, "prediction", "--pred", problems),
+            "pseudo": _dir(pseudo_dir, "pseudo-label", "--pseudo", problems),
         }
     if problems:
         raise DataError("; ".join(problems) + ". Nothing was written.")
@@ -208,7 +236,7 @@ def load_label_inputs(
         def check(
             path: Path, what: str, size: tuple[int, int] = size, sal_path: Path = sal_path
         ) -> None:
-            got, why = _png_header(path)
+            got, why = _png_header(path, label=what == "label")
             if got is None:
                 problems.append(why)
             elif got != size:
@@ -334,13 +362,23 @@ def write_labels(
 
     Labels go to a staging folder inside out_dir and are moved into place only after the last
     one is written (each move is atomic): if `labels` raises (validation or compute error),
-    out_dir is left as it was. Returns counts: images, pixels, ignore (pixels equal to 255).
+    out_dir is left as it was; staging folders of a killed earlier call are removed first.
+    Returns counts: images, pixels, ignore (pixels equal to 255).
     """
+    from nsrom_lib.faults import crash_point
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.glob(".staging-*"):  # left by a process that was killed while writing
+            shutil.rmtree(old, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    except OSError as e:
+        raise write_error(out, e, "the output folder") from e
     stats = dict(images=0, pixels=0, ignore=0)
     names: list[str] = []
+    done = False
     try:
         for name, label in labels:
             label = np.asarray(label)
@@ -348,15 +386,23 @@ def write_labels(
                 raise ValueError(
                     f"label of {name!r} must be (H, W) uint8, got {label.shape} {label.dtype}"
                 )
-            save_label_png(staging / f"{name}.png", label)
+            try:
+                save_label_png(staging / f"{name}.png", label)
+            except OSError as e:
+                raise write_error(out / f"{name}.png", e, "the label") from e
             names.append(name)
             stats["images"] += 1
             stats["pixels"] += label.size
             stats["ignore"] += int((label == IGNORE).sum())
+            crash_point("label", stats["images"])  # tests: a SIGKILL in the middle of writing
         for name in names:
             os.replace(staging / f"{name}.png", out / f"{name}.png")
+        done = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not done and created:  # a failed run leaves no empty output folder behind either
+            with contextlib.suppress(OSError):
+                out.rmdir()
     return stats
 
 

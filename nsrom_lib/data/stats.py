@@ -13,30 +13,51 @@ from typing import Any
 
 import numpy as np
 
-from nsrom_lib.data.io import read_label_png
+from nsrom_lib.data.io import DataError, read_label_png
 from nsrom_lib.data.voc import VOCSegDataset, read_instances
 from nsrom_lib.metrics import confusion_matrix, iou_from_confusion
 
 __all__ = ["load_split_arrays", "dataset_statistics", "colour_baseline"]
 
 
-def load_split_arrays(root: str | os.PathLike, split: str, limit: int | None = None) -> dict[str, Any]:
-    """Read a whole split of a same-size dataset into arrays (for statistics and figures).
+def load_split_arrays(
+    root: str | os.PathLike,
+    split: str,
+    limit: int | None = None,
+    stack: bool = True,
+    num_classes: int | None = None,
+) -> dict[str, Any]:
+    """Read a whole split into arrays (for statistics and figures).
 
     Returns names (N,), image (N, H, W, 3) uint8, mask (N, H, W) uint8, saliency (N, H, W) uint8,
     classes (list of class ids per image), objects (per-instance metadata per image, empty
     lists without instances.json) and instances (N, H, W) uint8 when SegmentationObject exists.
+    stack: stack the images into (N, ...) arrays, which needs one image size (a DataError names
+    two images of different sizes); False gives lists of per-image arrays (any sizes, e.g. VOC).
+    num_classes: as VOCSegDataset's (default: classes.txt, else VOC's 20); masks and label lists
+    with ids outside it are a DataError naming the file.
     """
     root = Path(root)
-    ds = VOCSegDataset(root, split, with_mask=True)
+    ds = VOCSegDataset(root, split, with_mask=True, num_classes=num_classes)
     items = [ds.get_raw(i) for i in range(len(ds) if limit is None else min(limit, len(ds)))]
     names = [it["name"] for it in items]
+    if stack and items:
+        first = items[0]
+        for it in items[1:]:
+            if it["image"].shape != first["image"].shape:
+                (h0, w0), (h, w) = first["image"].shape[:2], it["image"].shape[:2]
+                raise DataError(
+                    f"split {split!r} of {root} has images of different sizes: {first['name']} is "
+                    f"{h0}x{w0}, {it['name']} is {h}x{w} (HxW). Stacked arrays need one size: pass "
+                    "stack=False for per-image lists (as `nsrom data stats` does), or resize the images."
+                )
+    gather = np.stack if stack else list
     out: dict[str, Any] = dict(names=names)
     for key in ("image", "mask", "saliency"):
-        out[key] = np.stack([it[key] for it in items])
+        out[key] = gather([it[key] for it in items])
     out["classes"] = [it["label_ids"] for it in items]
     if (root / "SegmentationObject").is_dir():
-        out["instances"] = np.stack(
+        out["instances"] = gather(
             [read_label_png(root / "SegmentationObject" / f"{n}.png", "instance mask") for n in names]
         )
     inst_meta = read_instances(root) or {}
@@ -45,7 +66,7 @@ def load_split_arrays(root: str | os.PathLike, split: str, limit: int | None = N
 
 
 def dataset_statistics(arrays: dict[str, Any], num_classes: int) -> dict[str, Any]:
-    """The benchmark's statistics from `load_split_arrays` output.
+    """The benchmark's statistics from `load_split_arrays` output (stacked or per-image lists).
 
     class_share: (C,) share of images that contain each class; multi_class_share: images with
     2+ classes; salient_coverage / nonsalient_coverage: mean over instances of the share of the
@@ -71,7 +92,13 @@ def dataset_statistics(arrays: dict[str, Any], num_classes: int) -> dict[str, An
             if not o["salient"]:
                 touched.append(float((s != 0).mean()))
     n_obj = [len(o) for o in arrays["objects"]]
-    bg = mask == 0
+    pixels = fg_px = bg_px = bg_sal = 0  # per image: the arrays may have different sizes
+    for m, s in zip(mask, sal, strict=True):
+        bg = m == 0
+        pixels += m.size
+        fg_px += int((m != 0).sum())
+        bg_px += int(bg.sum())
+        bg_sal += int((s[bg] != 0).sum())
     return dict(
         images=n,
         class_share=class_share.round(4).tolist(),
@@ -85,8 +112,8 @@ def dataset_statistics(arrays: dict[str, Any], num_classes: int) -> dict[str, An
         nonsalient_touched=float(np.mean(touched)) if touched else float("nan"),
         salient_area_px=float(np.mean(area[True])) if area[True] else float("nan"),
         nonsalient_area_px=float(np.mean(area[False])) if area[False] else float("nan"),
-        foreground_share=float((mask != 0).mean()),
-        bg_saliency_nonzero=float((sal[bg] != 0).mean()),
+        foreground_share=fg_px / pixels if pixels else float("nan"),
+        bg_saliency_nonzero=bg_sal / bg_px if bg_px else float("nan"),
     )
 
 

@@ -36,13 +36,14 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from nsrom_lib.config import config_hash
+from nsrom_lib.config import SYNTHVOC_MAX_CLASSES, config_hash
 from nsrom_lib.data.io import (
     atomic_write_json,
     atomic_write_text,
     save_gray_png,
     save_label_png,
     save_rgb_png,
+    write_error,
 )
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ __all__ = [
 
 # One shape per class; the marker (discriminative part) sits at a fixed place of the shape.
 CLASS_NAMES = ["disc", "square", "triangle", "cross", "ring", "star", "crescent", "diamond"]
+assert len(CLASS_NAMES) == SYNTHVOC_MAX_CLASSES  # config.py checks num_classes against it
 # Marker centre in the object's own coordinates (unit = object radius), per class.
 _MARKER_AT = [(0.45, 0.30), (0.42, -0.42), (-0.22, 0.22), (0.68, 0.0),
               (0.0, -0.73), (0.12, 0.10), (-0.55, 0.35), (0.0, 0.55)]
@@ -84,6 +86,8 @@ class SynthVOCConfig:
     n_clutter: tuple[int, int] = (3, 7)
 
     def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ValueError(f"seed={self.seed}: SynthVOC seeds must be >= 0.")
         if self.num_classes < 1 or self.num_classes > len(CLASS_NAMES):
             raise ValueError(
                 f"SynthVOC has {len(CLASS_NAMES)} shapes; num_classes={self.num_classes} "
@@ -381,11 +385,14 @@ def generate_synthvoc(
     if not force and synthvoc_is_complete(root, cfg):
         return json.loads((root / "synthvoc.json").read_text())
     t0 = time.perf_counter()
-    if (root / "synthvoc.json").exists():
-        (root / "synthvoc.json").unlink()
-    for sub in ("JPEGImages", "SegmentationClass", "SegmentationObject", "Saliency",
-                "ImageSets/Segmentation"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+    try:
+        # the completion mark goes first: an interrupted rewrite is never taken as complete
+        (root / "synthvoc.json").unlink(missing_ok=True)
+        for sub in ("JPEGImages", "SegmentationClass", "SegmentationObject", "Saliency",
+                    "ImageSets/Segmentation"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(root, e, "the SynthVOC folder") from e
     splits = {"train": _names("train", cfg.n_train), "val": _names("val", cfg.n_val)}
     # image index -> its own random stream: train i uses i, val i uses n_train + i
     jobs = [(cfg, str(root), i, n) for i, n in enumerate(splits["train"] + splits["val"])]

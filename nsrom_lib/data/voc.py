@@ -123,6 +123,12 @@ def read_split(root: str | os.PathLike, split: str) -> list[str]:
     root = Path(root)
     _check_root(root)
     path = split_path(root, split)
+    if not (root / _SPLIT_DIR).is_dir():
+        raise DataError(
+            f"{root} is not a VOC-layout dataset root: {root / _SPLIT_DIR} is missing. Pass the "
+            "folder that holds JPEGImages/ and ImageSets/Segmentation/ (e.g. VOCdevkit/VOC2012), "
+            "or generate SynthVOC with `python -m nsrom_lib data synthvoc --out DIR`."
+        )
     if not path.is_file():
         found = sorted(
             p.stem for p in (root / _SPLIT_DIR).glob("*.txt") if not p.stem.endswith("_cls")
