@@ -49,6 +49,9 @@ def cam_to_uint8(cam: Tensor, size: tuple[int, int] | None = None, mode: str = "
     """
     if mode not in ("bicubic", "bilinear", "nearest"):
         raise ValueError(f"mode must be 'bicubic', 'bilinear' or 'nearest', got {mode!r}")
+    if not torch.isfinite(cam).all():
+        raise ValueError("the class maps contain NaN or infinite values: the network that made "
+                         "them diverged; lower its learning rate (--set cls_lr=...) and retrain")
     # Steps 1-3: clamp, max-normalise, quantise by truncation.
     q = (normalize_cam(cam.float()) * 255).to(torch.uint8)  # (..., h, w)
     if size is None or tuple(size) == tuple(q.shape[-2:]):

@@ -197,9 +197,9 @@ def _run_preflight(cfg, run_dir: Path) -> str | None:
 
         weights.append(("pretrained", "backbone", VGG16_WEIGHTS_FILE))
     if cfg.seg_pretrained:
-        from nsrom_lib.models.segmentation import _RESNET_FILES
+        from nsrom_lib.models.segmentation import RESNET_WEIGHTS_FILES
 
-        weights.append(("seg_pretrained", "seg_backbone", _RESNET_FILES[cfg.seg_backbone]))
+        weights.append(("seg_pretrained", "seg_backbone", RESNET_WEIGHTS_FILES[cfg.seg_backbone]))
     if weights:
         from nsrom_lib.models.pretrained import cached_weights_path
 

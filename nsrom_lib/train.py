@@ -341,6 +341,12 @@ def _fit(
             bar.set_postfix(loss=f"{total / seen:.4f}", img_s=f"{rate:.0f}", refresh=False)
             bar.update(1)
         seconds = time.perf_counter() - t0
+        if not math.isfinite(total):
+            raise FloatingPointError(
+                f"{desc}: the training loss became {total / max(seen, 1)} in epoch {epoch + 1} "
+                f"(learning rate {lr}): the network diverged; lower the learning rate "
+                "(--set cls_lr=... / iam_lr=... / seg_lr=...) and run again"
+            )
         history.append(dict(epoch=epoch + 1, loss=total / max(seen, 1), lr=lr_e,
                             seconds=round(seconds, 3), img_per_s=round(seen / max(seconds, 1e-9), 1)))
         log.info("%s epoch %d/%d: loss %.4f, %.0f img/s", desc, epoch + 1, epochs,

@@ -564,3 +564,50 @@ def test_notebook_unknown_profile(tmp_path: Path) -> None:
     _check(lambda: open_run(tmp_path / "run", "smok"), "'smok'", "choose one of", "'smoke'",
            exc=ConfigError)  # fmt: skip
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- diverged or corrupt models
+
+
+def test_corrupt_cached_weights_name_the_file(tmp_path):
+    import torch
+
+    from nsrom_lib.models.pretrained import cached_weights_path, load_cached_state
+
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path))
+    try:
+        path = cached_weights_path("vgg16-397923af.pth")
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"not a torch file")
+        with pytest.raises(ValueError, match="not a readable weights file") as e:
+            load_cached_state("vgg16-397923af.pth", "torchvision.models.vgg16()")
+        assert str(path) in str(e.value) and "delete it" in str(e.value)
+    finally:
+        torch.hub.set_dir(old)
+
+
+def test_diverged_training_stops_with_the_learning_rate_named():
+    import torch
+
+    from nsrom_lib import train as T
+    from nsrom_lib.models.segmentation import DeepLabV2
+
+    imgs = torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8)
+    labs = torch.zeros(4, 32, 32, dtype=torch.uint8)
+    net = DeepLabV2(1, width=16, image_size=32)
+    with torch.no_grad():
+        net.aspp.branches[0].bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="diverged.*seg_lr"):
+        T.train_segmentation(net, imgs, labs, epochs=1, batch_size=4, progress=False)
+
+
+def test_nan_class_maps_are_refused_on_export():
+    import torch
+
+    from nsrom_lib.cam import cam_to_uint8
+
+    cam = torch.zeros(2, 4, 4)
+    cam[1, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN.*lower its learning rate"):
+        cam_to_uint8(cam, size=(8, 8))

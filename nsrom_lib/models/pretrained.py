@@ -38,4 +38,15 @@ def load_cached_state(filename: str, tv_call: str) -> dict[str, torch.Tensor]:
             "(set TORCH_HOME or call torch.hub.set_dir to use another cache folder); "
             "or use pretrained=False."
         )
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError) as e:  # pickle errors subclass these or Exception
+        raise ValueError(
+            f"{path} is not a readable weights file ({type(e).__name__}: {str(e)[:200]}); "
+            f"delete it and copy {filename} again from {_URL.format(filename)}."
+        ) from e
+    except Exception as e:  # e.g. pickle.UnpicklingError from a file of another kind
+        raise ValueError(
+            f"{path} is not a readable weights file ({type(e).__name__}); delete it and copy "
+            f"{filename} again from {_URL.format(filename)}."
+        ) from e

@@ -23,11 +23,11 @@ from torch import Tensor, nn
 from .classifier import small_backbone
 from .pretrained import load_cached_state
 
-__all__ = ["REFERENCE_RATES", "REFERENCE_CROP", "aspp_rates", "ASPP", "DeepLabV2"]
+__all__ = ["RESNET_WEIGHTS_FILES", "REFERENCE_RATES", "REFERENCE_CROP", "aspp_rates", "ASPP", "DeepLabV2"]
 
 REFERENCE_RATES = (6, 12, 18, 24)
 REFERENCE_CROP = 321
-_RESNET_FILES = {"resnet50": "resnet50-0676ba61.pth", "resnet101": "resnet101-63fe2227.pth"}
+RESNET_WEIGHTS_FILES = {"resnet50": "resnet50-0676ba61.pth", "resnet101": "resnet101-63fe2227.pth"}
 
 
 def aspp_rates(image_size: int, reference: tuple[int, ...] = REFERENCE_RATES) -> tuple[int, ...]:
@@ -66,7 +66,7 @@ def _resnet_os8(name: str, pretrained: bool) -> tuple[nn.Module, int]:
 
     net = getattr(torchvision.models, name)(weights=None, replace_stride_with_dilation=[False, True, True])
     if pretrained:
-        state = load_cached_state(_RESNET_FILES[name], f"torchvision.models.{name}(weights='IMAGENET1K_V1')")
+        state = load_cached_state(RESNET_WEIGHTS_FILES[name], f"torchvision.models.{name}(weights='IMAGENET1K_V1')")
         net.load_state_dict(state)
     body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool,
                          net.layer1, net.layer2, net.layer3, net.layer4)
@@ -96,7 +96,7 @@ class DeepLabV2(nn.Module):
                 raise ValueError("the small backbone trains from scratch: pretrained=True needs "
                                  "backbone='resnet50' or 'resnet101'")
             self.backbone, channels = small_backbone(width, output_stride=output_stride), width
-        elif backbone in _RESNET_FILES:
+        elif backbone in RESNET_WEIGHTS_FILES:
             if output_stride != 8:
                 raise ValueError(f"backbone={backbone!r} is dilated to output stride 8, got {output_stride}")
             self.backbone, channels = _resnet_os8(backbone, pretrained)
