@@ -1148,9 +1148,7 @@ def load_results(run: Run) -> dict[str, Any]:
 
 
 def _ablation_figure(metrics: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    # No matplotlib.use(...): inside a notebook kernel that would switch inline figures off.
     from nsrom_lib.viz import ablation_chart
 
     fig = ablation_chart(metrics)

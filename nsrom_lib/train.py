@@ -322,7 +322,10 @@ def _fit(
     bar = tqdm(total=max(stop - start, 0) * n_batches, desc=desc, unit="batch", disable=not progress)
     for epoch in range(start, stop):
         t0 = time.perf_counter()
-        lr_e = learning_rate(lr, epoch, epochs, schedule) if schedule != "poly" else lr
+        if schedule == "poly":  # recorded: the rate at the epoch's first iteration
+            lr_e = poly_lr(lr, epoch * n_batches, epochs * n_batches)
+        else:
+            lr_e = learning_rate(lr, epoch, epochs, schedule)
         _set_lr(opt, lr_e)
         order = torch.randperm(N, generator=gen)  # (N,)
         batches = [order[i : i + batch_size] for i in range(0, N, batch_size)]

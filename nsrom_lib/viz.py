@@ -174,7 +174,7 @@ def ablation_chart(metrics: dict[str, Any], rows: Sequence[str] | None = None):
     ax.set_xticks(x, [t.replace(" on ", "\non ").replace(", ", ",\n") for t in titles], fontsize=8)
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("fraction")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return fig
