@@ -10,6 +10,8 @@
       BE + POM pseudo labels (ALGORITHM.md §3, §4) from official-format map folders
   labels masked --list LIST --pred PRED_DIR --pseudo PSEUDO_DIR --saliency SAL_DIR --out OUT_DIR
       NSRM masked pseudo labels (ALGORITHM.md §6)
+  bench [--profile P] [--limit N] [--label-limit N] [--run-dir D] [--json]
+      label, training and inference throughput, peak memory, the last run's stage times
   bench labels [--run-dir D] [--device auto] [--batch-size N] [--limit N] [--json]
       time the batched label functions against the per-image references
 
@@ -87,8 +89,20 @@ def _parser() -> argparse.ArgumentParser:
     ms.add_argument("--kernel", type=int, default=30, help="dilation kernel size (default 30)")
     _common_label_args(ms)
 
-    b = sub.add_parser("bench", help="benchmarks")
-    bsub = b.add_subparsers(dest="bench_command", required=True)
+    b = sub.add_parser("bench", help="benchmarks: everything, or `bench labels`",
+                       description="Without a sub-command: label throughput (batched vs reference), "
+                       "classifier and segmentation training and inference throughput, peak "
+                       "memory and the wall time per stage of the profile's last run, as a table "
+                       "(or JSON).")
+    b.add_argument("--profile", default="default", help="dataset and network sizes (default: default)")
+    b.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
+    b.add_argument("--limit", type=int, default=512,
+                   help="training images for the training/inference throughput (default 512)")
+    b.add_argument("--label-limit", type=int, default=None,
+                   help="training images for the label benchmark (default: all)")
+    b.add_argument("--run-dir", default=None, help="the run whose stage times to show (default runs/<profile>)")
+    b.add_argument("--json", action="store_true", help="print JSON only")
+    bsub = b.add_subparsers(dest="bench_command", required=False)
     bl = bsub.add_parser("labels", help="batched label functions vs the per-image references",
                          description="Times BE + POM (+ 1% rule) and NSRM, batched torch vs the "
                          "per-image numpy references, on the same inputs: the default profile's "
@@ -325,6 +339,13 @@ def _cmd_labels(args) -> int:
 
 
 def _cmd_bench(args) -> int:
+    if args.bench_command is None:
+        from nsrom_lib.bench_run import bench_all, format_bench_all
+
+        result = bench_all(profile=args.profile, device=args.device, limit=args.limit,
+                           label_limit=args.label_limit, run_dir=args.run_dir)
+        print(json.dumps(result, indent=2) if args.json else format_bench_all(result))
+        return 0
     from nsrom_lib.bench import bench_labels, format_bench
 
     result = bench_labels(run_dir=args.run_dir, profile=args.profile, device=args.device,

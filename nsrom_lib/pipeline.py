@@ -1181,11 +1181,13 @@ def label_table(metrics: dict[str, Any]) -> str:
                                     nonsalient_recall="non-salient recall"))
 
 
-def stage_times(run: Run) -> dict[str, float]:
-    """Wall time of every stage (and variant) with a record in the run: {stage folder: seconds}."""
+def stage_times(run: Run | str | os.PathLike) -> dict[str, float]:
+    """Wall time of every stage (and variant) with a record in the run (a `Run` or its folder):
+    {stage folder: seconds}, in pipeline order."""
+    run_dir = run.dir if isinstance(run, Run) else Path(run)
     out: dict[str, float] = {}
-    for rec_path in sorted(run.dir.glob("**/record.json")):
-        rel = rec_path.parent.relative_to(run.dir).as_posix()
+    for rec_path in sorted(run_dir.glob("**/record.json")):
+        rel = rec_path.parent.relative_to(run_dir).as_posix()
         if rel.split("/", 1)[0] not in STAGES:
             continue
         try:
