@@ -18,8 +18,11 @@ The NSRM prediction stands in as the GT mask (void -> background). The GT-derive
 every object, salient or not, so every rule of BE and POM fires on them.
 
 Timing: the reference loops over images in Python with numpy (one thread); the batched path
-runs `batch_size` images per call with torch (`threads` threads, default torch's). Repeats keep
-the best time of each. Numbers depend on the machine's load: say so next to them.
+runs `batch_size` images per call with torch (`threads` threads, default 1). The repeats
+alternate between the versions (reference, batched, ...) so that a change of the machine's
+load hits both, and keep the best wall time of each; the process CPU time of the same runs
+is reported too (`cpu_ratio`): on a shared machine it moves less than the wall time. Numbers
+depend on the machine's load: say so next to them.
 """
 
 from __future__ import annotations
@@ -39,10 +42,15 @@ __all__ = [
     "bench_labels",
     "format_bench",
     "DEFAULT_BATCH_SIZE",
+    "DEFAULT_BATCH_SIZES",
 ]
 
-#: Images per batched call (measured on the 2-core CPU at 96 px: 64-128 best, 8 and 256 slower).
-DEFAULT_BATCH_SIZE = 64
+#: Images per batched call, per stage. Measured on the 2-core build machine at 96 x 96 px,
+#: 1 thread (`nsrom bench labels --batch-size B`): pseudo labels: at 64 the fixed cost of a
+#: call (about 0.9 ms) dominates, 256 and 512 best (within noise), 1000 and 2000 slower
+#: (cache); NSRM: 64 best (11x), 256 slower (8x).
+DEFAULT_BATCH_SIZES = {"pseudo": 256, "masked": 64}
+DEFAULT_BATCH_SIZE = DEFAULT_BATCH_SIZES["pseudo"]
 
 
 def gt_derived_maps(
@@ -162,13 +170,30 @@ def load_bench_inputs(
     )
 
 
-def _best_time(fn, repeats: int) -> tuple[float, Any]:
-    best, out = float("inf"), None
+def _best_times(fns: dict[str, Any], repeats: int) -> dict[str, tuple[float, float, Any]]:
+    """{name: (best wall s, best process CPU s, output)} of each fn, the repeats alternating
+    between them (a, b, c, a, b, c, ...)."""
+    best: dict[str, list] = {k: [float("inf"), float("inf"), None] for k in fns}
     for _ in range(max(repeats, 1)):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        for k, fn in fns.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = fn()
+            t1, c1 = time.perf_counter(), time.process_time()
+            b = best[k]
+            b[0], b[1], b[2] = min(b[0], t1 - t0), min(b[1], c1 - c0), out
+    return {k: (v[0], v[1], v[2]) for k, v in best.items()}
+
+
+def _row(stage: str, n: int, ref: tuple, got: tuple, expected: np.ndarray) -> dict[str, Any]:
+    return dict(
+        stage=stage,
+        images=n,
+        ref_img_s=n / ref[0],
+        batched_img_s=n / got[0],
+        ratio=ref[0] / got[0],
+        cpu_ratio=ref[1] / max(got[1], 1e-9),
+        identical=bool(np.array_equal(got[2].cpu().numpy(), expected)),
+    )
 
 
 def bench_labels(
@@ -183,9 +208,12 @@ def bench_labels(
 ) -> dict[str, Any]:
     """Time batched vs per-image label functions on the same inputs; outputs asserted identical.
 
+    batch_size: images per batched call (None: DEFAULT_BATCH_SIZES, per stage).
     threads: torch CPU threads for the batched path (None or 0: torch's setting); the numpy
     reference runs on one. Returns {rows: [{stage, images, ref_img_s, batched_img_s, ratio,
-    identical}], device, batch_size, threads, source, size, machine, load_average}.
+    cpu_ratio, identical}], device, batch_size (the pseudo stage's), batch_sizes, threads,
+    source, size, machine, load_average}. ratio: of the best wall times; cpu_ratio: of the
+    best process CPU times.
     """
     import torch
 
@@ -193,7 +221,7 @@ def bench_labels(
     from nsrom_lib.pipeline import resolve_device
 
     dev = resolve_device(device)
-    bs = batch_size or DEFAULT_BATCH_SIZE
+    sizes = {k: batch_size or v for k, v in DEFAULT_BATCH_SIZES.items()}
     x = inputs if inputs is not None else load_bench_inputs(run_dir, profile, limit)
     N, C = x["present"].shape
     H, W = x["sal"].shape[1:]
@@ -203,90 +231,80 @@ def bench_labels(
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
+    # Both versions write their labels into an (N, H, W) array allocated once, so that the
+    # timings measure the labels, not the first touch of fresh result memory (page faults:
+    # about 10 ms for 2000 x 96 x 96 on the build machine, for either version)
+    ref_out = np.empty((N, H, W), np.uint8)
+
     # --- pseudo: BE + POM + 1% rule
     def pseudo_ref() -> np.ndarray:
-        return np.stack(
-            [
-                L.pseudo_label_ref(x["sal"][i], x["oa_cam"][i, cl], x["cam"][i, cl], cl, C)
-                for i, cl in enumerate(lists)
-            ]
-        )
+        for i, cl in enumerate(lists):
+            ref_out[i] = L.pseudo_label_ref(x["sal"][i], x["oa_cam"][i, cl], x["cam"][i, cl], cl, C)
+        return ref_out.copy()
 
     t = {
         k: torch.from_numpy(np.ascontiguousarray(x[k])).to(dev)
         for k in ("sal", "oa_cam", "cam", "present", "pred")
     }
 
-    def chunked(fn, *tensors: torch.Tensor) -> torch.Tensor:
-        """fn over batches of `bs` images of the (N, ...) tensors, concatenated."""
+    outs = [torch.empty((N, H, W), dtype=torch.uint8, device=dev) for _ in range(3)]
+
+    def chunked(fn, out: torch.Tensor, *tensors: torch.Tensor, bs: int) -> torch.Tensor:
+        """fn over batches of `bs` images of the (N, ...) tensors, into out."""
         with L.torch_threads(threads), torch.inference_mode():
-            out = torch.cat([fn(*(a[i : i + bs] for a in tensors)) for i in range(0, N, bs)])
+            for i in range(0, N, bs):
+                out[i : i + bs] = fn(*(a[i : i + bs] for a in tensors))
         sync()
         return out
 
     def pseudo_batched() -> torch.Tensor:
-        return chunked(L.pseudo_labels, t["sal"], t["oa_cam"], t["cam"], t["present"])
+        args = (t["sal"], t["oa_cam"], t["cam"], t["present"])
+        return chunked(L.pseudo_labels, outs[0], *args, bs=sizes["pseudo"])
 
-    # the same, with batches of images that list the same number of classes (as the CLI
-    # batches them): one (n, k, HW) stack per call instead of one per class count
-    order = torch.from_numpy(np.argsort(x["present"].sum(axis=1), kind="stable")).to(dev)
+    # the same, with the images sorted by their number of classes: the order the batched
+    # functions put each batch in (labels._Layout), so no batch is permuted
+    order = np.argsort(-x["present"].sum(axis=1), kind="stable")
+    back = torch.from_numpy(np.argsort(order)).to(dev)
+    order = torch.from_numpy(order).to(dev)
     s = {k: t[k].index_select(0, order) for k in ("sal", "oa_cam", "cam", "present")}
 
     def pseudo_sorted() -> torch.Tensor:
-        out = chunked(L.pseudo_labels, s["sal"], s["oa_cam"], s["cam"], s["present"])
-        return torch.empty_like(out).index_copy_(0, order, out)  # back to list order
+        args = (s["sal"], s["oa_cam"], s["cam"], s["present"])
+        out = chunked(L.pseudo_labels, outs[1], *args, bs=sizes["pseudo"])
+        return torch.index_select(out, 0, back, out=outs[2])  # back to list order
 
-    pseudo_batched()  # warm-up (allocator, CUDA context)
-    t_ref, ref = _best_time(pseudo_ref, repeats)
-    rows = []
-    for stage, fn in (
-        ("pseudo (BE+POM+1%)", pseudo_batched),
-        ("  same, by class count", pseudo_sorted),
-    ):
-        t_bat, got = _best_time(fn, repeats)
-        rows.append(
-            dict(
-                stage=stage,
-                images=N,
-                ref_img_s=N / t_ref,
-                batched_img_s=N / t_bat,
-                ratio=t_ref / t_bat,
-                identical=bool(np.array_equal(got.cpu().numpy(), ref)),
-            )
-        )
+    pseudo_batched()  # warm-up (allocator, scratch buffers, CUDA context)
+    pseudo_sorted()
+    res = _best_times(dict(ref=pseudo_ref, bat=pseudo_batched, sorted=pseudo_sorted), repeats)
+    ref = res["ref"][2]
+    rows = [
+        _row("pseudo (BE+POM+1%)", N, res["ref"], res["bat"], ref),
+        _row("  same, by class count", N, res["ref"], res["sorted"], ref),
+    ]
 
     # --- masked: NSRM on the pseudo labels just computed
     pseudo_np = ref
     t["pseudo"] = torch.from_numpy(pseudo_np).to(dev)
 
     def masked_ref() -> np.ndarray:
-        return np.stack(
-            [
-                L.non_salient_region_masking_ref(x["pred"][i], pseudo_np[i], x["sal"][i], cl)
-                for i, cl in enumerate(lists)
-            ]
-        )
+        for i, cl in enumerate(lists):
+            ref_out[i] = L.non_salient_region_masking_ref(
+                x["pred"][i], pseudo_np[i], x["sal"][i], cl
+            )
+        return ref_out.copy()
 
     def masked_batched() -> torch.Tensor:
-        return chunked(L.non_salient_region_masking, t["pred"], t["pseudo"], t["sal"], t["present"])
+        args = (t["pred"], t["pseudo"], t["sal"], t["present"])
+        return chunked(L.non_salient_region_masking, outs[0], *args, bs=sizes["masked"])
 
     masked_batched()
-    t_ref, ref = _best_time(masked_ref, repeats)
-    t_bat, got = _best_time(masked_batched, repeats)
-    rows.append(
-        dict(
-            stage="masked (NSRM)",
-            images=N,
-            ref_img_s=N / t_ref,
-            batched_img_s=N / t_bat,
-            ratio=t_ref / t_bat,
-            identical=bool(np.array_equal(got.cpu().numpy(), ref)),
-        )
-    )
+    res = _best_times(dict(ref=masked_ref, bat=masked_batched), repeats)
+    rows.append(_row("masked (NSRM)", N, res["ref"], res["bat"], res["ref"][2]))
     return dict(
         rows=rows,
         device=str(dev),
-        batch_size=bs,
+        batch_size=sizes["pseudo"],
+        batch_sizes=sizes,
         threads=threads or torch.get_num_threads(),
         source=x["source"],
         size=f"{H}x{W}",
@@ -296,11 +314,18 @@ def bench_labels(
     )
 
 
+def _batch_text(result: dict[str, Any]) -> str:
+    sizes = result.get("batch_sizes") or {"pseudo": result["batch_size"]}
+    if len(set(sizes.values())) == 1:
+        return str(next(iter(sizes.values())))
+    return ", ".join(f"{v} ({k})" for k, v in sizes.items())
+
+
 def format_bench(result: dict[str, Any]) -> str:
     """The benchmark result as a text table."""
     lines = [
         f"inputs: {result['source']}; {result['size']} px, {result['num_classes']} classes",
-        f"batched: device {result['device']}, batch {result['batch_size']}, "
+        f"batched: device {result['device']}, batch {_batch_text(result)}, "
         f"{result['threads']} torch thread(s); reference: numpy, one image at a time",
         f"machine: {result['machine']}, load average {result['load_average']:.2f} "
         "(shared machines give noisy timings)"
@@ -308,11 +333,13 @@ def format_bench(result: dict[str, Any]) -> str:
         else f"machine: {result['machine']}",
         "",
         f"{'stage':<24} {'images':>7} {'reference img/s':>16} {'batched img/s':>14} "
-        f"{'ratio':>7}  identical",
+        f"{'ratio':>7} {'cpu ratio':>9}  identical",
     ]
     for r in result["rows"]:
+        cpu = f"{r['cpu_ratio']:>8.2f}x" if "cpu_ratio" in r else f"{'':>9}"
         lines.append(
             f"{r['stage']:<24} {r['images']:>7} {r['ref_img_s']:>16.0f} "
-            f"{r['batched_img_s']:>14.0f} {r['ratio']:>6.2f}x  {'yes' if r['identical'] else 'NO'}"
+            f"{r['batched_img_s']:>14.0f} {r['ratio']:>6.2f}x {cpu}  "
+            f"{'yes' if r['identical'] else 'NO'}"
         )
     return "\n".join(lines)

@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     bl.add_argument("--profile", default="default", help="dataset profile (default: default)")
     bl.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
     bl.add_argument("--batch-size", type=int, default=None,
-                    help="images per batched call (default 64)")
+                    help="images per batched call (default: 256 for pseudo, 64 for masked)")
     bl.add_argument("--limit", type=int, default=None, help="use the first N training images")
     bl.add_argument("--repeats", type=int, default=3, help="timed repeats, best kept (default 3)")
     bl.add_argument("--threads", type=int, default=1,

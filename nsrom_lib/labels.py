@@ -12,17 +12,34 @@ Two versions of every stage live here:
 - ``*_ref`` functions: one image at a time, plain numpy, written to be read next to
   ALGORITHM.md. They are the specification: the tests and the notebooks use them.
 - batched torch functions on (B, ...) tensors: the same results bit for bit, on
-  whatever device the inputs are on, with no Python loop over pixels or images (loops run
-  over the groups of images that list the same number k of classes, so that each group's
-  maps are one (n, k, HW) stack without padding, and over the k slots of a group).
-  They work on the listed (image, class) maps only, and because every normalised value
-  is a function of the raw 8-bit value, per-pixel values are lookups in 256-entry
-  tables or raw-value thresholds; BE's argmax is the max of one int64 key per channel
-  (float32 score bits, then channel order for ties, then the label); the POM medians come
-  from per-raw-value histograms (numpy's median reproduced exactly, without sorting). The
-  per-pixel work is uint8 arithmetic (max, subtract, clamp, |, *), which torch vectorises
-  on the CPU, rather than comparisons into bool tensors. The tests assert exact equality
-  with the references; `nsrom bench labels` times both.
+  whatever device the inputs are on, with no Python loop over pixels or images. They read
+  the listed (image, class) maps only, laid out slot-major over the images sorted by class
+  count (_Layout): one pass per slot over prefixes of (B, H * W) tensors, whatever the mix
+  of class counts. The tests assert exact equality with the references; `nsrom bench
+  labels` times both.
+
+How the batched versions get their speed (each point checked against the references):
+
+- BE's uint8 code path (_BECodes, _be_pass). For a map that spans 0..255 (as the maps
+  stage writes them) or is constant, the float32 score of raw value v is the float32
+  nearest to v / 255, and distinct codes never share a score; the background score is
+  also a code, V(sal) (_v_codes: 255 - sal, one float32 step lower for some sal). So BE's
+  argmax, floor, conflict and ignore rules are uint8 max / min / clamp on the raw maps, no
+  float map, no lookup. Other maps take the table path (_background_extraction_lut:
+  256-entry tables per map and int64 argmax keys).
+- Segments (_pseudo_fused). Where an image segment (16..64 px) has saliency 0, the
+  background wins the argmax whatever the classes score, and the label only depends on
+  the classes' highest code and POM's potential objects (a few full-size passes); the full
+  BE pass runs on the gathered other segments only (38% of the pixels on the benchmark).
+- POM's thresholds come from per-raw-value histograms (numpy's median reproduced exactly,
+  without sorting): int16 bincounts over the segments that hold class pixels (resp. CAM
+  values above pom, for TQ); the pixels nobody asks about get spread bins (runs of one bin
+  slow bincount down about 2x). The per-pair arithmetic runs in numpy on the host.
+- Scratch memory (_Workspace): fresh large CPU tensors are fresh pages on every call, and
+  the page faults cost as much as the arithmetic; the scratch tensors are reused.
+- Short rows: per-row broadcasts over rows of 32 bytes are slow in torch; per-row
+  constants go through int64 words (_rows_affine, _add_rows_), reductions over short rows
+  through wide-int views (_segments_any), index lists through numpy (_nonzero).
 
 Label values: 0 = background, c + 1 = foreground class c (0-based class id),
 255 = ignore. Maps (saliency, OA-CAM, CAM) are raw 8-bit values 0..255, as read from
@@ -46,8 +63,11 @@ POM only turns background into 255, so it never lifts an image over the threshol
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import threading
 from collections.abc import Iterator, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -490,26 +510,6 @@ def _is_zero(x: torch.Tensor) -> torch.Tensor:
     return 1 - x.clamp_max(1)
 
 
-def _median_of_counts(counts: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """numpy's median of a multiset given as counts per bin, for each row.
-
-    counts: (P, 256) int64 >= 0; values: (P, 256) float64, increasing over the bins
-    that have counts. Returns (P,) float64: the middle value for an odd count, the mean
-    of the two middle values for an even count, NaN for an empty row.
-    """
-    n = counts.sum(dim=1)  # (P,)
-    cum = counts.cumsum(dim=1)  # (P, 256)
-    k_lo = (n - 1).clamp(min=0) // 2  # (P,) rank of the lower middle value
-    k_hi = n // 2  # (P,) rank of the upper middle value
-    # the bin of the k-th smallest value = number of bins whose cumulative count is <= k
-    b_lo = (cum <= k_lo[:, None]).sum(dim=1).clamp(max=255)  # (P,)
-    b_hi = (cum <= k_hi[:, None]).sum(dim=1).clamp(max=255)  # (P,)
-    v_lo = values.gather(1, b_lo[:, None])[:, 0]  # (P,)
-    v_hi = values.gather(1, b_hi[:, None])[:, 0]  # (P,)
-    med = torch.where(b_lo == b_hi, v_lo, (v_lo + v_hi) / 2)
-    return med.masked_fill(n == 0, math.nan)
-
-
 def _groups(present: torch.Tensor) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """The images of a batch grouped by their number k of listed classes.
 
@@ -532,31 +532,461 @@ def _pair_maps(maps: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Te
     return maps.reshape(B * C, H * W).index_select(0, b * C + c)  # (P, HW)
 
 
-def background_extraction(
+# ----------------------------------------------------------------------------------------
+# Scratch memory and the layout of the listed pairs
+# ----------------------------------------------------------------------------------------
+
+#: Most bytes of scratch tensors kept per thread and device (see _Workspace).
+WORKSPACE_MAX_BYTES = 512 * 2**20
+
+_workspaces = threading.local()
+
+
+class _Workspace:
+    """Scratch tensors kept from call to call, by name (on the CPU).
+
+    The batched functions make a few dozen passes over (B, H * W) uint8 tensors. A fresh CPU
+    tensor of that size is fresh memory from the OS on most calls (glibc maps large blocks
+    and returns them on free), and first-touch page faults then cost more than the
+    arithmetic: half the time of `nsrom bench labels` on the 2-core build machine (55k faults
+    for 2000 images of 96 x 96, measured with getrusage). So the scratch tensors of a call
+    are views into buffers that each thread keeps per device and reuses; a function's result
+    is always a new tensor. At most WORKSPACE_MAX_BYTES are kept (larger requests get plain
+    tensors). Other devices have a caching allocator: there, get() just allocates.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.bufs: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+        self.nbytes = 0
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.uint8):
+        """A (shape) dtype tensor that no other live scratch tensor of this call shares."""
+        if self.device.type != "cpu":
+            return torch.empty(shape, dtype=dtype, device=self.device)
+        numel = math.prod(shape)
+        buf = self.bufs.get((name, dtype))
+        if buf is None or buf.numel() < numel:
+            old = 0 if buf is None else buf.numel() * buf.element_size()
+            new = numel * torch.empty((), dtype=dtype).element_size()
+            if self.nbytes - old + new > WORKSPACE_MAX_BYTES:
+                return torch.empty(shape, dtype=dtype, device=self.device)
+            with torch.inference_mode(False):  # usable in and outside inference mode
+                buf = torch.empty(numel, dtype=dtype, device=self.device)
+            self.bufs[(name, dtype)] = buf
+            self.nbytes += new - old
+        return buf[:numel].view(shape)
+
+
+def _workspace(device: torch.device) -> _Workspace:
+    """This thread's scratch buffers for `device`."""
+    by_device = getattr(_workspaces, "by_device", None)
+    if by_device is None:
+        by_device = _workspaces.by_device = {}
+    ws = by_device.get(device)
+    if ws is None:
+        ws = by_device[device] = _Workspace(device)
+    return ws
+
+
+class _Layout(NamedTuple):
+    """A batch's listed (image, class) pairs, slot-major, over images sorted by class count.
+
+    The images are sorted by their number k of listed classes, most first (``order``: the
+    original index of each sorted image, None when the batch is sorted already), so that the
+    images listing more than j classes are the first ``rows[j]`` sorted images. Per-pair tensors
+    (P, ...) hold slot 0 (the first listed class, by class id) of every image that has one, then
+    slot 1, and so on: block j is pairs ``starts[j] : starts[j] + rows[j]``, the j-th class of
+    sorted images 0 .. rows[j] - 1 in order. Per-pixel work is then one pass per slot over a
+    prefix of (n, N) tensors, whatever the mix of class counts in the batch.
+    """
+
+    order: torch.Tensor | None  # (B,) int64
+    inverse: torch.Tensor | None  # (B,) int64: the sorted position of each image
+    rows: tuple[int, ...]  # (kmax,)
+    starts: tuple[int, ...]  # (kmax,)
+    b: torch.Tensor  # (P,) original image of each pair
+    c: torch.Tensor  # (P,) class id
+    r: torch.Tensor  # (P,) sorted image
+    lab: torch.Tensor  # (P, 1) uint8: the label value c + 1
+
+    def block(self, j: int) -> slice:
+        return slice(self.starts[j], self.starts[j] + self.rows[j])
+
+    @property
+    def na(self) -> int:
+        """The images that list at least one class: the first na sorted images."""
+        return self.rows[0] if self.rows else 0
+
+
+def _layout(present: torch.Tensor) -> _Layout:
+    """The slot-major layout of the listed pairs of present: (B, C) bool (see _Layout).
+
+    Small integer work on (B, C): done with numpy (faster for arrays this small), then moved
+    to present's device.
+    """
+    B, C = present.shape
+    dev = present.device
+    pres = present.cpu().numpy()
+    k = pres.sum(axis=1)  # (B,)
+    per_k = np.bincount(k, minlength=C + 1)
+    kmax = int(np.flatnonzero(per_k).max()) if B else 0
+    rows = tuple(int(per_k[j + 1 :].sum()) for j in range(kmax))
+    starts = tuple(sum(rows[:j]) for j in range(kmax))
+    order = None
+    if B > 1 and (k[1:] > k[:-1]).any():
+        order = np.argsort(-k, kind="stable")
+        pres, k = pres[order], k[order]
+    r, c = np.nonzero(pres)  # (P,) by image, then class id
+    slot = np.arange(r.size) - (np.cumsum(k) - k)[r]  # (P,) j-th class of r
+    o = np.argsort(slot * max(B, 1) + r, kind="stable")  # slot-major
+    r, c = r[o], c[o]
+    b = r if order is None else order[r]
+    inverse = None if order is None else np.argsort(order)
+
+    def t(a: np.ndarray | None) -> torch.Tensor | None:
+        return None if a is None else torch.from_numpy(np.ascontiguousarray(a)).long().to(dev)
+
+    lab = torch.from_numpy((c + 1).astype(np.uint8)).to(dev)[:, None]
+    return _Layout(t(order), t(inverse), rows, starts, t(b), t(c), t(r), lab)
+
+
+def _sorted_rows(x: torch.Tensor, lay: _Layout, ws: _Workspace, name: str) -> torch.Tensor:
+    """(B, H, W) -> (B, H * W) in the layout's image order: a view when already sorted, else
+    a scratch tensor."""
+    x = x.reshape(x.shape[0], math.prod(x.shape[1:]))
+    if lay.order is None:
+        return x
+    return torch.index_select(x, 0, lay.order, out=ws.get(name, tuple(x.shape), x.dtype))
+
+
+def _result(x: torch.Tensor, lay: _Layout, H: int, W: int) -> torch.Tensor:
+    """(B, H * W) rows in the layout's order (scratch) -> a new (B, H, W) tensor, batch order."""
+    if lay.inverse is None:
+        return x.clone().reshape(x.shape[0], H, W)
+    return x.index_select(0, lay.inverse).reshape(x.shape[0], H, W)
+
+
+def _ge01(x: torch.Tensor, t: int, out: torch.Tensor) -> torch.Tensor:
+    """x >= t as 0/1 uint8 written to out, for uint8 x and any integer t (a clamp, a subtract)."""
+    if t <= 0:
+        return out.fill_(1)
+    if t > 255:
+        return out.zero_()
+    return torch.clamp(x, t - 1, t, out=out).sub_(t - 1)
+
+
+def _words_ok(*xs: torch.Tensor) -> bool:
+    """Whether (R, L) tensors can be seen as (R, L * size / 8) int64 words (row per row)."""
+    return all(
+        x.dim() == 2
+        and x.is_contiguous()
+        and (x.shape[1] * x.element_size()) % 8 == 0
+        and x.data_ptr() % 8 == 0
+        for x in xs
+    )
+
+
+def _words(col: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(R, 1) values -> (R, 1) int64 words holding the value in each of their dtype lanes
+    (uint8 or int16 lanes: 0x0101.. or 0x0001.. times the value, which stays below 2**63 for
+    values below 128 or 2**15; otherwise the lanes are copied)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    v = col.reshape(-1, 1).to(torch.int64)
+    if v.numel() == 0 or int(v.max()) < 2 ** (8 * size - 1):
+        return v * sum(1 << (8 * size * i) for i in range(8 // size))  # 0x0101.. / 0x0001..
+    lanes = 8 // size
+    out = torch.empty((v.shape[0], lanes), dtype=dtype, device=col.device)
+    return out.copy_(col.reshape(-1, 1).expand(-1, lanes)).view(torch.int64)
+
+
+def _rows_affine(
+    x: torch.Tensor, d: torch.Tensor, base: torch.Tensor | None, out: torch.Tensor, small: bool
+) -> torch.Tensor:
+    """out = base + x * d for (R, L) uint8 x in 0..1 and one uint8 d and base per row ((R, 1)).
+
+    A per-row broadcast over short uint8 rows is slow (five times slower than a plain pass
+    for rows of 32 bytes); with small (every d and result below 128, so that no lane carries
+    into the next or into the sign bit), rows of a multiple of 8 bytes run on int64 words of
+    8 lanes instead."""
+    R = x.shape[0]
+    if small and _words_ok(x, out):
+        x64, d64 = x.view(torch.int64), d.to(torch.int64).view(R, 1)
+        if base is None:
+            torch.mul(x64, d64, out=out.view(torch.int64))
+        else:
+            torch.addcmul(_words(base, torch.uint8), x64, d64, out=out.view(torch.int64))
+        return out
+    if base is None:
+        return torch.mul(x, d, out=out)
+    return torch.addcmul(base, x, d, out=out)
+
+
+def _fill_rows(col: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out[r, :] = col[r] for (R, L) uint8 out and (R, 1) col (on int64 words where possible)."""
+    if _words_ok(out):
+        out.view(torch.int64).copy_(_words(col, torch.uint8).expand(out.shape[0], -1))
+        return out
+    return out.copy_(col.expand(out.shape))
+
+
+def _add_rows_(x: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+    """x += col, one value per row ((R, 1)), in place, for (R, L) uint8 or int16 x whose
+    lanes stay below 128 (uint8) or 2**15 (int16): on int64 words where possible."""
+    if _words_ok(x):
+        x.view(torch.int64).add_(_words(col, x.dtype))
+        return x
+    return x.add_(col.to(x.dtype))
+
+
+def _pair_rows(maps: torch.Tensor, lay: _Layout, ws: _Workspace, name: str) -> torch.Tensor:
+    """maps[b, c] of the layout's pairs as a (P, H * W) scratch tensor. maps: (B, C, H, W)."""
+    B, C, H, W = maps.shape
+    idx = lay.b * C + lay.c
+    out = ws.get(name, (idx.numel(), H * W))
+    return torch.index_select(maps.reshape(B * C, H * W), 0, idx, out=out)
+
+
+# ----------------------------------------------------------------------------------------
+# BE on the uint8 code path
+# ----------------------------------------------------------------------------------------
+
+
+# ----------------------------------------------------------------------------------------
+# BE on the uint8 code path
+# ----------------------------------------------------------------------------------------
+
+
+class _BECodes(NamedTuple):
+    """BE's thresholds as integer codes, for maps whose raw values are their codes (min 0, max 255).
+
+    A listed OA-CAM with min 0 and max 255 has a_c = v / (255 + 1e-8) at raw value v, and its
+    float32 score is the float32 nearest to v / 255; every score is a function of v, increasing,
+    and distinct values of v / 255 and (255 - sal) / 255 never round to the same float32 unless
+    they are equal. So BE's comparisons between channels are comparisons of integer codes:
+    the class code v, and for the background the code V(sal) below. (A constant map has a_c = 0
+    everywhere: code 0.) See _be_codes for how each field is derived and checked.
+    """
+
+    all_conflict: bool  # 0 > conflict (float32): every channel counts, all pixels are 255
+    z: int  # class codes 0..z score 0 after the fg floor (z >= 0)
+    t_cf: int  # a class scores above conflict <=> code >= t_cf (256: never)
+    s_cf: int  # the background scores above conflict <=> sal <= s_cf (-1: never)
+    t_att: int  # a class's float64 a_c > att <=> code >= t_att (0: always, 256: never)
+    t_bg: int  # sal >= bg <=> sal >= t_bg (256: never)
+    v_table: np.ndarray  # (256,) uint8: V(sal), the highest class code that does not beat sal
+    v_formula: bool  # V(sal) equals _v_codes's uint8 arithmetic (else looked up in v_table)
+
+
+def _v_formula_np(sal: np.ndarray, z: int) -> np.ndarray:
+    """numpy twin of _v_codes's arithmetic, to check it against the exact table."""
+    s = np.minimum(sal, 254)
+    e0 = ((s >> 6) + (s & 1) + 2) >> 2
+    return np.maximum(255 - s - e0, z)
+
+
+@functools.lru_cache(maxsize=64)
+def _be_codes(fg: float, conflict: float, bg: float, att: float) -> _BECodes | None:
+    """The integer codes of BE's thresholds (see _BECodes), or None where an assumption fails.
+
+    Everything is computed with numpy from the same float32 / float64 values the reference
+    compares (ALGORITHM.md §3), for all 256 raw values, and the monotonicity the uint8 path
+    relies on is checked here rather than assumed.
+    """
+    fg32, cf32 = np.float32(fg), np.float32(conflict)
+    code = np.arange(256)
+    a = code / (255 + 1e-8)  # §3: float64 a_c of raw value v of a map with min 0 and max 255
+    fc = a.astype(np.float32)  # §3.1: the class score, float32
+    fc[fc < fg32] = 0  # §3.2: floor
+    f0 = _sal_scores_lut()  # §3.1: the background score 1 - sal / 255, float32
+    f0[f0 < fg32] = 0  # §3.2
+    z = int((fc == 0).sum()) - 1
+    if not ((fc[: z + 1] == 0).all() and (np.diff(fc[z:]) > 0).all() and (np.diff(f0) <= 0).all()):
+        return None
+    # §3.4: class code v beats the background at sal <=> fc[v] > f0[sal] <=> v > V(sal)
+    v_table = (fc[None, :] <= f0[:, None]).sum(axis=1) - 1  # (256,) >= 0: fc[0] = 0
+    # §3.3 / §3.5: each threshold as a suffix of codes or a prefix of saliency values
+    hi, bg_hi, above_att = fc > cf32, f0 > cf32, a > att
+    t_cf, s_cf, t_att = 256 - int(hi.sum()), int(bg_hi.sum()) - 1, 256 - int(above_att.sum())
+    if not (
+        (hi == (code >= t_cf)).all()
+        and (bg_hi == (code <= s_cf)).all()
+        and (above_att == (code >= t_att)).all()
+    ):
+        return None
+    return _BECodes(
+        all_conflict=bool(np.float32(0) > cf32),
+        z=z,
+        t_cf=t_cf,
+        s_cf=s_cf,
+        t_att=t_att,
+        t_bg=_u8_first_at_least(bg),
+        v_table=v_table.astype(np.uint8),
+        v_formula=bool((_v_formula_np(code, z) == v_table).all()),
+    )
+
+
+def _v_codes(s: torch.Tensor, th: _BECodes, ws: _Workspace) -> torch.Tensor:
+    """V(sal) of _BECodes for every pixel: (n, N) uint8 -> (n, N) uint8 scratch.
+
+    The background score 1 - sal / 255 (float32 arithmetic) is the float32 nearest to
+    (255 - sal) / 255, except for odd sal in 65..127 and every sal in 128..254, where it is one
+    float32 step below (e0 = 1: bit 7, or bits 6 and 0; checked against the table in
+    _be_codes): there a class with the same code 255 - sal beats the background. So
+    V = max(255 - sal - e0, z), with z from the floor; uint8 arithmetic, no lookup.
+    """
+    if not th.v_formula:
+        return torch.from_numpy(th.v_table).to(s.device)[s.long()]
+    v = torch.clamp(s, max=254, out=ws.get("v", tuple(s.shape)))  # V(255) = V(254)
+    e0 = torch.bitwise_right_shift(v, 6, out=ws.get("e0", tuple(s.shape)))  # bits 7, 6
+    e0 += torch.bitwise_and(v, 1, out=ws.get("t0", tuple(s.shape)))  # + bit 0
+    e0.add_(2).bitwise_right_shift_(2)  # 1 where >= 2: bit 7, or bits 6 and 0
+    v.add_(e0).bitwise_not_()  # 255 - sal - e0 (sal + e0 <= 255)
+    return v.clamp_min_(th.z) if th.z > 0 else v
+
+
+def _full_range_pairs(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """(P,) bool: maps whose raw values are their _BECodes codes: min 0 and max 255, or constant."""
+    return ((lo == 0) & (hi == 255)) | (lo == hi)
+
+
+class _BEPass(NamedTuple):
+    """What the uint8 BE pass leaves for the images that list a class (scratch, (na, N) each)."""
+
+    label: torch.Tensor  # uint8: the winning class's label, 0 where the background wins
+    win: torch.Tensor  # uint8 0/1: a class wins (§3.4)
+    conf: torch.Tensor | None  # uint8 0/1: two or more channels above conflict (§3.3)
+    cause: torch.Tensor  # uint8 0/1: sal >= bg or a listed a_c > att (§3.5)
+    cam_at: torch.Tensor | None  # uint8: the CAM of the winning class (where win), if asked
+
+
+def _be_pass(
+    s: torch.Tensor,
+    oa: torch.Tensor,
+    lay: _Layout,
+    th: _BECodes,
+    ws: _Workspace,
+    cam: torch.Tensor | None = None,
+    att: bool = True,
+) -> _BEPass:
+    """BE (ALGORITHM.md §3) on the uint8 code path, for the na sorted images that list a class.
+
+    s: (na, N) uint8 sorted saliency; oa: (P, N) uint8 slot-major raw OA-CAMs whose maps
+    span 0..255 or are 0 (constant maps zeroed), clamped here in place; cam: (P, N) raw CAMs
+    to carry the winning class's CAM value along (for POM), or None. att=False leaves the
+    att cause out of cause (the caller adds it).
+
+    One uint8 pass per slot keeps the highest class code m1 (a tie keeps the earlier, lower
+    class), its label and the second highest m2; then the background competes with its code
+    V(sal), and the conflict and ignore rules are thresholds on codes. No lookup, no sort.
+    """
+    na, N = s.shape
+    kmax, z = len(lay.rows), th.z
+    conflicts = th.t_cf <= 255  # a class can score above conflict
+    att_raw = 0 < th.t_att <= z  # att below the floor: needs the raw codes (rare)
+    shape = (na, N)
+    m2 = lab = raw = cam_at = None
+    lab0 = lay.lab[lay.block(0)]  # (na, 1) label of slot 0
+    small = bool(lay.lab.numel()) and int(lay.lab.max()) < 128  # label values below 128
+    m1 = oa[lay.block(0)]  # (na, N), updated in place: block 0 is not read again
+    if att_raw:
+        raw = m1.clone()
+    if z > 0:
+        m1.clamp_min_(z)  # §3.2: every code that scores 0 after the floor ties at z
+    if cam is not None:
+        cam_at = ws.get("cam_at", shape).copy_(cam[lay.block(0)])
+    for j in range(1, kmax):
+        nj, blk = lay.rows[j], lay.block(j)
+        e = oa[blk]  # (nj, N) raw codes of slot j
+        if att_raw:
+            torch.maximum(raw[:nj], e, out=raw[:nj])
+        if z > 0:
+            e.clamp_min_(z)
+        m1p = m1[:nj]
+        gt = torch.gt(e, m1p, out=ws.get("gt", (nj, N), torch.bool)).view(torch.uint8)
+        if conflicts:
+            if m2 is None:
+                m2 = ws.get("m2", shape).zero_()  # one class only: no second
+                torch.minimum(m1p, e, out=m2[:nj])
+            else:
+                m2p = m2[:nj]
+                torch.maximum(m2p, torch.minimum(m1p, e, out=ws.get("t0", (nj, N))), out=m2p)
+        torch.maximum(m1p, e, out=m1p)
+        # the label of the best: += (label of slot j - label) where slot j wins (wraps: exact)
+        if lab is None:  # slot 1 over slot 0: lab0 + gt * (lab1 - lab0), lab1 > lab0
+            lab = ws.get("lab", shape)
+            if nj < na:
+                _fill_rows(lab0[nj:], lab[nj:])
+            _rows_affine(gt, lay.lab[blk] - lab0[:nj], lab0[:nj], lab[:nj], small)
+        else:
+            labp = lab[:nj]
+            labp.addcmul_(torch.sub(lay.lab[blk], labp, out=ws.get("t0", (nj, N))), gt)
+        if cam is not None:
+            cp = cam_at[:nj]
+            cp.addcmul_(torch.sub(cam[blk], cp, out=ws.get("t0", (nj, N))), gt)
+    # §3.4: argmax with the background (channel 0 wins ties): a class wins where m1 > V(sal)
+    win = torch.gt(m1, _v_codes(s, th, ws), out=ws.get("win", shape, torch.bool))
+    win = win.view(torch.uint8)  # (na, N) 0/1
+    if lab is None:
+        label = _rows_affine(win, lab0, None, ws.get("lab", shape), small)
+    else:
+        label = lab.mul_(win)
+    # §3.5: the ignore causes of background pixels: sal >= bg, or a listed a_c > att
+    cause = _ge01(s, th.t_bg, ws.get("cause", shape))
+    if not att:
+        pass
+    elif th.t_att <= 0:
+        cause.fill_(1)
+    elif th.t_att <= 255:
+        cause |= _ge01(raw if att_raw else m1, th.t_att, ws.get("t0", shape))
+    # §3.3: two or more channels above conflict: the second highest of the classes' codes
+    # and the background's (>= t_cf where it is above conflict, below t_cf elsewhere)
+    conf = None
+    if conflicts and th.s_cf >= 0:
+        # b = t_cf + s_cf - sal, saturated: >= t_cf exactly where sal <= s_cf
+        k = th.t_cf + th.s_cf
+        if k <= 255:
+            b = torch.clamp(s, max=k, out=ws.get("conf", shape)).neg_().add_(k)
+        else:
+            b = torch.clamp(s, min=k - 255, out=ws.get("conf", shape))
+            b.sub_(k - 255).bitwise_not_()
+        if m2 is not None:
+            torch.maximum(b, m2, out=b)
+        conf = torch.minimum(b, m1, out=b)
+    elif conflicts and m2 is not None:
+        conf = m2
+    if conf is not None:
+        conf.clamp_(th.t_cf - 1, th.t_cf).sub_(th.t_cf - 1)  # 0/1
+    return _BEPass(label, win, conf, cause, cam_at)
+
+
+def _be_assemble(p: _BEPass, cause: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The label from a BE pass: 255 where two channels conflict, the class where one wins,
+    255 where a cause hits a background pixel, else 0. cause: (na, N) 0/1 (p.cause, or with
+    POM's potential objects added). Written to out and returned."""
+    ignore = torch.gt(cause, p.win, out=cause.view(torch.bool)).view(torch.uint8)
+    if p.conf is not None:
+        ignore |= p.conf
+    return torch.bitwise_or(p.label, ignore.mul_(IGNORE), out=out)
+
+
+def _background_extraction_lut(
     sal: torch.Tensor,
     oa_cam: torch.Tensor,
     present: torch.Tensor,
-    fg: float = 0.3,
-    conflict: float = 0.9,
-    bg: float = 32,
-    att: float = 0.8,
+    fg: float,
+    conflict: float,
+    bg: float,
+    att: float,
 ) -> torch.Tensor:
-    """Background extraction (ALGORITHM.md §3) for a batch; no 1% rule (see initial_labels).
+    """BE for any maps: 256-entry tables per map and int64 argmax keys (the general path).
 
-    sal: (B, H, W) uint8 saliency, 0..255.
-    oa_cam: (B, C, H, W) uint8 raw OA-CAMs of all C classes; entries of absent classes are ignored.
-    present: (B, C) bool, the image-level labels.
-    Returns (B, H, W) uint8 labels on the inputs' device, equal to background_extraction_ref.
-
-    Every per-pixel quantity is a function of a raw 8-bit value, so it is computed once per raw
-    value (256-entry tables per map) and looked up, or turned into a raw-value threshold.
-    Images are processed in groups that list the same number k of classes: (n, k, HW) maps.
+    Used for the images with a listed OA-CAM that neither spans 0..255 nor is constant (and
+    for thresholds _be_codes cannot turn into codes). Arguments and result as
+    background_extraction; images are processed in groups that list the same number k of
+    classes: (n, k, HW) maps.
     """
-    _check_u8_tensor("sal", sal, 3)
-    _check_u8_tensor("oa_cam", oa_cam, 4)
     B, C, H, W = oa_cam.shape
-    _check_same_hw("sal", sal, B, H, W)
-    _check_present(present, B, C)
     N, dev = H * W, sal.device
     fg32 = float(np.float32(fg))  # thresholds as the float32 values the reference compares with
     conflict32 = float(np.float32(conflict))
@@ -615,57 +1045,336 @@ def background_extraction(
     return out.reshape(B, H, W)
 
 
-def _pom_group(
-    label: torch.Tensor, maps: torch.Tensor, c: torch.Tensor, k: int, pom: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """T_c (ALGORITHM.md §4) of a group's pairs, with the bin values and minimum of each CAM.
+# ----------------------------------------------------------------------------------------
+# The batched stages
+# ----------------------------------------------------------------------------------------
 
-    label: (n, N) uint8 BE labels of n images that list k classes each; maps: (n * k, N)
-    uint8 raw CAMs in slot order; c: (n * k,) their class ids.
-    Returns T: (n * k,) float64 (NaN selects nothing), values: (n * k, 256) float64, lo.
-    Normalisation is monotonic, so every median only needs the counts per raw value.
+
+def _be_rows(
+    sal: torch.Tensor,
+    oa_cam: torch.Tensor,
+    present: torch.Tensor,
+    lay: _Layout,
+    ws: _Workspace,
+    th: _BECodes | None,
+    thresholds: tuple[float, float, float, float],
+) -> torch.Tensor:
+    """BE of a checked batch as (B, H * W) uint8 rows in the layout's order (scratch "out").
+
+    The uint8 code path for the images whose listed OA-CAMs all span 0..255 or are constant
+    (the maps stage writes them max-normalised to 255), the table path for the others (and
+    for all when th is None); the two agree wherever both apply.
     """
-    n, N = label.shape
-    P, dev = n * k, maps.device
-    values, lo = _bin_values(maps)  # (P, 256) float64, (P,)
-    # histograms of raw CAM values on each pair's class pixels: one bincount over (pair, value)
-    # bins; a pixel labelled with its image's j-th class counts slot j's CAM value, any other
-    # pixel goes to the spare bins of pair P
-    lab = label.long()  # (n, N), an index
-    first_bin = torch.full((n, 256), P * 256, dtype=torch.int32, device=dev)  # label -> bin 0
-    i = torch.arange(n, device=dev).repeat_interleave(k)  # (P,) image of each pair
-    first_bin[i, c + 1] = torch.arange(0, P * 256, 256, dtype=torch.int32, device=dev)
-    stack = maps.view(n, k, N)
-    # the CAM value of the slot whose class the pixel carries (slot 0's where none does), in
-    # uint8 arithmetic: slot 0's value plus (slot j - slot 0) where the label is slot j's class
-    # (modulo 256, so exact)
-    cam_at = stack[:, 0]  # (n, N) uint8
-    if k > 1:
-        cls = (c + 1).to(torch.uint8).view(n, k, 1)  # (n, k, 1) label value of each slot
-        for j in range(1, k):
-            is_j = _is_zero(label ^ cls[:, j])  # (n, N) 0/1
-            cam_at = cam_at + (stack[:, j] - stack[:, 0]) * is_j
-    bins = (first_bin.gather(1, lab) + cam_at).reshape(-1)  # (n * N,) int32
-    counts_in = torch.bincount(bins, minlength=(P + 1) * 256)[: P * 256].reshape(P, 256)
+    B, C, H, W = oa_cam.shape
+    N = H * W
+    slow = None
+    if th is not None and N and lay.na:
+        oa = _pair_rows(oa_cam, lay, ws, "oa")  # (P, N) raw OA-CAMs, slot-major
+        lo, hi = oa.amin(dim=1), oa.amax(dim=1)  # (P,)
+        flat = ((lo == hi) & (lo != 0)).nonzero()[:, 0]
+        if flat.numel():
+            oa.index_fill_(0, flat, 0)  # a constant map normalises to 0 everywhere: code 0
+        slow = torch.unique(lay.r[~_full_range_pairs(lo, hi)])  # sorted images, table path
+        if 2 * slow.numel() > B:
+            th = None
+    if th is None or N == 0:
+        label = _background_extraction_lut(sal, oa_cam, present, *thresholds)
+        return _sorted_rows(label, lay, ws, "out") if lay.order is not None else label.reshape(B, N)
+    out = ws.get("out", (B, N))
+    s = _sorted_rows(sal, lay, ws, "sal")
+    na = lay.na
+    if th.all_conflict and C >= 1:
+        return out.fill_(IGNORE)  # §3.3: every channel is above conflict
+    if na:
+        p = _be_pass(s[:na], oa, lay, th, ws)
+        _be_assemble(p, p.cause, out[:na])
+    if na < B:  # images without a listed class: background, 255 where sal >= bg (§3.5)
+        _ge01(s[na:], th.t_bg, out[na:]).mul_(IGNORE)
+    if slow is not None and slow.numel():
+        orig = slow if lay.order is None else lay.order[slow]
+        part = _background_extraction_lut(
+            sal[orig], oa_cam[orig], present[orig], *thresholds
+        ).reshape(slow.numel(), N)
+        out[slow] = part
+    return out
 
-    # §4 MED: non-zero CAM sum on the class's pixels (all values are >= 0) -> their median
-    has_inside = (counts_in * (values > 0)).sum(dim=1) > 0  # (P,)
-    t = _median_of_counts(counts_in, values)  # (P,)
-    # §4 TQ (pairs without such pixels only): m = median of the values > pom; T = median of
-    # the values strictly above m; otherwise T = 1
-    rest = (~has_inside).nonzero()[:, 0]  # (R,)
-    if rest.numel():
-        R = rest.numel()
-        offset = torch.arange(0, R * 256, 256, dtype=torch.int32, device=dev)[:, None]
-        flat = maps[rest].int() + offset  # (R, N) int32 bins (pair, raw value)
-        counts_all = torch.bincount(flat.reshape(-1), minlength=R * 256).reshape(R, 256)
-        v_r = values[rest]  # (R, 256)
-        counts_above = counts_all * (v_r > pom)  # (R, 256)
-        has_above = counts_above.sum(dim=1) > 0  # (R,)
-        m_above = _median_of_counts(counts_above, v_r)  # (R,)
-        t_tq = _median_of_counts(counts_all * (v_r > m_above[:, None]), v_r)  # NaN if empty
-        t[rest] = torch.where(has_above, t_tq, torch.ones_like(t_tq))
-    return t, values, lo
+
+def background_extraction(
+    sal: torch.Tensor,
+    oa_cam: torch.Tensor,
+    present: torch.Tensor,
+    fg: float = 0.3,
+    conflict: float = 0.9,
+    bg: float = 32,
+    att: float = 0.8,
+) -> torch.Tensor:
+    """Background extraction (ALGORITHM.md §3) for a batch; no 1% rule (see initial_labels).
+
+    sal: (B, H, W) uint8 saliency, 0..255.
+    oa_cam: (B, C, H, W) uint8 raw OA-CAMs of all C classes; entries of absent classes are ignored.
+    present: (B, C) bool, the image-level labels.
+    Returns (B, H, W) uint8 labels on the inputs' device, equal to background_extraction_ref.
+
+    Maps that span 0..255 (or are constant) take the uint8 code path (_BECodes, _be_pass): a
+    few uint8 passes per listed class. Other maps take the table path
+    (_background_extraction_lut). Only the listed (image, class) maps are read.
+    """
+    _check_u8_tensor("sal", sal, 3)
+    _check_u8_tensor("oa_cam", oa_cam, 4)
+    B, C, H, W = oa_cam.shape
+    _check_same_hw("sal", sal, B, H, W)
+    _check_present(present, B, C)
+    lay, ws = _layout(present), _workspace(sal.device)
+    th = _be_codes(float(fg), float(conflict), float(bg), float(att))
+    label = _be_rows(sal, oa_cam, present, lay, ws, th, (fg, conflict, bg, att))
+    return _result(label, lay, H, W)
+
+
+# ----------------------------------------------------------------------------------------
+# POM: thresholds from per-raw-value histograms
+# ----------------------------------------------------------------------------------------
+
+
+def _pattern_row(N: int, m: int, device: torch.device) -> torch.Tensor:
+    """(1, N) uint8: 0, 1, .., m - 1, 0, 1, .. (m in 1..256)."""
+    return (torch.arange(N, device=device) % m).to(torch.uint8)[None]
+
+
+# ----------------------------------------------------------------------------------------
+# Segments: skipping pixels that cannot matter
+# ----------------------------------------------------------------------------------------
+
+
+def _segment_len(N: int) -> int:
+    """The length L of the segments an image of N pixels is cut into (a divisor of N, 16..64
+    pixels, as many factors of 2 as possible, then the nearest to 32), or N if there is none."""
+    cands = [L for L in range(16, 65) if N % L == 0]
+    if not cands:
+        return N
+    return max(cands, key=lambda L: (min(L & -L, 8), -abs(L - 32)))
+
+
+def _segments_any(x: torch.Tensor) -> torch.Tensor:
+    """(R, L) uint8 -> (R,) bool: the rows with a non-zero byte.
+
+    Through wide-int views: words of up to 8 bytes -> bool, and the bools of a row (2, 4 or
+    8 of them) as one int -> bool; torch's reductions over short rows are twenty times slower.
+    """
+    R, L = x.shape
+    x = x.contiguous()
+    w = min(L & -L, 8)  # bytes per word: a power of 2 dividing L
+    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    y = x.view(ints[w]).bool()  # (R, L / w)
+    while y.shape[1] > 1:
+        n = y.shape[1]
+        if n in ints:
+            return y.view(ints[n]).view(R).bool()
+        h = n // 2  # a halving step, for word counts that are not a power of 2
+        z = y[:, :h] | y[:, h : 2 * h]
+        if n % 2:
+            z[:, :1] |= y[:, 2 * h :]
+        y = z
+    return y[:, 0]
+
+
+def _nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """(n,) bool -> the int64 indices of its True entries (numpy's on the CPU: ten times faster)."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.nonzero()[:, 0]
+
+
+def _chunked_bincount(bins: torch.Tensor, key: torch.Tensor, n: int, per: int, nbins: int):
+    """Counts of (R, L) int16 bins whose rows are sorted by key (R,) in 0..n-1 and offset by
+    (key % per) * nbins: one bincount per chunk of per keys -> (n * nbins,) int64."""
+    ends = torch.searchsorted(key, torch.arange(0, n + per, per, device=key.device)).tolist()
+    return torch.cat(
+        [
+            torch.bincount(bins[r0:r1].reshape(-1), minlength=min(per, n - i) * nbins)
+            for i, r0, r1 in zip(range(0, n, per), ends, ends[1:], strict=False)
+        ]
+    )
+
+
+def _class_counts(
+    g: torch.Tensor, val: torch.Tensor, img: torch.Tensor, na: int, K1: int, ws: _Workspace
+) -> torch.Tensor:
+    """Histograms of val by (image, group): (na * K1, 256) int64, row i * K1 + q.
+
+    g, val: (S, L) uint8 segments of images img: (S,) int64, sorted; g in 0..K1-1, 0 = no
+    group. Segments without a grouped pixel are skipped; in the others, the values of group 0
+    are spread over its bins (xor with a position pattern): bincount slows down about 2x on
+    the long runs of one bin they would form (store/load aliasing). int16 bins, one bincount
+    per chunk of images.
+    """
+    S, L = g.shape
+    hit = _nonzero(_segments_any(g))
+    S2 = hit.numel()
+    if S2 < S:
+        g = torch.index_select(g, 0, hit, out=ws.get("h0", (S2, L)))
+        val = torch.index_select(val, 0, hit, out=ws.get("h1", (S2, L)))
+        img = img.index_select(0, hit)
+    else:
+        g = ws.get("h0", (S, L)).copy_(g)
+        val = ws.get("h1", (S, L)).copy_(val)
+    rest = torch.clamp(g, max=1, out=ws.get("h2", (S2, L))).bitwise_xor_(1)
+    val ^= rest.mul_(_pattern_row(L, 256, g.device))
+    per = 128 // K1  # images per bincount: bins < 2**15
+    if per >= 1:
+        _add_rows_(g, ((img % per) * K1)[:, None])  # <= 127
+        bins = ws.get("bins", (S2, L), torch.int16).copy_(g).bitwise_left_shift_(8)
+        bins |= ws.get("bins_v", (S2, L), torch.int16).copy_(val)
+        return _chunked_bincount(bins, img, na, per, K1 * 256).view(na * K1, 256)
+    bins = ws.get("bins", (S2, L), torch.int32).copy_(g)  # many classes: int32, one call
+    bins += (img * K1).to(torch.int32)[:, None]
+    bins.bitwise_left_shift_(8).bitwise_or_(val)
+    return torch.bincount(bins.view(-1), minlength=na * K1 * 256).view(na * K1, 256)
+
+
+# The per-pair arithmetic of §4 (medians of histograms, thresholds) works on a few hundred
+# pairs at a time: numpy on the host does it in a fraction of the time of torch's small ops.
+
+
+def _norm_value(p: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """p / (d + 1e-8) in float64, the normalised value (ALGORITHM.md §3) of raw value min + p
+    of a map with max - min = d, computed as normalize_map_ref computes it. p, d: int64."""
+    return p / (d + 1e-8)
+
+
+def _median_of_cum(
+    cum: np.ndarray, base: np.ndarray, n: np.ndarray, lo: np.ndarray, d: np.ndarray
+) -> np.ndarray:
+    """numpy's median of n values whose ranks start at base in a cumulative histogram.
+
+    cum: (P, 256) int64 cumulative counts by raw value; base, n: (P,); lo, d: (P,) each map's
+    min and max - min. Returns (P,) float64: the middle value, or the mean of the two middle
+    values for an even n; NaN for n == 0.
+    """
+    P = cum.shape[0]
+    k = np.stack([base + np.maximum(n - 1, 0) // 2, base + n // 2], axis=1)  # (P, 2) ranks
+    # the raw value holding each rank: one searchsorted over the rows laid end to end
+    step = int(cum.max(initial=0)) + 1
+    off = np.arange(P)[:, None] * step
+    b = np.searchsorted((cum + off).ravel(), (k + off).ravel(), side="right").reshape(P, 2)
+    b -= np.arange(P)[:, None] * 256
+    v = _norm_value(b - lo[:, None], d[:, None])  # (P, 2)
+    return np.where(n == 0, np.nan, (v[:, 0] + v[:, 1]) / 2)
+
+
+def _first_above(lo: np.ndarray, d: np.ndarray, x: np.ndarray | float) -> np.ndarray:
+    """The smallest raw value >= lo whose normalised value is strictly above x (256 if none).
+
+    lo, d: (P,) int64 each map's min and max - min; x: (P,) float64 or a number (NaN: none).
+    Returns (P,) int64. floor(x * (d + 1e-8)) is within one of the answer's p - 1; the
+    candidates are then checked with the exact values (_norm_value).
+    """
+    x = np.broadcast_to(np.asarray(x, dtype=np.float64), lo.shape)
+    nan = x != x
+    x = np.where(nan, 0.0, x)
+    q = np.clip(np.floor(x * (d + 1e-8)), 0, 256).astype(np.int64)
+    first = q + (_norm_value(q, d) <= x) + (_norm_value(q + 1, d) <= x)
+    return np.where(nan, 256, np.minimum(lo + first, 256))
+
+
+def _pom_from_counts(
+    counts_in: torch.Tensor, cam: torch.Tensor, pom: float, L: int, ws: _Workspace
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """T_c (ALGORITHM.md §4) of every pair from its class pixels' histogram.
+
+    counts_in: (P, 256) int64 counts by raw CAM value on the pixels labelled with the pair's
+    class; cam: (P, N) uint8 the pairs' raw CAMs (for the TQ branch, in segments of L). Returns
+    t: (P,) float64 (NaN selects nothing) and below: (P, 1) uint8, the raw threshold: CAM > T_c
+    <=> raw value > below, both on cam's device. Normalisation is monotonic, so every median
+    only needs counts by raw value.
+    """
+    P, N = cam.shape
+    dev = cam.device
+    lo_t = cam.amin(dim=1)  # (P,)
+    lo = lo_t.cpu().numpy().astype(np.int64)
+    d = cam.amax(dim=1).cpu().numpy().astype(np.int64) - lo
+    cum = np.cumsum(counts_in.cpu().numpy(), axis=1)  # (P, 256)
+    n_in = cum[:, -1]
+    # §4 MED: non-zero CAM sum on the class's pixels <=> one of them is above the map's min
+    has_inside = n_in > cum[np.arange(P), lo]
+    t = _median_of_cum(cum, np.zeros_like(n_in), n_in, lo, d)
+    rest = np.flatnonzero(~has_inside)  # (R,)
+    if rest.size:
+        # §4 TQ: m = median of the values > pom; T = median of the values strictly above m;
+        # T = 1 if no value is above pom. Only raw values >= a (values > pom) matter: the
+        # histogram skips the segments without one and spreads the smaller values over
+        # the bins below a (a position pattern, see _class_counts)
+        R, Q = rest.size, N // L
+        lo_r, d_r = lo[rest], d[rest]
+        a = _first_above(lo_r, d_r, pom)  # (R,)
+        rest_t = torch.from_numpy(rest).to(dev)
+        x = torch.index_select(cam, 0, rest_t, out=ws.get("tq_x", (R, N)))
+        seg_pair = torch.arange(R, device=dev).repeat_interleave(Q)  # (R * Q,)
+        if a.min() > 0:
+            a1 = torch.from_numpy(np.minimum(a - 1, 255).astype(np.uint8)).to(dev)[:, None]
+            y = torch.maximum(x, a1, out=ws.get("tq_y", (R, N))).sub_(a1)  # > 0: x >= a
+            hit = _nonzero(_segments_any(y.view(R * Q, L)))
+            x = torch.index_select(x.view(R * Q, L), 0, hit, out=ws.get("tq_y", (hit.numel(), L)))
+            seg_pair = seg_pair.index_select(0, hit)
+            m_pat = min(int(a.min()), 256)
+            if m_pat > 1:
+                torch.maximum(x, _pattern_row(L, m_pat, dev), out=x)
+        else:
+            x = x.view(R * Q, L)
+        bins = ws.get("tq_bins", tuple(x.shape), torch.int16).copy_(x)
+        _add_rows_(bins, (seg_pair % 128 * 256)[:, None])  # <= 2**15 - 1
+        h = _chunked_bincount(bins, seg_pair, R, 128, 256).view(R, 256).cpu().numpy()
+        # counts of raw values <= v, exact for v >= a - 1: the skipped pixels are all < a
+        cum_r = np.cumsum(h, axis=1)
+        cum_r += (N - cum_r[:, -1])[:, None]
+        below = np.concatenate([np.zeros((R, 1), np.int64), cum_r], axis=1)  # (R, 257): < v
+        base = below[np.arange(R), np.minimum(a, 256)]
+        m = _median_of_cum(cum_r, base, N - base, lo_r, d_r)
+        base_m = below[np.arange(R), _first_above(lo_r, d_r, m)]
+        t_tq = _median_of_cum(cum_r, base_m, N - base_m, lo_r, d_r)
+        t[rest] = np.where(base < N, t_tq, 1.0)
+    # CAM > T_c <=> raw value >= first <=> raw value > first - 1; first >= lo + 1 since
+    # T_c >= 0 (or NaN: first = 256, nothing)
+    below = np.clip(_first_above(lo, d, t) - 1, 0, 255).astype(np.uint8)
+    return torch.from_numpy(t).to(dev), torch.from_numpy(below).to(dev)[:, None]
+
+
+def _potential(
+    cam: torch.Tensor,
+    lay: _Layout,
+    below: torch.Tensor,
+    ws: _Workspace,
+    acc: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(na, N) uint8 scratch, non-zero where some listed class's CAM is above its T_c (§4),
+    or'ed into acc (na, N) if given."""
+    for j in range(len(lay.rows)):
+        nj, blk = lay.rows[j], lay.block(j)
+        buf = ws.get("pot" if acc is None else "t0", (nj, cam.shape[1]))
+        above = torch.maximum(cam[blk], below[blk], out=buf).sub_(below[blk])  # > 0: above
+        if acc is None:
+            acc = above
+        else:
+            acc[:nj] |= above
+    return acc
+
+
+def _pom_counts_from_labels(
+    label: torch.Tensor, cam: torch.Tensor, lay: _Layout, C: int, L: int, ws: _Workspace
+) -> torch.Tensor:
+    """(na * (C + 1), 256) counts of each image's raw CAM values of class c on its pixels
+    labelled c + 1 (row i * (C + 1) + c + 1), for the listed classes; label: (n, N) sorted."""
+    na, N = lay.na, label.shape[1]
+    Q = N // L
+    g = ws.get("g", (na, N)).zero_()  # the label where it is a listed class, else 0
+    cam_at = ws.get("cam_at", (na, N)).zero_()  # that class's CAM value
+    for j in range(len(lay.rows)):
+        nj, blk = lay.rows[j], lay.block(j)
+        is_j = torch.bitwise_xor(label[:nj], lay.lab[blk], out=ws.get("t0", (nj, N)))
+        is_j.clamp_max_(1).bitwise_xor_(1)  # (nj, N) 0/1: labelled with slot j's class
+        cam_at[:nj].addcmul_(cam[blk], is_j)
+        g[:nj].addcmul_(is_j, lay.lab[blk])
+    img = torch.arange(na * Q, device=label.device) // Q
+    return _class_counts(g.view(na * Q, L), cam_at.view(na * Q, L), img, na, C + 1, ws)
 
 
 def pom_thresholds(
@@ -682,12 +1391,40 @@ def pom_thresholds(
     _check_same_hw("label", label, B, H, W)
     _check_present(present, B, C)
     out = torch.full((B, C), math.nan, dtype=torch.float64, device=cam.device)
-    flat = label.reshape(B, H * W)
-    for k, rows, b, c in _groups(present):
-        if k:
-            maps = _pair_maps(cam, b, c)  # (n * k, N)
-            out[b, c] = _pom_group(flat[rows], maps, c, k, pom)[0]
+    lay, ws, L = _layout(present), _workspace(cam.device), _segment_len(H * W)
+    if lay.na and H * W:
+        cam_p = _pair_rows(cam, lay, ws, "cam")  # (P, N)
+        rows = _sorted_rows(label, lay, ws, "out")
+        counts = _pom_counts_from_labels(rows, cam_p, lay, C, L, ws)
+        counts_in = counts.index_select(0, lay.r * (C + 1) + lay.c + 1)  # (P, 256)
+        out[lay.b, lay.c] = _pom_from_counts(counts_in, cam_p, pom, L, ws)[0]
     return out
+
+
+def _pom_rows(
+    label: torch.Tensor, cam: torch.Tensor, lay: _Layout, ws: _Workspace, pom: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """POM (ALGORITHM.md §4) of (B, N) sorted label rows -> (new rows in scratch "out", (na,)
+    count of the pixels labelled with a listed class). label may be "out" itself."""
+    B, N = label.shape
+    C = cam.shape[1]
+    na, L = lay.na, _segment_len(N)
+    out = ws.get("out", (B, N))
+    if out.data_ptr() != label.data_ptr():
+        out.copy_(label)
+    if not (na and N):
+        return out, torch.zeros(na, dtype=torch.int64, device=label.device)
+    cam_p = _pair_rows(cam, lay, ws, "cam")  # (P, N)
+    counts = _pom_counts_from_labels(out, cam_p, lay, C, L, ws)
+    listed = counts.view(na, C + 1, 256)[:, 1:].sum(dim=(1, 2))
+    counts_in = counts.index_select(0, lay.r * (C + 1) + lay.c + 1)  # (P, 256)
+    _, below = _pom_from_counts(counts_in, cam_p, pom, L, ws)
+    pot = _potential(cam_p, lay, below, ws).clamp_max_(1)  # (na, N) 0/1
+    # §4: only pixels still labelled background become 255
+    is_bg = torch.clamp(out[:na], max=1, out=ws.get("t0", (na, N)))  # 0: background
+    new = torch.gt(pot, is_bg, out=pot.view(torch.bool)).view(torch.uint8)
+    out[:na] |= new.mul_(IGNORE)
+    return out, listed
 
 
 def potential_object_mining(
@@ -699,32 +1436,19 @@ def potential_object_mining(
     cam: (B, C, H, W) uint8 raw CAMs of all C classes; entries of absent classes are ignored.
     present: (B, C) bool.
     Returns (B, H, W) uint8, equal to potential_object_mining_ref.
+
+    T_c from per-raw-value histograms of the listed pairs (one bincount for the class pixels
+    of a batch, numpy's median reproduced exactly, without sorting), then raw-value
+    thresholds in uint8 arithmetic, one pass per slot (see _Layout).
     """
     _check_u8_tensor("label", label, 3)
     _check_u8_tensor("cam", cam, 4)
     B, C, H, W = cam.shape
     _check_same_hw("label", label, B, H, W)
     _check_present(present, B, C)
-    N = H * W
-    flat = label.reshape(B, N)
-    groups = _groups(present)
-    out = flat.clone() if len(groups) > 1 else flat
-    for k, rows, b, c in groups:
-        if k == 0:
-            continue
-        n = rows.numel()
-        lab = flat if n == B else flat[rows]  # (n, N)
-        maps = _pair_maps(cam, b, c)  # (n * k, N) raw CAMs, slot order
-        t, values, lo = _pom_group(lab, maps, c, k, pom)
-        # §4: CAM strictly above T_c (NaN selects nothing): raw value >= the first one above T_c
-        first = _first_raw_above(values, lo, t).view(n, k, 1)
-        potential = _u8_at_least_rows(maps.view(n, k, N), first).amax(dim=1)  # (n, N) 0/1
-        # §4: only background pixels become 255
-        result = lab | (potential & _is_zero(lab)) * IGNORE
-        if n == B:
-            return result.reshape(B, H, W)
-        out[rows] = result
-    return (out if out is not flat else flat.clone()).reshape(B, H, W)
+    lay, ws = _layout(present), _workspace(cam.device)
+    rows = _sorted_rows(label, lay, ws, "out")  # a view of label when sorted: copied first
+    return _result(_pom_rows(rows, cam, lay, ws, pom)[0], lay, H, W)
 
 
 def min_label_ratio_rule(label: torch.Tensor, ratio: float = 0.01) -> torch.Tensor:
@@ -755,6 +1479,114 @@ def initial_labels(
     return min_label_ratio_rule(label, ratio)
 
 
+def _pseudo_fused(
+    sal: torch.Tensor,
+    oa: torch.Tensor,
+    cam: torch.Tensor,
+    lay: _Layout,
+    th: _BECodes,
+    pom: float,
+    C: int,
+    ws: _Workspace,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """BE + POM on the uint8 code path, the stages sharing their passes, segment by segment.
+
+    sal: (n, N) uint8 saliency in the batch's order; oa, cam: (P, N) uint8 slot-major raw
+    maps, the OA-CAMs all full-range or zeroed constants (both overwritten). Returns src:
+    (n * Q + S, L) uint8 scratch rows, rowmap: (n * Q,) int64, the src row of each segment of
+    the sorted images (Q segments of L pixels per image), and listed: (na,) int64, the pixels
+    labelled with a listed class.
+
+    Where an image segment has saliency 0 throughout, the background beats every class
+    (V(0) = 255), so the label there only depends on the highest class code m1: 255 where
+    m1 reaches conflict (the background is above it too) or att, else 0, and POM's potential
+    objects. The full BE pass (_be_pass) runs on the other segments only, gathered into
+    (S, L) rows, and carries the winning class's CAM value along for POM's histogram.
+    """
+    n, N = sal.shape
+    na, kmax, z = lay.na, len(lay.rows), th.z
+    L = _segment_len(N)
+    Q = N // L
+    dev = sal.device
+    sal_seg = sal.reshape(n * Q, L)
+
+    def orig_segments(i: torch.Tensor) -> torch.Tensor:
+        """Segment indices of the sorted images -> of the batch (same image, same place)."""
+        if lay.order is None:
+            return i
+        img = i // Q
+        return lay.order.index_select(0, img) * Q + (i - img * Q)
+
+    # the shortcut needs: the background above conflict at sal 0, no saliency cause at 0, att
+    # on codes above the floor, a class code that can beat the background somewhere
+    short = L < N and th.s_cf >= 0 and th.t_bg >= 1 and not 0 < th.t_att <= z and z < 255
+    idx = None
+    if short:
+        m1 = torch.clamp(oa[lay.block(0)], min=z, out=ws.get("m1", (na, N)))
+        for j in range(1, kmax):
+            torch.maximum(m1[: lay.rows[j]], oa[lay.block(j)], out=m1[: lay.rows[j]])
+        act = _segments_any(sal_seg).view(n, Q)  # segments with some saliency
+        if lay.order is not None:
+            act = act.index_select(0, lay.order)
+        idx = _nonzero(act[:na].reshape(-1))  # (S,) active segments of the sorted images
+        if idx.numel() == na * Q:
+            idx = None
+    if idx is None:  # every segment of the images with classes
+        S = na * Q
+        rows = tuple(r * Q for r in lay.rows)
+        oa_a, cam_a = oa.view(-1, L), cam.view(-1, L)
+        s_a = sal_seg.index_select(0, orig_segments(torch.arange(S, device=dev)))
+        img_a = torch.arange(na, device=dev).repeat_interleave(Q)
+        lab_a = lay.lab.repeat_interleave(Q, dim=0)
+    else:
+        S = idx.numel()
+        ends = torch.tensor([r * Q for r in lay.rows], device=dev)
+        rows = tuple(torch.searchsorted(idx, ends).tolist())  # segments of images < rows[j]
+        img_a = torch.arange(na, device=dev).repeat_interleave(Q).index_select(0, idx)
+        gidx = torch.cat([idx[:rj] + lay.starts[j] * Q for j, rj in enumerate(rows)])
+        pair = torch.cat([img_a[:rj] + lay.starts[j] for j, rj in enumerate(rows)])
+        s_a = torch.index_select(sal_seg, 0, orig_segments(idx), out=ws.get("s_a", (S, L)))
+        oa_a = torch.index_select(oa.view(-1, L), 0, gidx, out=ws.get("oa_a", (len(gidx), L)))
+        cam_a = torch.index_select(cam.view(-1, L), 0, gidx, out=ws.get("cam_a", (len(gidx), L)))
+        lab_a = lay.lab.view(-1).index_select(0, pair)[:, None]
+    empty = lab_a.new_empty(0)
+    starts = tuple(sum(rows[:j]) for j in range(kmax))
+    lay_a = _Layout(None, None, rows, starts, empty, empty, empty, lab_a)
+    # at sal 0 the att cause and the conflict with the background need m1 >= t_att or t_cf;
+    # with t_att <= t_cf the first is all of it, and it is the active pixels' att cause too:
+    # computed once at full size, with POM's potential objects (below)
+    merged = short and th.t_att <= min(th.t_cf, 255)
+    p = _be_pass(s_a, oa_a, lay_a, th, ws, cam=cam_a, att=not merged)
+    # §4 on BE's label: the class pixels are those a class wins without a conflict
+    if p.conf is not None:
+        p.label.mul_(torch.bitwise_xor(p.conf, 1, out=ws.get("t0", (S, L))))
+    counts = _class_counts(p.label, p.cam_at, img_a, na, C + 1, ws)  # (na * (C + 1), 256)
+    listed = counts.view(na, C + 1, 256)[:, 1:].sum(dim=(1, 2))
+    counts_in = counts.index_select(0, lay.r * (C + 1) + lay.c + 1)  # (P, 256)
+    _, below = _pom_from_counts(counts_in, cam, pom, L, ws)
+    acc = _ge01(m1, th.t_att, ws.get("pot", (na, N))) if merged else None
+    pot = _potential(cam, lay, below, ws, acc).clamp_max_(1)  # (na, N) 0/1: a potential object
+    # the rows: the sorted images' segments, then the gathered ones
+    src = ws.get("src", (n * Q + S, L))
+    full = src[: n * Q].view(n, N)
+    if merged:  # §3.3 / §3.5 at sal 0: 255 where m1 >= t_att; §4: or a potential object
+        torch.mul(pot, IGNORE, out=full[:na])
+    elif short:  # §3.3 / §3.5 at sal 0: 255 where m1 >= t_cf or t_att, or a potential object
+        _ge01(m1, min(th.t_cf, th.t_att), full[:na]).bitwise_or_(pot).mul_(IGNORE)
+    if na < n:  # images without a listed class: background, 255 where sal >= bg
+        rest = sal[na:] if lay.order is None else sal.index_select(0, lay.order[na:])
+        _ge01(rest, th.t_bg, full[na:]).mul_(IGNORE)
+    pot_a = pot.view(-1, L) if idx is None else pot.view(-1, L).index_select(0, idx)
+    p.cause.bitwise_or_(pot_a)  # §4: potential objects become 255 as §3.5's causes do
+    _be_assemble(p, p.cause, src[n * Q :])
+    rowmap = torch.arange(n * Q, device=dev)
+    if idx is None:
+        rowmap[: na * Q] += n * Q
+    else:
+        rowmap.index_copy_(0, idx, torch.arange(n * Q, n * Q + S, device=dev))
+    return src, rowmap, listed
+
+
 def pseudo_labels(
     sal: torch.Tensor,
     oa_cam: torch.Tensor,
@@ -771,10 +1603,53 @@ def pseudo_labels(
 
     sal: (B, H, W) uint8; oa_cam, cam: (B, C, H, W) uint8 raw maps; present: (B, C) bool.
     Returns (B, H, W) uint8, equal to pseudo_label_ref per image.
+
+    On the uint8 code path (all listed OA-CAMs full-range or constant) the stages share
+    their passes (_pseudo_fused); the 1% rule counts from POM's histogram (BE labels only
+    listed classes, POM keeps them). Otherwise BE, POM and the rule run one after the other.
     """
-    label = background_extraction(sal, oa_cam, present, fg, conflict, bg, att)
-    label = potential_object_mining(label, cam, present, pom)
-    return min_label_ratio_rule(label, ratio)
+    _check_u8_tensor("sal", sal, 3)
+    _check_u8_tensor("oa_cam", oa_cam, 4)
+    _check_u8_tensor("cam", cam, 4)
+    B, C, H, W = oa_cam.shape
+    _check_same_hw("sal", sal, B, H, W)
+    _check_same_hw("cam", cam, B, H, W)
+    _check_present(present, B, C)
+    _check_present(present, B, cam.shape[1])
+    N = H * W
+    lay, ws = _layout(present), _workspace(sal.device)
+    na = lay.na
+    th = _be_codes(float(fg), float(conflict), float(bg), float(att))
+    fused = th is not None and N > 0 and na > 0 and not (th.all_conflict and C >= 1)
+    if fused:
+        oa = _pair_rows(oa_cam, lay, ws, "oa")  # (P, N) raw OA-CAMs, slot-major
+        lo, hi = oa.amin(dim=1), oa.amax(dim=1)
+        fused = bool(_full_range_pairs(lo, hi).all())
+    n_min = _min_valid_count(N, ratio)
+    if fused:
+        flat = ((lo == hi) & (lo != 0)).nonzero()[:, 0]
+        if flat.numel():
+            oa.index_fill_(0, flat, 0)  # a constant map normalises to 0 everywhere: code 0
+        cam_p = _pair_rows(cam, lay, ws, "cam")  # (P, N)
+        src, rowmap, listed = _pseudo_fused(sal.reshape(B, N), oa, cam_p, lay, th, pom, C, ws)
+        Q = rowmap.numel() // B
+        if lay.inverse is not None:  # segments of each image, in the batch's order
+            rowmap = rowmap.view(B, Q).index_select(0, lay.inverse).view(-1)
+        out = src.index_select(0, rowmap).view(B, N)  # a new tensor
+        few = (listed < n_min).nonzero()[:, 0]  # the 1% rule (sorted images)
+        few = torch.cat([few, torch.arange(na, B, device=few.device)]) if n_min > 0 else few
+        if few.numel():
+            out.index_fill_(0, few if lay.order is None else lay.order[few], IGNORE)
+        return out.view(B, H, W)
+    # the stages one after the other (the table path for some images)
+    label = _be_rows(sal, oa_cam, present, lay, ws, th, (fg, conflict, bg, att))
+    out, listed = _pom_rows(label, cam, lay, ws, pom)
+    valid = torch.zeros(B, dtype=torch.int64, device=out.device)
+    valid[:na] = listed
+    few = (valid < n_min).nonzero()[:, 0]  # the 1% rule: pixels in 1..254 are listed classes
+    if few.numel():
+        out.index_fill_(0, few, IGNORE)
+    return _result(out, lay, H, W)
 
 
 def _window_any(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:

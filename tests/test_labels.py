@@ -716,3 +716,280 @@ def test_torch_threads_restores():
     assert torch.get_num_threads() == before
     with L.torch_threads(None):
         assert torch.get_num_threads() == before
+
+
+# ---------------------------------------------------------------------------------------
+# The uint8 code path (maps that span 0..255 or are constant) and its helpers
+# ---------------------------------------------------------------------------------------
+
+# saliency values around the float32 corrections of the background score (_v_codes' e0)
+SAL_EDGE = [0, 1, 25, 26, 31, 32, 63, 64, 65, 66, 67, 126, 127, 128, 129, 178, 179, 253, 254, 255]
+
+
+def full_range_map(rng: np.random.Generator, H: int, W: int) -> np.ndarray:
+    """A raw map with min 0 and max 255 (as the maps stage writes them), or a constant map."""
+    if rng.random() < 0.1:
+        return np.full((H, W), rng.integers(256), np.uint8)
+    m = rand_map(rng, H, W)
+    flat = m.reshape(-1)
+    if flat.size == 1:
+        return np.full((H, W), rng.choice([0, 255]), np.uint8)
+    i, j = rng.choice(flat.size, size=2, replace=False)
+    flat[i], flat[j] = 0, 255
+    if rng.random() < 0.3:  # saturated blobs: long runs of 255 and of 0
+        flat[rng.random(flat.size) < 0.3] = rng.choice([0, 255])
+        flat[i], flat[j] = 0, 255
+    return m
+
+
+def full_range_case(rng, B, H, W, C, kmax=3, mixed=0.0):
+    """Like rand_case, with full-range maps (a share `mixed` of images keep rand_map's maps)
+    and saliency that is 0 over large areas (the shortcut of _pseudo_fused)."""
+    sal = np.zeros((B, H, W), np.uint8)
+    for b in range(B):
+        kind = rng.integers(4)
+        if kind == 0:
+            sal[b] = np.asarray(SAL_EDGE, np.uint8)[rng.integers(len(SAL_EDGE), size=(H, W))]
+        elif kind == 1:
+            sal[b] = rand_sal(rng, H, W)
+        elif kind == 2:  # a salient box, 0 elsewhere
+            y0, x0 = rng.integers(H), rng.integers(W)
+            y1, x1 = y0 + rng.integers(1, H + 1), x0 + rng.integers(1, W + 1)
+            box = sal[b, y0:y1, x0:x1]
+            box[:] = rng.integers(0, 256, size=box.shape)
+    oa = np.stack([[full_range_map(rng, H, W) for _ in range(C)] for _ in range(B)])
+    cam = np.stack([[full_range_map(rng, H, W) for _ in range(C)] for _ in range(B)])
+    present = np.zeros((B, C), bool)
+    for b in range(B):
+        k = int(rng.integers(0, min(kmax, C) + 1)) if rng.random() > 0.05 else 0
+        present[b, rng.choice(C, size=k, replace=False)] = True
+        if k >= 2 and rng.random() < 0.2:  # two classes sharing a map: ties
+            c0, c1 = rng.choice(np.flatnonzero(present[b]), size=2, replace=False)
+            oa[b, c1] = oa[b, c0]
+        if rng.random() < mixed:
+            oa[b] = np.stack([rand_map(rng, H, W) for _ in range(C)])
+    return sal, oa, cam, present
+
+
+def _assert_all_stages(sal, oa, cam, present, **kw):
+    """BE, initial, pseudo labels, POM on BE's labels and T_c: batched == reference."""
+    C = present.shape[1]
+    t = [torch.from_numpy(np.ascontiguousarray(x)) for x in (sal, oa, cam, present)]
+    be_kw = {k: v for k, v in kw.items() if k in ("fg", "conflict", "bg", "att")}
+    pom = kw.get("pom", 0.3)
+    be = L.background_extraction(t[0], t[1], t[3], **be_kw)
+    pseudo = L.pseudo_labels(t[0], t[1], t[2], t[3], **kw).numpy()
+    pomd = L.potential_object_mining(be, t[2], t[3], pom).numpy()
+    thr = L.pom_thresholds(be, t[2], t[3], pom).numpy()
+    be = be.numpy()
+    for b in range(len(sal)):
+        cl = [int(c) for c in np.nonzero(present[b])[0]]
+        ref_be = L.background_extraction_ref(sal[b], oa[b, cl], cl, C, **be_kw)
+        np.testing.assert_array_equal(be[b], ref_be, err_msg=f"BE, image {b}")
+        np.testing.assert_array_equal(
+            pseudo[b],
+            L.pseudo_label_ref(sal[b], oa[b, cl], cam[b, cl], cl, C, **kw),
+            err_msg=f"pseudo, image {b}",
+        )
+        np.testing.assert_array_equal(
+            pomd[b], L.potential_object_mining_ref(ref_be, cam[b, cl], cl, pom), err_msg=f"POM {b}"
+        )
+        for c in cl:
+            t_ref = L.pom_threshold_ref(L.normalize_map_ref(cam[b, c]), ref_be == c + 1, pom)
+            np.testing.assert_array_equal(thr[b, c], t_ref)
+
+
+# sizes: segments of 16..64 px (9216, 96 x 40, 17 x 32) and none (prime sizes, 1 x 1)
+FAST_SIZES = [(96, 96), (17, 32), (40, 96), (13, 11), (1, 1), (7, 1), (12, 40), (31, 17)]
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_fast_path_parity_random(seed):
+    rng = np.random.default_rng(5000 + seed)
+    H, W = FAST_SIZES[seed % len(FAST_SIZES)]
+    B = int(rng.integers(1, 7)) if H * W > 2000 else int(rng.integers(1, 12))
+    C = int(rng.integers(1, 6))
+    sal, oa, cam, present = full_range_case(rng, B, H, W, C, kmax=int(rng.integers(1, 5)))
+    kw = random_thresholds(rng)
+    kw["pom"] = float(rng.choice([0.3, 0.3, 0.1, 0.6, 0.0]))
+    kw["ratio"] = float(rng.choice([0.01, 0.0, 0.2]))
+    _assert_all_stages(sal, oa, cam, present, **kw)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3, 4])
+def test_fast_path_each_class_count(k):
+    """Every image lists k classes (one slot block each; k = 1: no argmax loop at all)."""
+    rng = np.random.default_rng(70 + k)
+    B, H, W, C = 5, 32, 48, 6
+    sal, oa, cam, _ = full_range_case(rng, B, H, W, C)
+    present = np.zeros((B, C), bool)
+    for b in range(B):
+        present[b, rng.choice(C, size=k, replace=False)] = True
+    _assert_all_stages(sal, oa, cam, present)
+    _assert_all_stages(sal, oa, cam, present, fg=0.1, conflict=0.5, att=0.95, pom=0.2)
+
+
+@pytest.mark.parametrize(
+    "thr",
+    [
+        dict(conflict=-0.5),
+        dict(conflict=0.0, fg=0.0),
+        dict(fg=-0.1, conflict=1.0, att=-1.0),
+        dict(fg=1.0, bg=0, att=0.0),
+        dict(fg=0.5, att=0.2),  # att below the floor: the raw codes
+        dict(att=0.95, conflict=0.6),  # att above conflict: no merged att cause
+        dict(conflict=1.5, bg=1),  # the background never conflicts
+        dict(bg=0.5, att=1.0, pom=-0.2),
+        dict(bg=255.5, pom=1.0),
+        dict(fg=float("nan"), conflict=float("nan"), att=float("nan"), pom=float("nan")),
+        dict(bg=float("nan"), pom=0.0, ratio=1.0),
+    ],
+)
+def test_fast_path_parity_extreme_thresholds(thr):
+    rng = np.random.default_rng(17)
+    sal, oa, cam, present = full_range_case(rng, 6, 16, 24, 4)
+    _assert_all_stages(sal, oa, cam, present, **thr)
+
+
+def test_fast_path_mixed_with_table_path():
+    """Batches where some images have maps that do not span 0..255 (the table path)."""
+    for seed, mixed in ((1, 0.3), (2, 0.7), (3, 1.0)):
+        rng = np.random.default_rng(seed)
+        sal, oa, cam, present = full_range_case(rng, 9, 24, 32, 5, mixed=mixed)
+        _assert_all_stages(sal, oa, cam, present)
+
+
+def test_fast_path_many_classes():
+    """Label values above 127 (no int64 word tricks) and more than 127 groups per image."""
+    rng = np.random.default_rng(9)
+    B, H, W, C = 4, 16, 16, 200
+    sal, _, _, _ = full_range_case(rng, B, H, W, 1)
+    oa = np.stack([[full_range_map(rng, H, W) for _ in range(C)] for _ in range(B)])
+    cam = np.stack([[full_range_map(rng, H, W) for _ in range(C)] for _ in range(B)])
+    present = np.zeros((B, C), bool)
+    for b in range(B):
+        present[b, rng.choice(np.arange(120, C), size=b % 4, replace=False)] = True
+    _assert_all_stages(sal, oa, cam, present)
+
+
+def test_fast_path_on_gt_derived_maps_in_batches():
+    """The benchmark's kind of inputs, batches in arbitrary and sorted class-count order."""
+    from nsrom_lib.bench import gt_derived_maps
+
+    rng = np.random.default_rng(4)
+    B, C, H, W = 24, 6, 64, 64
+    mask = np.zeros((B, H, W), np.uint8)
+    present = np.zeros((B, C), bool)
+    for b in range(B):
+        for c in rng.choice(C, size=rng.integers(1, 5), replace=False):
+            y, x = rng.integers(0, H - 8), rng.integers(0, W - 8)
+            mask[b, y : y + rng.integers(4, 30), x : x + rng.integers(4, 30)] = c + 1
+            present[b, c] = True
+    oa, cam = gt_derived_maps(mask, present)
+    sal = np.where(mask > 0, rng.integers(8, 256, size=mask.shape), 0).astype(np.uint8)
+    _assert_all_stages(sal, oa, cam, present)
+    order = np.argsort(-present.sum(axis=1), kind="stable")
+    _assert_all_stages(sal[order], oa[order], cam[order], present[order])
+
+
+def test_results_do_not_share_scratch_memory():
+    """Results are new tensors: later calls (reusing the scratch buffers) leave them alone,
+    in and outside inference mode."""
+    rng = np.random.default_rng(8)
+    sal, oa, cam, present = (torch.from_numpy(x) for x in full_range_case(rng, 5, 16, 16, 3))
+    with torch.inference_mode():
+        first = L.pseudo_labels(sal, oa, cam, present)
+        be = L.background_extraction(sal, oa, present)
+    kept, kept_be = first.clone(), be.clone()
+    other = full_range_case(np.random.default_rng(9), 5, 16, 16, 3)
+    L.pseudo_labels(*(torch.from_numpy(x) for x in other))
+    L.potential_object_mining(be, cam, present)
+    assert torch.equal(first, kept) and torch.equal(be, kept_be)
+    assert torch.equal(L.pseudo_labels(sal, oa, cam, present), kept)
+
+
+def test_be_codes_background_code_formula():
+    """V(sal) by uint8 arithmetic equals the exact table for the thresholds one meets, and
+    is never below 254 - sal (the bound the shortcut of _pseudo_fused relies on)."""
+    sal = np.arange(256)
+    for fg in (0.3, 0.0, 0.1, 0.5, 0.95, 1.0, -0.2):
+        th = L._be_codes(fg, 0.9, 32.0, 0.8)
+        assert th is not None and th.v_formula
+        assert (th.v_table.astype(int) >= 254 - sal).all()
+        s = torch.arange(256, dtype=torch.uint8)[None]
+        got = L._v_codes(s, th, L._Workspace(torch.device("cpu")))
+        np.testing.assert_array_equal(got[0].numpy(), th.v_table)
+
+
+def test_first_above_and_median_match_tables():
+    rng = np.random.default_rng(2)
+    P = 400
+    lo = rng.integers(0, 256, size=P)
+    d = np.minimum(rng.integers(0, 256, size=P), 255 - lo)
+    table = np.arange(256)[None, :] / (d[:, None] + 1e-8)  # normalised value of lo + p
+    # thresholds: exact table values, midpoints, random, NaN, negative, huge
+    x = np.where(
+        rng.random(P) < 0.5,
+        table[np.arange(P), rng.integers(0, 256, size=P)],
+        rng.uniform(-0.1, 1.1, size=P),
+    )
+    x[:10] = np.nan
+    x[10:20] = (table[np.arange(10, 20), 3] + table[np.arange(10, 20), 4]) / 2
+    x[20:25] = 1e9
+    got = L._first_above(lo, d, x)
+    expected = np.array(
+        [
+            256 if np.isnan(x[i]) else min(lo[i] + int((table[i] <= x[i]).sum()), 256)
+            for i in range(P)
+        ]
+    )
+    np.testing.assert_array_equal(got, expected)
+    # medians from cumulative histograms: numpy's median of the expanded values
+    counts = rng.integers(0, 3, size=(P, 256)) * (rng.random((P, 256)) < 0.05)
+    for i in range(P):
+        counts[i, : lo[i]] = 0
+        counts[i, lo[i] + d[i] + 1 :] = 0
+    cum = np.cumsum(counts, axis=1)
+    med = L._median_of_cum(cum, np.zeros(P, np.int64), cum[:, -1], lo, d)
+    for i in range(P):
+        vals = np.repeat(np.arange(256), counts[i])
+        ref = np.median(table[i, vals - lo[i]]) if vals.size else np.nan
+        np.testing.assert_array_equal(med[i], ref)
+
+
+def test_segments_any_and_word_helpers():
+    rng = np.random.default_rng(1)
+    for L_ in (1, 3, 16, 20, 24, 32, 40, 48, 56, 60, 64, 25, 17, 9216):
+        x = torch.from_numpy((rng.random((50, L_)) < 0.02) * rng.integers(1, 256, (50, L_)))
+        x = x.to(torch.uint8)
+        assert torch.equal(L._segments_any(x), (x != 0).any(dim=1))
+    x01 = torch.from_numpy(rng.integers(0, 2, (30, 32)).astype(np.uint8))
+    d = torch.from_numpy(rng.integers(1, 100, (30, 1)).astype(np.uint8))
+    base = torch.from_numpy(rng.integers(0, 27, (30, 1)).astype(np.uint8))
+    out = torch.empty_like(x01)
+    L._rows_affine(x01, d, base, out, small=True)
+    assert torch.equal(out, base + x01 * d)
+    L._rows_affine(x01, d, None, out, small=True)
+    assert torch.equal(out, x01 * d)
+    y = torch.from_numpy(rng.integers(0, 100, (30, 32)).astype(np.int16))
+    assert torch.equal(L._add_rows_(y.clone(), base), y + base.to(torch.int16))
+    L._fill_rows(base, out)
+    assert torch.equal(out, base.expand(30, 32))
+
+
+def test_empty_batch_and_non_contiguous_inputs():
+    sal = torch.zeros(0, 4, 5, dtype=torch.uint8)
+    maps = torch.zeros(0, 3, 4, 5, dtype=torch.uint8)
+    present = torch.zeros(0, 3, dtype=torch.bool)
+    assert L.pseudo_labels(sal, maps, maps, present).shape == (0, 4, 5)
+    assert L.background_extraction(sal, maps, present).shape == (0, 4, 5)
+    assert L.potential_object_mining(sal, maps, present).shape == (0, 4, 5)
+    assert L.pom_thresholds(sal, maps, present).shape == (0, 3)
+    rng = np.random.default_rng(0)
+    sal, oa, cam, present = full_range_case(rng, 4, 16, 8, 3)
+    t = [torch.from_numpy(x) for x in (sal, oa, cam, present)]
+    got = L.pseudo_labels(t[0].transpose(1, 2).contiguous().transpose(1, 2), *t[1:]).numpy()
+    for b in range(4):
+        cl = [int(c) for c in np.nonzero(present[b])[0]]
+        ref = L.pseudo_label_ref(sal[b], oa[b, cl], cam[b, cl], cl, 3)
+        np.testing.assert_array_equal(got[b], ref)
