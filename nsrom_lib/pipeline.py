@@ -312,6 +312,19 @@ def build_classifier(cfg: RunConfig, glore: bool = True, iam: bool = False):
                       output_stride=cfg.output_stride, channels_last=cfg.channels_last)
 
 
+def _training_context(run: Run, stage: str, root: Path) -> tuple[Path, Any, dict[str, Any]]:
+    """What every training or prediction stage starts with: its folder, the device, torch's
+    threads set from the configuration, and the training split in memory
+    (`train.load_split_tensors`). Returns (stage folder, torch.device, split dict)."""
+    from nsrom_lib import train as T
+
+    cfg = run.cfg
+    d = run.stage_dir(stage)
+    device = resolve_device(cfg.device)
+    T.configure_threads(cfg.num_threads)
+    return d, device, T.load_split_tensors(root, "train", cfg.num_classes, cfg.image_size)
+
+
 def _save_torch(path: Path, obj: Any) -> None:
     import torch
 
@@ -400,10 +413,8 @@ def ensure_classifier(run: Run, glore: bool = True, progress: bool = True) -> di
         from nsrom_lib import train as T
         from nsrom_lib.metrics import classification_map
 
-        d = run.stage_dir(stage)
-        device = resolve_device(cfg.device)
-        threads = T.configure_threads(cfg.num_threads)
-        data = T.load_split_tensors(root, "train", cfg.num_classes, cfg.image_size)
+        d, device, data = _training_context(run, stage, root)
+        threads = torch.get_num_threads()
         T.seed_everything(cfg.seed)
         model = build_classifier(cfg, glore=glore)
         snaps = snapshot_indices(data["label_ids"], cfg.oaa_snapshots)
@@ -480,10 +491,7 @@ def ensure_iam(run: Run, progress: bool = True, glore: bool = True) -> dict[str,
     def compute() -> dict[str, Any]:
         from nsrom_lib import train as T
 
-        d = run.stage_dir(stage)
-        device = resolve_device(cfg.device)
-        T.configure_threads(cfg.num_threads)
-        data = T.load_split_tensors(root, "train", cfg.num_classes, cfg.image_size)
+        d, device, data = _training_context(run, stage, root)
         cls_dir = run.dir / _classifier_stage(glore)
         acc = _load_torch(cls_dir / "accumulated.pt", "classifier")
         if list(acc["names"]) != data["names"]:
@@ -528,16 +536,12 @@ def ensure_maps(run: Run, progress: bool = True, glore: bool = True) -> dict[str
     """
     ensure_iam(run, progress=progress, glore=glore)
     root = ensure_data(run, progress=progress)
-    cfg = run.cfg
     stage = variant_stage("maps", glore)
 
     def compute() -> dict[str, Any]:
         from nsrom_lib import train as T
 
-        d = run.stage_dir(stage)
-        device = resolve_device(cfg.device)
-        T.configure_threads(cfg.num_threads)
-        data = T.load_split_tensors(root, "train", cfg.num_classes, cfg.image_size)
+        d, device, data = _training_context(run, stage, root)
         ids, sizes = data["label_ids"], data["sizes"]
         _, cams = T.predict_cams(load_classifier(run, glore), data["images"], device=device)
         _, oa = T.predict_cams(load_iam(run, glore), data["images"], device=device)
@@ -908,10 +912,7 @@ def ensure_segmentation(run: Run, which: str = "pom_round1", progress: bool = Tr
         from nsrom_lib import train as T
         from nsrom_lib.data.maps_io import write_labels
 
-        d = run.stage_dir(stage)
-        device = resolve_device(cfg.device)
-        T.configure_threads(cfg.num_threads)
-        data = T.load_split_tensors(root, "train", cfg.num_classes, cfg.image_size)
+        d, device, data = _training_context(run, stage, root)
         if data["names"] != names:
             raise RuntimeError(f"the training split of {root} changed while the run was going")
         y = _resize_labels(labels, tuple(data["images"].shape[-2:]))  # (N, S, S) uint8

@@ -691,19 +691,25 @@ def test_be_pom_parity_many_groups_and_classes():
     _assert_pseudo_parity(sal, oa, cam, present, fg=0.1, conflict=0.5, pom=0.2)
 
 
+def _box_scenes(rng, B, C, H, W, max_classes, max_side):
+    """(B, H, W) uint8 GT masks of 1..max_classes random boxes (sides 4..max_side - 1) per image,
+    each of its own class, and the (B, C) bool list of the classes each image holds."""
+    mask = np.zeros((B, H, W), np.uint8)
+    present = np.zeros((B, C), bool)
+    for b in range(B):
+        for c in rng.choice(C, size=rng.integers(1, max_classes + 1), replace=False):
+            y, x = rng.integers(0, H - 8), rng.integers(0, W - 8)
+            mask[b, y : y + rng.integers(4, max_side), x : x + rng.integers(4, max_side)] = c + 1
+            present[b, c] = True
+    return mask, present
+
+
 def test_parity_on_gt_derived_maps():
     """Smooth maps of the size and kind the benchmark uses (blurred GT objects)."""
     from nsrom_lib.bench import gt_derived_maps
 
     rng = np.random.default_rng(3)
-    B, C, H, W = 10, 5, 48, 40
-    mask = np.zeros((B, H, W), np.uint8)
-    present = np.zeros((B, C), bool)
-    for b in range(B):
-        for c in rng.choice(C, size=rng.integers(1, 4), replace=False):
-            y, x = rng.integers(0, H - 8), rng.integers(0, W - 8)
-            mask[b, y : y + rng.integers(4, 20), x : x + rng.integers(4, 20)] = c + 1
-            present[b, c] = True
+    mask, present = _box_scenes(rng, 10, 5, 48, 40, max_classes=3, max_side=20)
     oa, cam = gt_derived_maps(mask, present)
     sal = np.where(mask > 0, 220, 0).astype(np.uint8)
     _assert_pseudo_parity(sal, oa, cam, present)
@@ -877,14 +883,7 @@ def test_fast_path_on_gt_derived_maps_in_batches():
     from nsrom_lib.bench import gt_derived_maps
 
     rng = np.random.default_rng(4)
-    B, C, H, W = 24, 6, 64, 64
-    mask = np.zeros((B, H, W), np.uint8)
-    present = np.zeros((B, C), bool)
-    for b in range(B):
-        for c in rng.choice(C, size=rng.integers(1, 5), replace=False):
-            y, x = rng.integers(0, H - 8), rng.integers(0, W - 8)
-            mask[b, y : y + rng.integers(4, 30), x : x + rng.integers(4, 30)] = c + 1
-            present[b, c] = True
+    mask, present = _box_scenes(rng, 24, 6, 64, 64, max_classes=4, max_side=30)
     oa, cam = gt_derived_maps(mask, present)
     sal = np.where(mask > 0, rng.integers(8, 256, size=mask.shape), 0).astype(np.uint8)
     _assert_all_stages(sal, oa, cam, present)
