@@ -700,11 +700,11 @@ def ensure_pseudo(run: Run, progress: bool = True, batch_size: int = 64,
 
 
 def load_labels(run: Run, kind: str = "pseudo", names: list[str] | None = None,
-                glore: bool = True):
+                glore: bool = True, progress: bool = True):
     """The `pseudo` stage's labels (computing them if needed), in training-split order.
 
     kind: "initial" (BE) or "pseudo" (BE + POM); names: a subset (default: the whole split);
-    glore=False: the GloRe-off ablation's labels.
+    glore=False: the GloRe-off ablation's labels; progress: bars of upstream stages still to run.
     Returns (N, H, W) uint8 when all images have one size, else a list of (H, W) uint8.
     """
     import numpy as np
@@ -714,9 +714,9 @@ def load_labels(run: Run, kind: str = "pseudo", names: list[str] | None = None,
 
     if kind not in PSEUDO_KINDS:
         raise ValueError(f"kind must be one of {PSEUDO_KINDS}, got {kind!r}")
-    ensure_pseudo(run, glore=glore)
+    ensure_pseudo(run, glore=glore, progress=progress)
     if names is None:
-        names = read_split(ensure_data(run), "train")
+        names = read_split(ensure_data(run, progress=progress), "train")
     folder = run.dir / variant_stage("pseudo", glore) / kind
     labels = [read_label_png(folder / f"{n}.png", f"{kind} label")
               for n in names]
@@ -839,7 +839,8 @@ def _to_sizes(preds, sizes: list[tuple[int, int]]) -> list[Any]:
     return out
 
 
-def _training_labels(run: Run, which: str, names: list[str], root: Path) -> list[Any]:
+def _training_labels(run: Run, which: str, names: list[str], root: Path,
+                     progress: bool = True) -> list[Any]:
     """The labels model `which` learns from, for the training images `names`."""
     from nsrom_lib.data.io import read_label_png
 
@@ -851,8 +852,8 @@ def _training_labels(run: Run, which: str, names: list[str], root: Path) -> list
                             f"images in {root}/SegmentationClass(Aug); without them skip it")
         return gt["masks"]
     if spec["labels"] in PSEUDO_KINDS:
-        return list(load_labels(run, spec["labels"], names, glore=spec["glore"]))
-    ensure_masked(run, glore=spec["glore"])
+        return list(load_labels(run, spec["labels"], names, glore=spec["glore"], progress=progress))
+    ensure_masked(run, glore=spec["glore"], progress=progress)
     folder = run.dir / variant_stage("masked", spec["glore"]) / "labels"
     return [read_label_png(folder / f"{n}.png", "masked label") for n in names]
 
@@ -904,7 +905,7 @@ def ensure_segmentation(run: Run, which: str = "pom_round1", progress: bool = Tr
     from nsrom_lib.data.voc import read_split
 
     names = read_split(root, "train")
-    labels = _training_labels(run, which, names, root)
+    labels = _training_labels(run, which, names, root, progress=progress)
 
     def compute() -> dict[str, Any]:
         import numpy as np
@@ -1042,15 +1043,16 @@ def ensure_masked(run: Run, progress: bool = True, glore: bool = True) -> dict[s
     return run.ensure(stage, compute, kernel=kernel, glore=glore)
 
 
-def load_masked(run: Run, names: list[str] | None = None, glore: bool = True):
+def load_masked(run: Run, names: list[str] | None = None, glore: bool = True,
+                progress: bool = True):
     """The `masked` stage's labels in training-split order ((N, H, W) uint8 or a list)."""
     import numpy as np
 
     from nsrom_lib.data.io import read_label_png
     from nsrom_lib.data.voc import read_split
 
-    ensure_masked(run, glore=glore)
-    names = read_split(ensure_data(run), "train") if names is None else names
+    ensure_masked(run, glore=glore, progress=progress)
+    names = read_split(ensure_data(run, progress=progress), "train") if names is None else names
     folder = run.dir / variant_stage("masked", glore) / "labels"
     labels = [read_label_png(folder / f"{n}.png", "masked label") for n in names]
     return np.stack(labels) if labels and len({x.shape for x in labels}) == 1 else labels
@@ -1105,6 +1107,7 @@ def ensure_results(run: Run, progress: bool = True) -> dict[str, Any]:
     `iou`, `stage`) and per `LABEL_ROWS` key (`precision`, `coverage`, `miou`,
     `nonsalient_recall`, `stage`), all rates as fractions in 0..1, plus the checks of `TARGETS`.
     """
+    _require_val_masks(run, ensure_data(run, progress=progress))
     for which in SEG_MODELS:
         ensure_segmentation(run, which, progress=progress)
     for glore in (True, False):
@@ -1118,10 +1121,35 @@ def ensure_results(run: Run, progress: bool = True) -> dict[str, Any]:
     return rec
 
 
+def _require_val_masks(run: Run, root: Path) -> None:
+    """The results need GT masks of every val image (mIoU, the upper bound): fail before any
+    training with the folder and the first missing file, not with a KeyError at the end."""
+    from nsrom_lib.data.voc import read_split
+
+    names = read_split(root, "val")
+    dirs = [root / "SegmentationClassAug", root / "SegmentationClass"]
+    for d in dirs:
+        missing = [n for n in names if not (d / f"{n}.png").is_file()]
+        if d.is_dir() and not missing:
+            return
+    d = next((d for d in dirs if d.is_dir()), dirs[-1])
+    missing = [n for n in names if not (d / f"{n}.png").is_file()]
+    raise DataError(
+        f"the results stage measures val mIoU against ground truth, but {len(missing)} of the "
+        f"{len(names)} val images of {root} have no mask in {d} (first: {missing[0]}.png). Put the "
+        "palette PNG masks there (VOC: SegmentationClass/ or SegmentationClassAug/), or list only "
+        f"images with masks in {root / 'ImageSets' / 'Segmentation' / 'val.txt'}."
+    )
+
+
 def _collect_results(run: Run) -> dict[str, Any]:
     d = run.stage_dir("results")
     out: dict[str, Any] = dict(profile=run.cfg.profile, run_dir=str(run.dir))
     recs = {w: run.record(SEG_MODELS[w]["stage"]) or {} for w in SEG_MODELS}
+    no_miou = [SEG_MODELS[w]["stage"] for w, r in recs.items() if "miou" not in r.get("metrics", {})]
+    if no_miou:
+        raise DataError(f"stages {no_miou} of {run.dir} have no val mIoU (were they trained "
+                        "without val ground truth?); delete them and run the results stage again.")
     upper = recs["upper_bound"]["metrics"]["miou"]
     for which in list(RESULT_ROWS) + ["pom_round1_no_glore"]:
         m = recs[which]["metrics"]

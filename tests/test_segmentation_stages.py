@@ -210,8 +210,9 @@ def test_metrics_json_and_report(smoke_results):
     assert (run.dir / "results" / "ablation.png").stat().st_size > 1000
 
 
-def test_stage_keys_retrain_only_downstream(smoke_results):
+def test_stage_keys_retrain_only_downstream(smoke_results, capfd):
     run, _ = smoke_results
+    capfd.readouterr()
     before = {w: run.record(s["stage"])["key"] for w, s in SEG_MODELS.items()}
     masked_key = run.record("masked")["key"]
     # a new kernel: masked and round 2 are redone; round 1 and the upper bound are not
@@ -226,6 +227,9 @@ def test_stage_keys_retrain_only_downstream(smoke_results):
     assert run3.record("seg1/gt")["key"] == before["upper_bound"]
     ensure_masked(run3, progress=False)
     assert run3.record("seg1")["key"] != before["pom_round1"]
+    # progress=False reaches the upstream stages these calls had to recompute: no bars at all
+    err = capfd.readouterr().err
+    assert "it/s" not in err and "%|" not in err, err[-500:]
 
 
 def test_cli_run_prints_the_ablation_and_adds_notebook_times(smoke_results, capsys):
