@@ -1,0 +1,227 @@
+"""Exact agreement of the faster batched label code paths with the per-image references.
+
+The batched BE + POM path (labels._pseudo_fused and its helpers) takes shortcuts whose
+results must stay bit for bit those of the `*_ref` functions: row gathers through numpy
+(_take_rows), the six-pass background code (_v_codes with _BECodes.v_cap), the conflict
+folded into the argmax winner, histograms over pieces of 8 pixels, medians on rows laid end to
+end (_median_flat) and the 1% rule counted from the pairs (_listed). Randomised cases over
+image sizes (segments of 16, 24, 40 px and none), 1 to 3 classes, conflicts and ties, absent
+classes, flat maps, tiny objects and the 1% rule's boundary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from test_labels import _assert_all_stages, full_range_case, random_thresholds
+
+from nsrom_lib import labels as L
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("L_", [1, 3, 8, 16, 24, 32, 40, 9216])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.bool])
+def test_take_rows_matches_index_select(L_, dtype):
+    rng = np.random.default_rng(L_)
+    R = 300 if L_ < 9216 else 7
+    src = torch.from_numpy(rng.integers(0, 200, (R, L_))).to(dtype)
+    for k in (0, 1, 5, R, 3 * R):
+        idx = rng.integers(0, R, size=k)
+        want = src.index_select(0, torch.from_numpy(idx))
+        for index in (idx, torch.from_numpy(idx)):
+            assert torch.equal(L._take_rows(src, index), want)
+            out = torch.empty((k, L_), dtype=dtype)
+            got = L._take_rows(src, index, out)
+            assert got.data_ptr() == out.data_ptr() and torch.equal(out, want)
+    # non-contiguous rows: the torch fallback
+    wide = torch.from_numpy(rng.integers(0, 200, (R, 2 * L_))).to(dtype)[:, ::2]
+    idx = rng.integers(0, R, size=50)
+    assert torch.equal(L._take_rows(wide, idx), wide[torch.from_numpy(idx)])
+
+
+def test_take_rows_result_is_new_memory():
+    src = torch.arange(64, dtype=torch.uint8).view(8, 8)
+    got = L._take_rows(src, np.array([1, 1, 7]))
+    src.zero_()
+    assert got[:, 0].tolist() == [8, 8, 56]
+
+
+FG_GRID = sorted(
+    {float(x) for x in np.linspace(-0.2, 1.1, 131)}
+    | {0.3, 0.25, 0.2509804, 0.5, 0.95, 1.0, 0.0, 0.1}
+)
+
+
+def test_v_codes_short_arithmetic_equals_table():
+    """Whenever _be_codes picks the short arithmetic (v_cap >= 0), it equals the exact table
+    for every saliency value, and so does the long one; fg = 0.3 (the default) takes it."""
+    s = torch.arange(256, dtype=torch.uint8)[None]
+    ws = L._Workspace(torch.device("cpu"))
+    taken = 0
+    for fg in FG_GRID:
+        for conflict in (0.9, 0.2, 1.5):
+            th = L._be_codes(fg, conflict, 32.0, 0.8)
+            if th is None:
+                continue
+            got = L._v_codes(s, th, ws)[0].numpy()
+            np.testing.assert_array_equal(got, th.v_table, err_msg=f"fg {fg}")
+            if th.v_cap >= 0:
+                taken += 1
+                assert th.v_cap <= 191
+                np.testing.assert_array_equal(L._v_short_np(np.arange(256), th.v_cap), th.v_table)
+                long = L._v_codes(s, th._replace(v_cap=-1), ws)[0].numpy()
+                np.testing.assert_array_equal(long, th.v_table)
+    assert taken > 50
+    assert L._be_codes(0.3, 0.9, 32.0, 0.8).v_cap == 178
+
+
+def test_median_flat_matches_numpy_median_with_offsets():
+    """Medians of rank windows [base, base + n) of histograms laid end to end, with the
+    skipped-pixel offsets of POM's TQ branch (start shifted down by the uncounted pixels)."""
+    rng = np.random.default_rng(3)
+    P = 300
+    lo = rng.integers(0, 256, size=P)
+    d = np.minimum(rng.integers(0, 256, size=P), 255 - lo)
+    counts = rng.integers(0, 4, size=(P, 256)) * (rng.random((P, 256)) < 0.1)
+    counts[rng.random(P) < 0.1] = 0  # empty rows
+    for i in range(P):
+        counts[i, : lo[i]] = 0
+        counts[i, lo[i] + d[i] + 1 :] = 0
+    skipped = rng.integers(0, 50, size=P)  # pixels counted below every bin (TQ)
+    flat = np.cumsum(counts.ravel())
+    start = np.concatenate([[0], flat[np.arange(1, P) * 256 - 1]]) - skipped
+    total = counts.sum(axis=1) + skipped
+    base = np.minimum(rng.integers(0, 60, size=P), total)
+    base = np.maximum(base, skipped)  # ranks start at or above the skipped pixels
+    base = np.minimum(base, total)
+    n = total - base
+    got = L._median_flat(flat, start, base, n, lo, d)
+    table = np.arange(256)[None, :] / (d[:, None] + 1e-8)
+    for i in range(P):
+        vals = np.concatenate([np.full(skipped[i], -1), np.repeat(np.arange(256), counts[i])])
+        window = vals[base[i] : base[i] + n[i]]
+        ref = np.median(table[i, window - lo[i]]) if window.size else np.nan
+        np.testing.assert_array_equal(got[i], ref, err_msg=f"row {i}")
+
+
+def test_first_above_scalar_nan_and_extremes():
+    rng = np.random.default_rng(4)
+    P = 200
+    lo = rng.integers(0, 256, size=P)
+    d = np.minimum(rng.integers(0, 256, size=P), 255 - lo)
+    table = np.arange(256)[None, :] / (d[:, None] + 1e-8)
+    for x in (0.3, 0.0, -0.5, 1.0, 1e12, -1e12, math.nan, 0.2509803921568627):
+        got = L._first_above(lo, d, x)
+        want = [
+            256 if math.isnan(x) else min(lo[i] + int((table[i] <= x).sum()), 256) for i in range(P)
+        ]
+        np.testing.assert_array_equal(got, want, err_msg=f"x = {x}")
+
+
+@pytest.mark.parametrize(
+    "N, L_",
+    [(9216, 16), (120, 24), (200, 40), (544, 16), (4096, 16), (13 * 11, 13 * 11), (1, 1)],
+)
+def test_segment_lengths(N, L_):
+    assert L._segment_len(N) == L_
+
+
+# ---------------------------------------------------------------------------------------
+# Parity of the whole stages
+# ---------------------------------------------------------------------------------------
+
+# segments of 16 px (96 x 96, 17 x 32, 24 x 24), 24 px (6 x 20: pieces of 8 px, 3 per
+# segment), 40 px (10 x 20: 5 per segment) and none (13 x 11, 1 x 1)
+SIZES = [(96, 96), (6, 20), (10, 20), (17, 32), (24, 24), (13, 11), (1, 1), (48, 40)]
+
+
+@pytest.mark.parametrize("seed", range(32))
+def test_pseudo_labels_parity_random(seed):
+    rng = np.random.default_rng(9100 + seed)
+    H, W = SIZES[seed % len(SIZES)]
+    B = int(rng.integers(1, 6)) if H * W > 2000 else int(rng.integers(1, 14))
+    C = int(rng.integers(1, 6))
+    sal, oa, cam, present = full_range_case(rng, B, H, W, C, kmax=int(rng.integers(1, 4)))
+    kw = random_thresholds(rng) if seed % 2 else {}
+    kw["ratio"] = float(rng.choice([0.01, 0.0, 0.05, 0.3]))
+    _assert_all_stages(sal, oa, cam, present, **kw)
+
+
+def _object_scene(rng, B, H, W, C, side):
+    """Images of tiny objects (side x side boxes) on saliency 0: every map is a blob on the
+    object of its class (0..255), a few flat maps, classes sharing a box (conflicts, ties)."""
+    sal = np.zeros((B, H, W), np.uint8)
+    oa = np.zeros((B, C, H, W), np.uint8)
+    cam = np.zeros((B, C, H, W), np.uint8)
+    present = np.zeros((B, C), bool)
+    for b in range(B):
+        k = int(rng.integers(0, 4))
+        cls = rng.choice(C, size=min(k, C), replace=False)
+        present[b, cls] = True
+        y, x = 0, 0
+        for j, c in enumerate(cls):
+            if not (j and rng.random() < 0.3):  # else the same box as the previous class
+                y, x = rng.integers(0, H - side + 1), rng.integers(0, W - side + 1)
+            box = (slice(y, y + side), slice(x, x + side))
+            sal[b][box] = rng.integers(1, 256, size=(side, side))
+            oa[b, c][box] = rng.integers(0, 256, size=(side, side))
+            cam[b, c][box] = rng.integers(0, 256, size=(side, side))
+            oa[b, c, y, x], cam[b, c, y, x] = 255, 255
+            if rng.random() < 0.15:  # a flat map (normalises to 0)
+                oa[b, c] = rng.integers(0, 256)
+            if rng.random() < 0.15:
+                cam[b, c] = rng.integers(0, 256)
+    return sal, oa, cam, present
+
+
+@pytest.mark.parametrize("side", [1, 2, 3, 5, 9])
+def test_tiny_objects_and_the_one_percent_rule(side):
+    """Objects of a few pixels, with ratios around each image's count of class pixels, so
+    that the 1% rule keeps or drops images right at its boundary."""
+    rng = np.random.default_rng(side)
+    H, W, C = 24, 40, 4
+    sal, oa, cam, present = _object_scene(rng, 12, H, W, C, side)
+    counts = set()
+    for b in range(len(sal)):
+        cl = [int(c) for c in np.nonzero(present[b])[0]]
+        lab = L.pseudo_label_ref(sal[b], oa[b, cl], cam[b, cl], cl, C, ratio=0.0)
+        counts.add(int(((lab > 0) & (lab < 255)).sum()))
+    N = H * W
+    ratios = {0.01}
+    for n in counts:
+        for m in (n - 1, n, n + 1):
+            if m > 0:
+                ratios |= {m / N, np.nextafter(m / N, 0.0), np.nextafter(m / N, 1.0)}
+    for ratio in sorted(ratios):
+        _assert_all_stages(sal, oa, cam, present, ratio=float(ratio))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_thresholds_around_the_codes(seed):
+    """fg, conflict and att at and next to code boundaries: the short background code, the
+    conflict folded into the winner and the merged att cause all switch on and off."""
+    rng = np.random.default_rng(40 + seed)
+    sal, oa, cam, present = full_range_case(rng, 7, 16, 32, 3)
+    codes = np.arange(256) / 255.0
+    for _ in range(4):
+        fg, conflict, att = (float(codes[rng.integers(256)]) for _ in range(3))
+        fg = float(np.nextafter(fg, rng.choice([0.0, 2.0])))
+        kw = dict(fg=fg, conflict=conflict, att=att, bg=float(rng.integers(0, 257)))
+        kw["pom"] = float(rng.choice([0.3, codes[rng.integers(256)]]))
+        _assert_all_stages(sal, oa, cam, present, **kw)
+
+
+def test_batches_sorted_unsorted_and_no_classes():
+    """The same images in list order, by class count, and with images that list nothing."""
+    rng = np.random.default_rng(77)
+    sal, oa, cam, present = full_range_case(rng, 16, 32, 48, 5, kmax=3)
+    present[::5] = False
+    _assert_all_stages(sal, oa, cam, present)
+    order = np.argsort(-present.sum(axis=1), kind="stable")
+    _assert_all_stages(sal[order], oa[order], cam[order], present[order])
