@@ -1107,7 +1107,7 @@ def ensure_results(run: Run, progress: bool = True) -> dict[str, Any]:
     `iou`, `stage`) and per `LABEL_ROWS` key (`precision`, `coverage`, `miou`,
     `nonsalient_recall`, `stage`), all rates as fractions in 0..1, plus the checks of `TARGETS`.
     """
-    _require_val_masks(run, ensure_data(run, progress=progress))
+    _require_val_masks(ensure_data(run, progress=progress))
     for which in SEG_MODELS:
         ensure_segmentation(run, which, progress=progress)
     for glore in (True, False):
@@ -1121,25 +1121,25 @@ def ensure_results(run: Run, progress: bool = True) -> dict[str, Any]:
     return rec
 
 
-def _require_val_masks(run: Run, root: Path) -> None:
+def _require_val_masks(root: Path) -> None:
     """The results need GT masks of every val image (mIoU, the upper bound): fail before any
-    training with the folder and the first missing file, not with a KeyError at the end."""
+    training with the folder and the first missing file, not with a KeyError at the end. The
+    folder is the one `load_ground_truth` reads (SegmentationClassAug/ when it exists)."""
     from nsrom_lib.data.voc import read_split
 
     names = read_split(root, "val")
-    dirs = [root / "SegmentationClassAug", root / "SegmentationClass"]
-    for d in dirs:
-        missing = [n for n in names if not (d / f"{n}.png").is_file()]
-        if d.is_dir() and not missing:
-            return
-    d = next((d for d in dirs if d.is_dir()), dirs[-1])
+    d = root / "SegmentationClassAug"
+    if not d.is_dir():
+        d = root / "SegmentationClass"
     missing = [n for n in names if not (d / f"{n}.png").is_file()]
-    raise DataError(
-        f"the results stage measures val mIoU against ground truth, but {len(missing)} of the "
-        f"{len(names)} val images of {root} have no mask in {d} (first: {missing[0]}.png). Put the "
-        "palette PNG masks there (VOC: SegmentationClass/ or SegmentationClassAug/), or list only "
-        f"images with masks in {root / 'ImageSets' / 'Segmentation' / 'val.txt'}."
-    )
+    if missing:
+        raise DataError(
+            f"the results stage measures val mIoU against ground truth, but {len(missing)} of "
+            f"the {len(names)} val images of {root} have no mask in {d} (first: "
+            f"{missing[0]}.png). Put the palette PNG masks there (VOC: SegmentationClass/ or "
+            "SegmentationClassAug/), or list only images with masks in "
+            f"{root / 'ImageSets' / 'Segmentation' / 'val.txt'}."
+        )
 
 
 def _collect_results(run: Run) -> dict[str, Any]:
