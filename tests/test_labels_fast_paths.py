@@ -225,3 +225,101 @@ def test_batches_sorted_unsorted_and_no_classes():
     _assert_all_stages(sal, oa, cam, present)
     order = np.argsort(-present.sum(axis=1), kind="stable")
     _assert_all_stages(sal[order], oa[order], cam[order], present[order])
+
+
+# ---------------------------------------------------------------------------------------
+# The output assembly of pseudo_labels: whole image rows, then the active segments put back
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("L_", [1, 3, 8, 16, 24, 9216])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16])
+def test_put_rows_matches_indexing(L_, dtype):
+    rng = np.random.default_rng(300 + L_)
+    R = 300 if L_ < 9216 else 7
+    for k in (0, 1, 5, R):
+        dst = torch.from_numpy(rng.integers(0, 200, (R, L_))).to(dtype)
+        src = torch.from_numpy(rng.integers(0, 200, (k, L_))).to(dtype)
+        idx = rng.permutation(R)[:k]
+        want = dst.clone()
+        want[torch.from_numpy(idx)] = src
+        got = L._put_rows(dst, idx, src)
+        assert got.data_ptr() == dst.data_ptr() and torch.equal(dst, want)
+    # non-contiguous rows: the torch fallback
+    wide = torch.from_numpy(rng.integers(0, 200, (R, 2 * L_))).to(dtype)
+    dst = wide[:, ::2]
+    idx = rng.permutation(R)[:5]
+    src = torch.from_numpy(rng.integers(0, 200, (5, L_))).to(dtype)
+    want = dst.clone()
+    want[torch.from_numpy(idx)] = src
+    L._put_rows(dst, idx, src)
+    assert torch.equal(dst, want)
+
+
+def test_first_above_nan_entries_and_listed_counts():
+    """_first_above maps NaN entries of an array x to 256 (np.fmin), the others as before;
+    _listed_np equals an exact integer sum per image."""
+    rng = np.random.default_rng(5)
+    P = 300
+    lo = rng.integers(0, 256, size=P)
+    d = np.minimum(rng.integers(0, 256, size=P), 255 - lo)
+    x = rng.choice([0.3, 0.0, 1.0, -1.0, math.nan, 0.5], size=P)
+    got = L._first_above(lo, d, x)
+    table = np.arange(256)[None, :] / (d[:, None] + 1e-8)
+    want = [
+        256 if math.isnan(x[i]) else min(lo[i] + int((table[i] <= x[i]).sum()), 256)
+        for i in range(P)
+    ]
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == np.int64
+    present = torch.from_numpy(rng.random((40, 6)) < 0.4)
+    lay = L._layout(present)
+    n_in = rng.integers(0, 96 * 96 + 1, size=lay.r.numel())
+    want = np.zeros(lay.na, np.int64)
+    np.add.at(want, lay.r.numpy(), n_in)
+    got = L._listed_np(n_in, lay)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_pseudo_labels_all_none_and_some_segments_active(seed):
+    """Batches whose images have saliency everywhere (every segment active), nowhere (no
+    active segment) or in parts, in list order and by class count, with and without images
+    that list no class: the whole rows then the active segments put back in batch order."""
+    rng = np.random.default_rng(500 + seed)
+    H, W = [(16, 32), (24, 24), (6, 20), (13, 11)][seed % 4]
+    B, C = 9, 4
+    sal, oa, cam, present = full_range_case(rng, B, H, W, C, kmax=3)
+    mode = seed % 3
+    for b in range(B):
+        kind = mode if mode < 2 else int(rng.integers(3))
+        if kind == 0:  # all active
+            sal[b] = rng.integers(1, 256, size=(H, W))
+        elif kind == 1:  # none active
+            sal[b] = 0
+    if seed >= 4:
+        present[rng.integers(B)] = False
+    kw = dict(ratio=float(rng.choice([0.0, 0.01, 0.2])))
+    _assert_all_stages(sal, oa, cam, present, **kw)
+    order = np.argsort(-present.sum(axis=1), kind="stable")
+    _assert_all_stages(sal[order], oa[order], cam[order], present[order], **kw)
+
+
+def test_pseudo_labels_result_is_new_memory():
+    """The result owns its memory: a later call (same workspace) leaves it unchanged, for
+    sorted batches (clone of the rows) and unsorted ones (rows taken in batch order)."""
+    rng = np.random.default_rng(8)
+    for sort in (False, True):
+        args = full_range_case(rng, 6, 16, 32, 3, kmax=3)
+        if sort:
+            order = np.argsort(-args[3].sum(axis=1), kind="stable")
+            args = tuple(a[order] for a in args)
+        t = [torch.from_numpy(np.ascontiguousarray(a)) for a in args]
+        first = L.pseudo_labels(*t)
+        keep = first.clone()
+        other = [
+            torch.from_numpy(np.ascontiguousarray(a)) for a in full_range_case(rng, 6, 16, 32, 3)
+        ]
+        L.pseudo_labels(*other)
+        assert torch.equal(first, keep)
