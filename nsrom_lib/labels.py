@@ -692,6 +692,12 @@ def _words_ok(*xs: torch.Tensor) -> bool:
     )
 
 
+def _lane_ones(size: int) -> int:
+    """The int64 word with 1 in each lane of `size` bytes: 0x0101..01 (uint8), 0x0001..0001
+    (int16). A value v below the lane's sign bit times it is v in every lane."""
+    return sum(1 << (8 * size * i) for i in range(8 // size))
+
+
 def _words(col: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(R, 1) values -> (R, 1) int64 words holding the value in each of their dtype lanes
     (uint8 or int16 lanes: 0x0101.. or 0x0001.. times the value, which stays below 2**63 for
@@ -699,7 +705,7 @@ def _words(col: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     size = torch.empty((), dtype=dtype).element_size()
     v = col.reshape(-1, 1).to(torch.int64)
     if v.numel() == 0 or int(v.max()) < 2 ** (8 * size - 1):
-        return v * sum(1 << (8 * size * i) for i in range(8 // size))  # 0x0101.. / 0x0001..
+        return v * _lane_ones(size)
     lanes = 8 // size
     out = torch.empty((v.shape[0], lanes), dtype=dtype, device=col.device)
     return out.copy_(col.reshape(-1, 1).expand(-1, lanes)).view(torch.int64)
@@ -727,14 +733,6 @@ def _rows_affine(
     return torch.addcmul(base, x, d, out=out)
 
 
-def _fill_rows(col: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out[r, :] = col[r] for (R, L) uint8 out and (R, 1) col (on int64 words where possible)."""
-    if _words_ok(out):
-        out.view(torch.int64).copy_(_words(col, torch.uint8).expand(out.shape[0], -1))
-        return out
-    return out.copy_(col.expand(out.shape))
-
-
 def _add_rows_(x: torch.Tensor, col: torch.Tensor | np.ndarray) -> torch.Tensor:
     """x += col, one value per row ((R, 1)), in place, for (R, L) uint8 or int16 x whose
     lanes stay below 128 (uint8) or 2**15 (int16): on int64 words where possible. col may be
@@ -743,8 +741,9 @@ def _add_rows_(x: torch.Tensor, col: torch.Tensor | np.ndarray) -> torch.Tensor:
         v = col.reshape(-1, 1).astype(np.int64)
         bits = 8 * x.element_size()
         if _words_ok(x) and (v.size == 0 or (v.min() >= 0 and v.max() < 2 ** (bits - 1))):
-            lanes = np.int64(sum(1 << (bits * i) for i in range(64 // bits)))
-            x.view(torch.int64).add_(torch.from_numpy(v * lanes).to(x.device))
+            x.view(torch.int64).add_(
+                torch.from_numpy(v * _lane_ones(x.element_size())).to(x.device)
+            )
             return x
         col = torch.from_numpy(v).to(x.device)
     if _words_ok(x):
@@ -889,8 +888,9 @@ def _v_codes(s: torch.Tensor, th: _BECodes, ws: _Workspace) -> torch.Tensor:
     return v.clamp_min_(th.z) if th.z > 0 else v
 
 
-def _full_range_pairs(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """(P,) bool: maps whose raw values are their _BECodes codes: min 0 and max 255, or constant."""
+def _full_range_pairs(lo, hi):
+    """(P,) bool: maps whose raw values are their _BECodes codes: min 0 and max 255, or constant.
+    lo, hi: (P,) each map's min and max, torch tensors or numpy arrays (the same operators)."""
     return ((lo == 0) & (hi == 255)) | (lo == hi)
 
 
@@ -1329,8 +1329,8 @@ def _class_counts(
     if per >= 1:
         off = (np.arange(na) % per) * K1  # (na,) each image's group offset, <= 127 - (K1 - 1)
         if words:  # per-row constants as whole words: no broadcast over short rows
-            lanes = np.int64(int.from_bytes(bytes([1] * 8), "little"))  # 0x0101..01
-            g.view(torch.int64).add_(torch.from_numpy((off * lanes)[img]).to(g.device)[:, None])
+            words_off = off * _lane_ones(1)  # (na,) the offset in each uint8 lane
+            g.view(torch.int64).add_(torch.from_numpy(words_off[img]).to(g.device)[:, None])
         else:
             _add_rows_(g, off[img])  # <= 127
         # (g + offset) * 256 + val <= 127 * 256 + 255: int16; val widened, then one add of
@@ -1367,6 +1367,20 @@ def _median_of_cum(
     start = np.zeros(P, np.int64)  # the counts of the rows before each row
     np.cumsum(cum[:-1, -1], out=start[1:])
     return _median_flat((cum + start[:, None]).ravel(), start, base, n, lo, d)
+
+
+def _flat_cum(counts: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """rows histograms of 256 bins laid end to end and cumulated across rows (_median_flat).
+
+    counts: (rows * 256,) or (rows, 256) int64. Returns flat: (rows * 256,) the cumulative sum
+    (row r's count of raw values <= v is flat[r * 256 + v] - start[r]); start: (rows,) the
+    counts of the rows before each row; total: (rows,) each row's count.
+    """
+    flat = np.cumsum(counts.ravel())
+    row0 = np.arange(rows) * 256
+    start = np.zeros(rows, np.int64)
+    start[1:] = flat[row0[1:] - 1]
+    return flat, start, flat[row0 + 255] - start
 
 
 def _median_flat(
@@ -1432,15 +1446,10 @@ def _pom_from_counts(
     lo_t = cam.amin(dim=1)  # (P,)
     lo = lo_t.cpu().numpy().astype(np.int64)
     d = cam.amax(dim=1).cpu().numpy().astype(np.int64) - lo
-    # cumulative counts, the rows laid end to end (_median_flat): row p's count of raw
-    # values <= v is flat[p * 256 + v] - start[p]
-    flat = np.cumsum(counts_in.cpu().numpy().ravel())  # (P * 256,)
-    row0 = np.arange(P) * 256
-    start = np.zeros(P, np.int64)
-    start[1:] = flat[row0[1:] - 1]
-    n_in = flat[row0 + 255] - start
+    # cumulative counts, the rows laid end to end (_flat_cum, _median_flat)
+    flat, start, n_in = _flat_cum(counts_in.cpu().numpy(), P)
     # §4 MED: non-zero CAM sum on the class's pixels <=> one of them is above the map's min
-    has_inside = n_in > flat[row0 + lo] - start
+    has_inside = n_in > flat[np.arange(P) * 256 + lo] - start
     t = _median_flat(flat, start, np.zeros_like(n_in), n_in, lo, d)
     rest = np.flatnonzero(~has_inside)  # (R,)
     if rest.size:
@@ -1470,11 +1479,9 @@ def _pom_from_counts(
         h = _chunked_bincount(bins, seg_pair, R, 128, 256).cpu().numpy()  # (R * 256,)
         # counts of raw values <= v, exact for v >= a - 1 (the skipped pixels are all < a):
         # flat_r[r * 256 + v] - start_r[r], the skipped pixels counted in start_r
-        flat_r = np.cumsum(h)
+        flat_r, start_r, counted = _flat_cum(h, R)
+        start_r -= N - counted
         r0 = np.arange(R) * 256
-        start_r = np.zeros(R, np.int64)
-        start_r[1:] = flat_r[r0[1:] - 1]
-        start_r -= N - (flat_r[r0 + 255] - start_r)
 
         def count_below(v: np.ndarray) -> np.ndarray:
             """(R,) counts of raw values < v, for v in a..256 (0 for v == 0)."""
@@ -1801,7 +1808,7 @@ def pseudo_labels(
         # (P,) each map's min and max; the checks on them in numpy (a few hundred pairs:
         # numpy's small ops cost a fraction of torch's)
         lo, hi = oa.amin(dim=1).cpu().numpy(), oa.amax(dim=1).cpu().numpy()
-        fused = bool((((lo == 0) & (hi == 255)) | (lo == hi)).all())  # _full_range_pairs
+        fused = bool(_full_range_pairs(lo, hi).all())
     n_min = _min_valid_count(N, ratio)
     if fused:
         flat = np.flatnonzero((lo == hi) & (lo != 0))

@@ -359,11 +359,9 @@ def load_ground_truth(root: Path, split: str, names: list[str]) -> dict[str, Any
     objects: per image instance dicts or None.
     """
     from nsrom_lib.data.io import read_label_png
-    from nsrom_lib.data.voc import read_instances
+    from nsrom_lib.data.voc import gt_mask_dir, read_instances
 
-    mask_dir = root / "SegmentationClassAug"
-    if not mask_dir.is_dir():
-        mask_dir = root / "SegmentationClass"
+    mask_dir = gt_mask_dir(root)
     if not all((mask_dir / f"{n}.png").is_file() for n in names):
         return None
     masks = [read_label_png(mask_dir / f"{n}.png", "GT mask") for n in names]
@@ -1124,13 +1122,11 @@ def ensure_results(run: Run, progress: bool = True) -> dict[str, Any]:
 def _require_val_masks(root: Path) -> None:
     """The results need GT masks of every val image (mIoU, the upper bound): fail before any
     training with the folder and the first missing file, not with a KeyError at the end. The
-    folder is the one `load_ground_truth` reads (SegmentationClassAug/ when it exists)."""
-    from nsrom_lib.data.voc import read_split
+    folder is the one `load_ground_truth` reads (`gt_mask_dir`)."""
+    from nsrom_lib.data.voc import gt_mask_dir, read_split
 
     names = read_split(root, "val")
-    d = root / "SegmentationClassAug"
-    if not d.is_dir():
-        d = root / "SegmentationClass"
+    d = gt_mask_dir(root)
     missing = [n for n in names if not (d / f"{n}.png").is_file()]
     if missing:
         raise DataError(

@@ -45,6 +45,7 @@ from nsrom_lib.data.io import (
 )
 
 __all__ = [
+    "gt_mask_dir",
     # re-exported from nsrom_lib.data.io
     "DataError",
     "voc_palette",
@@ -111,6 +112,13 @@ def _check_root(root: Path) -> None:
             "ImageSets/ (e.g. data/synthvoc-default, or VOCdevkit/VOC2012), or generate "
             "SynthVOC with `python -m nsrom_lib data synthvoc --out DIR`."
         )
+
+
+def gt_mask_dir(root: str | os.PathLike) -> Path:
+    """The folder of GT masks under a VOC-layout root: `SegmentationClassAug/` (SBD, the
+    reference's training masks) when it exists, else `SegmentationClass/`."""
+    aug = Path(root) / "SegmentationClassAug"
+    return aug if aug.is_dir() else Path(root) / "SegmentationClass"
 
 
 def read_split(root: str | os.PathLike, split: str) -> list[str]:
@@ -368,10 +376,8 @@ class VOCSegDataset(Dataset):
         # Masks.
         if mask_dir is not None:
             self.mask_dir: Path | None = Path(mask_dir)
-        elif (self.root / "SegmentationClassAug").is_dir():
-            self.mask_dir = self.root / "SegmentationClassAug"
         else:
-            self.mask_dir = self.root / "SegmentationClass"
+            self.mask_dir = gt_mask_dir(self.root)
         self._masks: dict[str, Path] = {}
         masks_complete = False
         if self.mask_dir.is_dir():
