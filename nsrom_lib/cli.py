@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from nsrom_lib.data.label_defaults import MASKED_DEFAULTS, PSEUDO_DEFAULTS  # no torch
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nsrom", description=__doc__.split("\n\n")[0])
@@ -68,15 +70,17 @@ def _parser() -> argparse.ArgumentParser:
     ps.add_argument("--oacam", required=True, help="folder of {name}_{cls}.png OA-CAMs (BE)")
     ps.add_argument("--cam", required=True, help="folder of {name}_{cls}.png CAMs (POM)")
     ps.add_argument("--out", required=True, help="output folder of label PNGs")
-    ps.add_argument("--fg", type=float, default=0.3, help="BE score floor (default 0.3)")
-    ps.add_argument("--conflict", type=float, default=0.9,
-                    help="BE: two channels above this -> ignore (default 0.9)")
-    ps.add_argument("--bg", type=float, default=32,
-                    help="BE: background with saliency >= bg -> ignore, 0..255 (default 32)")
-    ps.add_argument("--att", type=float, default=0.8,
-                    help="BE: background with an OA-CAM > att -> ignore (default 0.8)")
-    ps.add_argument("--pom", type=float, default=0.3, help="POM: top-quartile floor (default 0.3)")
-    _common_label_args(ps)
+    ps.add_argument("--fg", type=float, default=PSEUDO_DEFAULTS["fg"],
+                    help="BE score floor (default %(default)s)")
+    ps.add_argument("--conflict", type=float, default=PSEUDO_DEFAULTS["conflict"],
+                    help="BE: two channels above this -> ignore (default %(default)s)")
+    ps.add_argument("--bg", type=float, default=PSEUDO_DEFAULTS["bg"],
+                    help="BE: background with saliency >= bg -> ignore, 0..255 (default %(default)s)")
+    ps.add_argument("--att", type=float, default=PSEUDO_DEFAULTS["att"],
+                    help="BE: background with an OA-CAM > att -> ignore (default %(default)s)")
+    ps.add_argument("--pom", type=float, default=PSEUDO_DEFAULTS["pom"],
+                    help="POM: top-quartile floor (default %(default)s)")
+    _common_label_args(ps, PSEUDO_DEFAULTS)
 
     ms = lsub.add_parser("masked", help="NSRM masked pseudo labels (ALGORITHM.md §6)",
                          description="Non-salient region masking on official-format folders; "
@@ -86,8 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     ms.add_argument("--pseudo", required=True, help="folder of {name}.png POM pseudo labels")
     ms.add_argument("--saliency", required=True, help="folder of {name}.png 8-bit saliency maps")
     ms.add_argument("--out", required=True, help="output folder of label PNGs")
-    ms.add_argument("--kernel", type=int, default=30, help="dilation kernel size (default 30)")
-    _common_label_args(ms)
+    ms.add_argument("--kernel", type=int, default=MASKED_DEFAULTS["kernel"],
+                    help="dilation kernel size (default %(default)s)")
+    _common_label_args(ms, MASKED_DEFAULTS)
 
     b = sub.add_parser("bench", help="benchmarks: everything, or `bench labels`",
                        description="Without a sub-command: label throughput (batched vs reference), "
@@ -122,9 +127,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _common_label_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--min-ratio", type=float, default=0.01,
-                   help="1%% rule: labels with fewer labelled pixels become all ignore (default 0.01)")
+def _common_label_args(p: argparse.ArgumentParser, defaults: dict[str, float]) -> None:
+    """Options of both `labels` commands; defaults: PSEUDO_DEFAULTS or MASKED_DEFAULTS."""
+    p.add_argument("--min-ratio", type=float, default=defaults["ratio"],
+                   help="1%% rule: labels with fewer labelled pixels become all ignore "
+                   "(default %(default)s)")
     p.add_argument("--num-classes", type=int, default=20, help="foreground classes (default 20)")
     p.add_argument("--strict", action="store_true", help="a missing per-class map is an error")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")

@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RunConfig", "PROFILES", "ConfigError", "make_config", "parse_set", "config_hash",
-           "SYNTHVOC_MAX_CLASSES"]
+__all__ = ["RunConfig", "PROFILES", "ConfigError", "make_config", "parse_set", "parse_overrides",
+           "config_hash", "SYNTHVOC_MAX_CLASSES"]
 
 #: SynthVOC draws one shape per class (data/synthvoc.py CLASS_NAMES): at most this many classes.
 SYNTHVOC_MAX_CLASSES = 8
@@ -281,6 +281,70 @@ def parse_set(items: list[str] | None) -> dict[str, str]:
         key, value = item.split("=", 1)
         out[key.strip()] = value.strip()
     return out
+
+
+_OVERRIDES_EXAMPLE = ("""overrides={"n_train": 800, "seed": 1}, or with papermill """
+                      """-p overrides 'n_train=800,seed=1' or -y 'overrides: {n_train: 800}'""")
+# a comma that starts the next `key=` (not one inside a value such as extra={"a":1,"b":2})
+_NEXT_PAIR = re.compile(r",(?=\s*[A-Za-z_]\w*\s*=)")
+
+
+def parse_overrides(value: Any) -> dict[str, Any]:
+    """The notebooks' `overrides` parameter as a dict of config overrides for `make_config`.
+
+    Accepts a dict (returned as is), None or "" (no overrides), a JSON object string
+    ('{"n_train": 800}'), a `key=value[,key=value]` string ("n_train=800,seed=1", what
+    papermill's `-p overrides n_train=800` passes) or a list of such strings (as `--set`
+    takes them). key=value values stay strings; `make_config` types and checks them, and
+    unknown keys. Anything else (a number, a JSON list, a string with no `=`) raises
+    ConfigError naming the value and showing a correct example.
+    """
+    if isinstance(value, dict):
+        return value
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return {}
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+            if text[0] in "{[":
+                raise ConfigError(
+                    f"overrides={value!r} is not valid JSON; write e.g. {_OVERRIDES_EXAMPLE}."
+                ) from None
+        else:
+            if isinstance(parsed, dict):
+                return parsed
+            raise ConfigError(
+                f"overrides={value!r} is a JSON {type(parsed).__name__}, not an object of "
+                f"config keys; write e.g. {_OVERRIDES_EXAMPLE}."
+            )
+        items: list[Any] = [text]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ConfigError(
+            f"overrides={value!r} ({type(value).__name__}): expected a dict, a JSON object "
+            f"string or key=value strings; write e.g. {_OVERRIDES_EXAMPLE}."
+        )
+    pairs = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigError(
+                f"overrides={value!r}: item {item!r} is not a key=value string; "
+                f"write e.g. {_OVERRIDES_EXAMPLE}."
+            )
+        for pair in _NEXT_PAIR.split(item):
+            if "=" not in pair or not pair.split("=", 1)[0].strip():
+                raise ConfigError(
+                    f"overrides={value!r}: {pair.strip()!r} is not key=value; "
+                    f"write e.g. {_OVERRIDES_EXAMPLE}."
+                )
+            pairs.append(pair)
+    return parse_set(pairs)
 
 
 def config_hash(values: dict[str, Any]) -> str:

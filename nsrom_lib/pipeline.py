@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from nsrom_lib.config import RunConfig, config_hash, make_config
+from nsrom_lib.config import ConfigError, RunConfig, config_hash, make_config, parse_overrides
 from nsrom_lib.data.io import DataError, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -226,13 +226,26 @@ class Run:
         return self.complete(stage, metrics, time.perf_counter() - t0, key=key, **info)
 
 
-def open_run(run_dir: str | os.PathLike | None = None, profile: str = "quick", **overrides: Any) -> Run:
-    """Open (or create) a run folder for `profile` with `overrides`: what each notebook calls first.
+def open_run(run_dir: str | os.PathLike | None = None, profile: str = "quick", *,
+             overrides: Any = None, **settings: Any) -> Run:
+    """Open (or create) a run folder for `profile` with config `settings`: what each notebook
+    calls first.
 
-    run_dir None -> `<runs dir>/<profile>`. Overrides equal to None are ignored, so notebook
-    parameters such as `data_root=None` keep the profile's value.
+    run_dir None -> `<runs dir>/<profile>`. Settings equal to None are ignored, so notebook
+    parameters such as `data_root=None` keep the profile's value. overrides: the notebooks'
+    free-form parameter, anything `config.parse_overrides` takes (a dict, a JSON object or
+    "key=value,..." string, a list of "key=value"); a key given both ways with two different
+    values raises ConfigError.
     """
-    cfg = make_config(profile, **{k: v for k, v in overrides.items() if v is not None})
+    settings = {k: v for k, v in settings.items() if v is not None}
+    for k, v in parse_overrides(overrides).items():
+        if k in settings and settings[k] != v and str(settings[k]) != str(v):
+            raise ConfigError(
+                f"{k!r} is given twice: {k}={settings[k]!r} as a parameter and {k}={v!r} in "
+                f"overrides; set it in one place (e.g. papermill -p {k} ...)."
+            )
+        settings[k] = v
+    cfg = make_config(profile, **settings)
     return Run(run_dir or default_runs_dir() / profile, cfg)
 
 
@@ -398,7 +411,9 @@ def ensure_classifier(run: Run, glore: bool = True, progress: bool = True) -> di
     accumulated maps at feature resolution, uint8, with `exists` and the image names),
     `snapshots.pt` (a few images' accumulated maps after every epoch), `history.json`.
     Metrics: train loss, train/val mAP (eval mode), img/s, OAA counts, and the coverage /
-    precision of the CAMs and of the accumulated maps on the train split (with GT masks).
+    precision of the CAMs and of the accumulated maps on the train split (with GT masks), and
+    `oaa_epochs`: for every fused epoch, the same measures of that epoch's own maps and of the
+    accumulated maps after it, on the first `OAA_PROBE_IMAGES` training images.
     An interrupted training resumes from `checkpoint.pt` (removed once the stage is complete).
     """
     root = ensure_data(run, progress=progress)
@@ -421,6 +436,7 @@ def ensure_classifier(run: Run, glore: bool = True, progress: bool = True) -> di
             batch_size=cfg.cls_batch_size, lr=cfg.cls_lr, optimizer=cfg.cls_optimizer,
             weight_decay=cfg.cls_weight_decay, schedule=cfg.cls_schedule, jitter=cfg.jitter,
             seed=cfg.seed, device=device, snapshot_indices=snaps, accumulate_from=cfg.oaa_from_epoch,
+            probe_indices=range(min(len(data["names"]), OAA_PROBE_IMAGES)),
             checkpoint=d / "checkpoint.pt", tag=run.stage_key(stage), progress=progress)
         acc = res["accumulator"]
         _save_torch(d / "model.pt", dict(state_dict=model.state_dict(), glore=glore, iam=False))
@@ -447,10 +463,43 @@ def ensure_classifier(run: Run, glore: bool = True, progress: bool = True) -> di
             **_history_metrics(hist, res["resumed_from"]),
             threads=threads, device=str(device), oaa=acc.stats(),
             cam=_map_quality(cam_maps, gt), accumulated=_map_quality(acc_maps, gt),
+            oaa_epochs=_oaa_epoch_quality(res["probe"], data, gt, hist),
             torch_threads=torch.get_num_threads(),
         )
 
     return run.ensure(stage, compute, glore=glore)
+
+
+#: Training images (the first ones) whose per-epoch maps the classifier stage measures.
+OAA_PROBE_IMAGES = 256
+
+
+def _oaa_epoch_quality(probe: dict[str, Any], data: dict[str, Any], gt: dict[str, Any] | None,
+                       history: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """What every fused epoch adds to OAA, measured on the probe images (notebook 02).
+
+    probe: `train_classifier`'s probe dict (maps and accumulated: (F, p, C, h, w) uint8);
+    data: the training split (label_ids, sizes); gt: `load_ground_truth` of the whole split, or
+    None. Returns one row per fused epoch: epoch (1-based, as the history), loss, `own` (that
+    epoch's maps) and `accumulated` (the maps after it), each a `map_quality` dict; None
+    without GT masks.
+    """
+    from nsrom_lib import train as T
+
+    if gt is None:
+        return None
+    idx = probe["indices"].tolist()
+    sub = {k: (None if v is None else [v[i] for i in idx]) for k, v in gt.items()}
+    ids = [data["label_ids"][i] for i in idx]
+    sizes = [data["sizes"][i] for i in idx]
+    loss = {h["epoch"]: round(h["loss"], 5) for h in history}
+    rows = []
+    for f, e in enumerate(probe["epochs"].tolist()):
+        own = T.maps_to_uint8(probe["maps"][f], ids, sizes, normalized=True)
+        accumulated = T.maps_to_uint8(probe["accumulated"][f], ids, sizes, normalized=True)
+        rows.append(dict(epoch=e + 1, loss=loss.get(e + 1), images=len(idx),
+                         own=_map_quality(own, sub), accumulated=_map_quality(accumulated, sub)))
+    return rows
 
 
 def load_classifier(run: Run, glore: bool = True):

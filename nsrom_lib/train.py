@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nsrom_lib.cam import OAAccumulator, cam_to_uint8, iam_loss
+from nsrom_lib.cam import OAAccumulator, cam_to_uint8, iam_loss, normalize_cam
 from nsrom_lib.data.io import atomic_path, save_gray_png
 from nsrom_lib.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ColorJitter, Resize
 from nsrom_lib.data.voc import VOCSegDataset
@@ -385,6 +385,7 @@ def train_classifier(
     accumulate: bool = True,
     accumulate_from: int = 1,
     snapshot_indices: Sequence[int] = (),
+    probe_indices: Sequence[int] = (),
     checkpoint: str | os.PathLike | None = None,
     tag: str = "",
     max_epochs: int | None = None,
@@ -398,11 +399,15 @@ def train_classifier(
     epoch; a later start is a diagnostic for networks trained from scratch, whose first epochs'
     CAMs are noise — not the paper's method);
     snapshot_indices: images whose accumulated maps are copied after every epoch (figures);
+    probe_indices: images whose *own* maps of every fused epoch are kept (the max-normalised
+    training-pass CAMs that OAA fuses, before the gate), to measure what each epoch adds;
     checkpoint: file written after every epoch and resumed from when present (with the same
     `tag`); max_epochs: stop after this many epochs in total (an interruption, for tests).
     Returns model, accumulator (`OAAccumulator` or None), snapshots ``{"indices": (k,),
-    "maps": (E, k, C, h, w) uint8}`` (E = epochs done), history (per-epoch loss, lr, seconds,
-    img/s), epochs_done and completed.
+    "maps": (E, k, C, h, w) uint8}`` (E = epochs done), probe ``{"indices": (p,), "epochs":
+    (F,) long (0-based fused epochs), "maps": (F, p, C, h, w) uint8 0..255, "accumulated": (F, p,
+    C, h, w) uint8}`` (the epoch's own maps and the accumulated maps after it), history
+    (per-epoch loss, lr, seconds, img/s), epochs_done and completed.
     """
     device = torch.device(device)
     N, C = labels.shape
@@ -412,6 +417,13 @@ def train_classifier(
     acc = OAAccumulator(N, C, (h, w), device=device) if accumulate else None
     snap_idx = torch.as_tensor(list(snapshot_indices), dtype=torch.long)
     snapshots: list[Tensor] = []
+    probe_idx = torch.as_tensor(list(probe_indices), dtype=torch.long)  # (p,)
+    if probe_idx.unique().numel() != probe_idx.numel():
+        raise ValueError("probe_indices must be distinct")
+    probe_pos = torch.full((N,), -1, dtype=torch.long)  # dataset index -> row of the probe
+    probe_pos[probe_idx] = torch.arange(probe_idx.numel())
+    probe: dict[str, list] = dict(epochs=[], maps=[], accumulated=[])
+    probe_now: dict[int, Tensor] = {}  # epoch -> (p, C, h, w) uint8, filled during the epoch
 
     def step(x: Tensor, idx: Tensor, epoch: int) -> Tensor:
         y = labels[idx].to(device)  # (B, C)
@@ -421,19 +433,35 @@ def train_classifier(
         if acc is not None and epoch >= accumulate_from:
             # §2: fuse this forward pass's CAMs (train mode, before the optimizer step).
             acc.update(idx, cam, torch.sigmoid(logits), y, epoch, epochs)
+            if probe_idx.numel():
+                pos = probe_pos[idx]  # (B,)
+                hit = pos >= 0
+                if hit.any():
+                    own = probe_now.setdefault(
+                        epoch, torch.zeros(probe_idx.numel(), C, h, w, dtype=torch.uint8))
+                    # The map OAA fuses (§2 scaling), kept whatever the gate said.
+                    att = normalize_cam(cam.detach()[hit.to(cam.device)].float()) * 255
+                    own[pos[hit]] = att.round().clamp(0, 255).to(torch.uint8).cpu()
         return loss
 
     def on_epoch_end(epoch: int) -> None:
         if acc is not None and len(snap_idx):
             snapshots.append(acc.maps(snap_idx).cpu())  # (k, C, h, w)
+        if acc is not None and epoch in probe_now:
+            probe["epochs"].append(epoch)
+            probe["maps"].append(probe_now.pop(epoch))
+            probe["accumulated"].append(acc.maps(probe_idx).cpu())  # (p, C, h, w)
 
     def get_extra() -> dict[str, Any]:
-        return dict(acc=acc.state_dict() if acc is not None else None, snapshots=list(snapshots))
+        return dict(acc=acc.state_dict() if acc is not None else None, snapshots=list(snapshots),
+                    probe={k: list(v) for k, v in probe.items()})
 
     def set_extra(extra: dict[str, Any]) -> None:
         if acc is not None and extra.get("acc") is not None:
             acc.load_state_dict(extra["acc"])
         snapshots[:] = list(extra.get("snapshots", []))
+        for k, v in extra.get("probe", {}).items():
+            probe[k] = list(v)
 
     out = _fit(model, images, step=step, epochs=epochs, batch_size=batch_size, lr=lr,
                optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, jitter=jitter,
@@ -441,7 +469,14 @@ def train_classifier(
                extra_state=(get_extra, set_extra), on_epoch_end=on_epoch_end,
                max_epochs=max_epochs, progress=progress, desc="classifier")
     maps = torch.stack(snapshots) if snapshots else torch.zeros(0, len(snap_idx), C, h, w, dtype=torch.uint8)
-    out.update(model=model.eval(), accumulator=acc, snapshots={"indices": snap_idx, "maps": maps})
+    p = probe_idx.numel()
+
+    def stacked(key: str) -> Tensor:  # (F, p, C, h, w) uint8
+        return torch.stack(probe[key]) if probe[key] else torch.zeros(0, p, C, h, w, dtype=torch.uint8)
+
+    out.update(model=model.eval(), accumulator=acc, snapshots={"indices": snap_idx, "maps": maps},
+               probe=dict(indices=probe_idx, epochs=torch.as_tensor(probe["epochs"], dtype=torch.long),
+                          maps=stacked("maps"), accumulated=stacked("accumulated")))
     return out
 
 

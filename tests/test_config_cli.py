@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nsrom_lib.config import PROFILES, ConfigError, make_config, parse_set
+from nsrom_lib.config import PROFILES, ConfigError, make_config, parse_overrides, parse_set
 from nsrom_lib.pipeline import Run, ensure_data, open_run, resolve_device
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +46,57 @@ def test_set_values_are_typed_and_checked():
         parse_set(["seed"])
     with pytest.raises(ConfigError, match="data_root"):
         make_config("voc")
+
+
+@pytest.mark.parametrize(
+    "value, want",
+    [
+        ({"n_train": 800, "seed": 1}, {"n_train": 800, "seed": 1}),  # the notebooks' default form
+        ({}, {}),
+        (None, {}),
+        ("", {}),
+        ('{"n_train": 800, "seed": 1}', {"n_train": 800, "seed": 1}),  # JSON object string
+        ("n_train=800", {"n_train": "800"}),  # papermill -p overrides n_train=800
+        (" n_train=800 , seed=1", {"n_train": "800", "seed": "1"}),
+        (["n_train=800", "seed=1,width=16"], {"n_train": "800", "seed": "1", "width": "16"}),
+        ('extra={"a": 1, "b": 2},seed=3', {"extra": '{"a": 1, "b": 2}', "seed": "3"}),
+    ],
+)
+def test_parse_overrides_accepts_dicts_json_and_key_values(value, want):
+    got = parse_overrides(value)
+    assert got == want
+    if isinstance(value, dict):
+        assert got is value
+
+
+def test_parse_overrides_feeds_make_config():
+    for value in ('{"n_train": 20, "seed": 2}', "n_train=20,seed=2", ["n_train=20", "seed=2"]):
+        cfg = make_config("smoke", **parse_overrides(value))
+        assert (cfg.n_train, cfg.seed) == (20, 2)
+    cfg = make_config("smoke", **parse_overrides('extra={"a": 1, "b": 2}'))
+    assert cfg.extra == {"a": 1, "b": 2}
+
+
+@pytest.mark.parametrize(
+    "value, named",
+    [
+        (5, "overrides=5 (int)"),
+        (1.5, "overrides=1.5 (float)"),
+        ("[1,2]", "overrides='[1,2]' is a JSON list"),
+        ("5", "overrides='5' is a JSON int"),
+        ('{"n_train": 800', "is not valid JSON"),
+        ("n_train", "'n_train' is not key=value"),
+        ("=800", "'=800' is not key=value"),
+        (["n_train=800", 3], "item 3 is not a key=value string"),
+        ({1, 2}, "(set)"),
+    ],
+)
+def test_parse_overrides_rejects_other_values_with_an_example(value, named):
+    with pytest.raises(ConfigError) as e:
+        parse_overrides(value)
+    msg = str(e.value)
+    assert named in msg
+    assert 'overrides={"n_train": 800' in msg and "-p overrides 'n_train=800" in msg
 
 
 def test_run_records_and_skip(tmp_path):
@@ -148,3 +199,18 @@ def test_stage_keys_follow_the_dataset_content(tmp_path, monkeypatch):
     assert all(before[s] != after[s] for s in before)
     other = open_run(tmp_path / "r2", "smoke", data_root=str(tmp_path))
     assert other.stage_key("classifier") != before["classifier"]
+
+
+def test_open_run_takes_the_notebooks_overrides_parameter(tmp_path):
+    # what papermill passes for `-p overrides n_train=20` (a string), and a dict
+    assert open_run(tmp_path / "a", "smoke", overrides="n_train=20,seed=3").cfg.n_train == 20
+    run = open_run(tmp_path / "b", "smoke", seed=None, overrides={"n_val": 5})
+    assert run.cfg.n_val == 5 and run.cfg.seed == 0
+    # the same key given as a parameter and in overrides: fine if equal, refused if not
+    assert open_run(tmp_path / "c", "smoke", seed=2, overrides="seed=2").cfg.seed == 2
+    with pytest.raises(ConfigError, match="'seed' is given twice"):
+        open_run(tmp_path / "d", "smoke", seed=0, overrides={"seed": 1})
+    with pytest.raises(ConfigError, match="overrides=5"):
+        open_run(tmp_path / "e", "smoke", overrides=5)
+    with pytest.raises(ConfigError, match="unknown config key 'n_trian'"):
+        open_run(tmp_path / "f", "smoke", overrides={"n_trian": 3})

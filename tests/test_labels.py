@@ -805,21 +805,8 @@ def _assert_all_stages(sal, oa, cam, present, **kw):
             np.testing.assert_array_equal(thr[b, c], t_ref)
 
 
-# sizes: segments of 16..64 px (9216, 96 x 40, 17 x 32) and none (prime sizes, 1 x 1)
-FAST_SIZES = [(96, 96), (17, 32), (40, 96), (13, 11), (1, 1), (7, 1), (12, 40), (31, 17)]
-
-
-@pytest.mark.parametrize("seed", range(24))
-def test_fast_path_parity_random(seed):
-    rng = np.random.default_rng(5000 + seed)
-    H, W = FAST_SIZES[seed % len(FAST_SIZES)]
-    B = int(rng.integers(1, 7)) if H * W > 2000 else int(rng.integers(1, 12))
-    C = int(rng.integers(1, 6))
-    sal, oa, cam, present = full_range_case(rng, B, H, W, C, kmax=int(rng.integers(1, 5)))
-    kw = random_thresholds(rng)
-    kw["pom"] = float(rng.choice([0.3, 0.3, 0.1, 0.6, 0.0]))
-    kw["ratio"] = float(rng.choice([0.01, 0.0, 0.2]))
-    _assert_all_stages(sal, oa, cam, present, **kw)
+# The random parity cases of the batched pseudo labels: test_labels_fast_paths.py,
+# test_pseudo_labels_parity_random.
 
 
 @pytest.mark.parametrize("k", [0, 1, 2, 3, 4])

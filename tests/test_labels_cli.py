@@ -198,6 +198,36 @@ def test_subprocess_round_trip(folders):
     )
 
 
+def test_label_defaults_come_from_maps_io(monkeypatch, capsys):
+    """The CLI's defaults (and their --help text) are PSEUDO_DEFAULTS / MASKED_DEFAULTS."""
+    from nsrom_lib.data.maps_io import MASKED_DEFAULTS, PSEUDO_DEFAULTS
+
+    flags = {"fg": "fg", "conflict": "conflict", "bg": "bg", "att": "att", "pom": "pom",
+             "ratio": "min_ratio"}
+    req = ["--list", "l", "--saliency", "s", "--out", "o"]
+    pseudo = ["labels", "pseudo", *req, "--oacam", "a", "--cam", "c"]
+    masked = ["labels", "masked", *req, "--pred", "p", "--pseudo", "q"]
+    args = cli._parser().parse_args(pseudo)
+    assert {k: getattr(args, f) for k, f in flags.items()} == PSEUDO_DEFAULTS
+    args = cli._parser().parse_args(masked)
+    assert {"kernel": args.kernel, "ratio": args.min_ratio} == MASKED_DEFAULTS
+
+    # one source of truth: changing the dicts changes the parsed defaults and the help
+    for key in flags:
+        monkeypatch.setitem(PSEUDO_DEFAULTS, key, 0.123)
+    monkeypatch.setitem(MASKED_DEFAULTS, "kernel", 7)
+    monkeypatch.setitem(MASKED_DEFAULTS, "ratio", 0.456)
+    args = cli._parser().parse_args(pseudo)
+    assert all(getattr(args, f) == 0.123 for f in flags.values())
+    args = cli._parser().parse_args(masked)
+    assert (args.kernel, args.min_ratio) == (7, 0.456)
+    monkeypatch.setenv("COLUMNS", "200")  # one line per option
+    with pytest.raises(SystemExit):
+        cli.main(["labels", "pseudo", "--help"])
+    help_text = capsys.readouterr().out
+    assert help_text.count("(default 0.123)") == len(flags)
+
+
 def test_labels_help_does_not_import_torch():
     code = (
         "import sys\nfrom nsrom_lib import cli\n"

@@ -136,20 +136,51 @@ def test_segment_lengths(N, L_):
 # Parity of the whole stages
 # ---------------------------------------------------------------------------------------
 
-# segments of 16 px (96 x 96, 17 x 32, 24 x 24), 24 px (6 x 20: pieces of 8 px, 3 per
-# segment), 40 px (10 x 20: 5 per segment) and none (13 x 11, 1 x 1)
-SIZES = [(96, 96), (6, 20), (10, 20), (17, 32), (24, 24), (13, 11), (1, 1), (48, 40)]
+# Two regimes of random cases (batch sizes, classes listed and maxima inclusive):
+# "segments": segments of 16 px (96 x 96, 17 x 32, 24 x 24), 24 px (6 x 20: pieces of 8 px,
+#   3 per segment), 40 px (10 x 20: 5 per segment) and none (13 x 11, 1 x 1); up to 3 classes
+#   listed, every even case at the default BE thresholds, 1% rule ratios up to 0.3;
+# "shapes": segments of 16..64 px (9216, 96 x 40, 17 x 32) and none (prime sizes, a column,
+#   1 x 1); up to 4 classes listed, random POM floors.
+PARITY_REGIMES = {
+    "segments": dict(
+        base_seed=9100,
+        cases=32,
+        sizes=[(96, 96), (6, 20), (10, 20), (17, 32), (24, 24), (13, 11), (1, 1), (48, 40)],
+        max_batch=(5, 13),  # images over 2000 px, smaller images
+        max_listed=3,
+        default_thresholds_even=True,
+        pom=None,
+        ratio=[0.01, 0.0, 0.05, 0.3],
+    ),
+    "shapes": dict(
+        base_seed=5000,
+        cases=24,
+        sizes=[(96, 96), (17, 32), (40, 96), (13, 11), (1, 1), (7, 1), (12, 40), (31, 17)],
+        max_batch=(6, 11),
+        max_listed=4,
+        default_thresholds_even=False,
+        pom=[0.3, 0.3, 0.1, 0.6, 0.0],
+        ratio=[0.01, 0.0, 0.2],
+    ),
+}
 
 
-@pytest.mark.parametrize("seed", range(32))
-def test_pseudo_labels_parity_random(seed):
-    rng = np.random.default_rng(9100 + seed)
-    H, W = SIZES[seed % len(SIZES)]
-    B = int(rng.integers(1, 6)) if H * W > 2000 else int(rng.integers(1, 14))
+@pytest.mark.parametrize(
+    "regime, seed", [(r, s) for r, p in PARITY_REGIMES.items() for s in range(p["cases"])]
+)
+def test_pseudo_labels_parity_random(regime, seed):
+    p = PARITY_REGIMES[regime]
+    rng = np.random.default_rng(p["base_seed"] + seed)
+    H, W = p["sizes"][seed % len(p["sizes"])]
+    B = int(rng.integers(1, p["max_batch"][H * W <= 2000] + 1))
     C = int(rng.integers(1, 6))
-    sal, oa, cam, present = full_range_case(rng, B, H, W, C, kmax=int(rng.integers(1, 4)))
-    kw = random_thresholds(rng) if seed % 2 else {}
-    kw["ratio"] = float(rng.choice([0.01, 0.0, 0.05, 0.3]))
+    kmax = int(rng.integers(1, p["max_listed"] + 1))
+    sal, oa, cam, present = full_range_case(rng, B, H, W, C, kmax=kmax)
+    kw = {} if p["default_thresholds_even"] and seed % 2 == 0 else random_thresholds(rng)
+    if p["pom"]:
+        kw["pom"] = float(rng.choice(p["pom"]))
+    kw["ratio"] = float(rng.choice(p["ratio"]))
     _assert_all_stages(sal, oa, cam, present, **kw)
 
 

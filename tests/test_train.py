@@ -52,7 +52,7 @@ def _train(ckpt, max_epochs=None):
     images, labels = _toy_data()
     return T.train_classifier(
         _toy_model(), images, labels, epochs=3, batch_size=5, seed=1, snapshot_indices=[0, 2],
-        checkpoint=ckpt, tag="t", max_epochs=max_epochs, progress=False,
+        probe_indices=[3, 1, 7], checkpoint=ckpt, tag="t", max_epochs=max_epochs, progress=False,
     )
 
 
@@ -68,6 +68,8 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
     assert torch.equal(full["accumulator"].exists, resumed["accumulator"].exists)
     assert full["accumulator"].stats() == resumed["accumulator"].stats()
     assert torch.equal(full["snapshots"]["maps"], resumed["snapshots"]["maps"])
+    for k in ("epochs", "maps", "accumulated"):  # the per-epoch probe survives the interruption
+        assert torch.equal(full["probe"][k], resumed["probe"][k]), k
     assert [h["loss"] for h in full["history"]] == [h["loss"] for h in resumed["history"]]
     # snapshots: one per epoch, of the chosen images; the first epoch never accumulates
     assert full["snapshots"]["maps"].shape == (3, 2, 3, 8, 8)
@@ -78,6 +80,37 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
     # a finished checkpoint is not trained further
     again = _train(tmp_path / "a.pt")
     assert again["epochs_done"] == 3 and len(again["history"]) == 3
+
+
+def test_probe_records_exactly_what_each_epoch_fuses():
+    out = _train(None)
+    probe, acc = out["probe"], out["accumulator"]
+    assert probe["indices"].tolist() == [3, 1, 7]
+    assert probe["epochs"].tolist() == [1, 2]  # 0-based: the first epoch never accumulates
+    assert probe["maps"].shape == probe["accumulated"].shape == (2, 3, 3, 8, 8)
+    assert probe["maps"].dtype == torch.uint8
+    # after the last epoch the probe holds the accumulator's maps of those images
+    assert torch.equal(probe["accumulated"][-1], acc.maps(probe["indices"]))
+    # each epoch's accumulated map is the previous one, max-fused with that epoch's own map
+    # unless the 0.1 gate skipped it; a first write is max(0, own) = own
+    before = torch.zeros_like(probe["accumulated"][0])
+    for f in range(2):
+        own, after = probe["maps"][f].int(), probe["accumulated"][f].int()
+        fused = torch.maximum(before.int(), own)
+        same = (after == before.int()).flatten(2).all(-1)  # (p, C)
+        took = (after == fused).flatten(2).all(-1)
+        assert (same | took).all()
+        assert took.any()  # something was fused in every epoch of this run
+        before = probe["accumulated"][f]
+    # listed classes have non-empty own maps; unlisted ones are never written to the accumulator
+    _, labels = _toy_data()
+    listed = labels[probe["indices"]] > 0  # (p, C)
+    assert (probe["maps"].flatten(3).amax(-1)[:, listed] == 255).all()
+    assert (probe["accumulated"][:, ~listed] == 0).all()
+    with pytest.raises(ValueError, match="distinct"):
+        images, labels = _toy_data()
+        T.train_classifier(_toy_model(), images, labels, epochs=2, probe_indices=[1, 1],
+                           progress=False)
 
 
 def test_checkpoint_of_another_configuration_is_ignored(tmp_path):
@@ -177,6 +210,13 @@ def test_stages_record_skip_and_export_layout(tmp_path):
     for key in ("train_map", "val_map", "final_loss", "cam", "accumulated", "oaa"):
         assert key in cls_rec["metrics"]
     assert json.loads((run.dir / "classifier" / "history.json").read_text())[-1]["epoch"] == 2
+    # per fused epoch (only the second here): its own maps and the accumulated maps, measured on
+    # the probe images; after the last epoch the accumulated row is the stage's `accumulated`
+    # on those images (all 12 here, fewer than OAA_PROBE_IMAGES)
+    rows = cls_rec["metrics"]["oaa_epochs"]
+    assert [r["epoch"] for r in rows] == [2] and rows[0]["images"] == 12
+    assert rows[0]["accumulated"] == cls_rec["metrics"]["accumulated"]
+    assert 0 <= rows[0]["own"]["precision"] <= 1 and rows[0]["own"]["objects"] > 0
     assert not (run.dir / "classifier" / "checkpoint.pt").exists()
     # every listed (image, class) has one PNG of image size per kind
     from nsrom_lib.data.io import read_gray_png

@@ -47,6 +47,7 @@ from nsrom_lib.data.io import (
     save_label_png,
     write_error,
 )
+from nsrom_lib.data.label_defaults import MASKED_DEFAULTS, PSEUDO_DEFAULTS
 from nsrom_lib.data.voc import read_cls_list
 
 __all__ = [
@@ -65,11 +66,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 IGNORE = 255
-
-#: Reference thresholds of BE + POM (ALGORITHM.md §3, §4) and the 1% rule.
-PSEUDO_DEFAULTS: dict[str, float] = dict(fg=0.3, conflict=0.9, bg=32, att=0.8, pom=0.3, ratio=0.01)
-#: Reference settings of NSRM (ALGORITHM.md §6): box kernel and the 1% rule.
-MASKED_DEFAULTS: dict[str, float] = dict(kernel=30, ratio=0.01)
 
 _MAX_LISTED = 12  # problems named in one error message
 
