@@ -94,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
                     help="dilation kernel size (default %(default)s)")
     _common_label_args(ms, MASKED_DEFAULTS)
 
+    c = sub.add_parser("compare", help="finished runs side by side (seeds, variants)",
+                       description="The ablation of several finished runs in one table: val mIoU "
+                       "of every model per run with mean and range, the gain of each step, and "
+                       "how many runs meet each target.")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run folders")
+    c.add_argument("--json", action="store_true", help="print JSON only")
+
     b = sub.add_parser("bench", help="benchmarks: everything, or `bench labels`",
                        description="Without a sub-command: label throughput (batched vs reference), "
                        "classifier and segmentation training and inference throughput, peak "
@@ -345,6 +352,14 @@ def _cmd_labels(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from nsrom_lib.compare import compare_runs, compare_table
+
+    summary = compare_runs(args.run_dirs)
+    print(json.dumps(summary, indent=2) if args.json else compare_table(summary))
+    return 0
+
+
 def _cmd_bench(args) -> int:
     if args.bench_command is None:
         from nsrom_lib.bench_run import bench_all, format_bench_all
@@ -379,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_labels(args)
         if args.command == "bench":
             return _cmd_bench(args)
+        if args.command == "compare":
+            return _cmd_compare(args)
     except (ConfigError, DataError, FileNotFoundError, PermissionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
