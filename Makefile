@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 10), "Python 3.10+ needed (3.11 tested)"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --progress-bar off -q -e '.[dev]'
+	$(PY) -m pip install --progress-bar off -q -e '.[dev,crf]'
 	touch $(STAMP)
 
 kernel: setup

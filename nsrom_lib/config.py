@@ -78,6 +78,7 @@ class RunConfig:
     seg_weight_decay: float = 1e-4
     seg_scale: float = 0.25  # random rescaling by a factor in [1 - s, 1 + s], then crop / pad
     seg_test_flip: bool = True  # average the prediction over the image and its mirror
+    seg_crf: bool = False  # refine predictions with the dense CRF (the reference's; crf.py)
     # --- non-salient region masking (stage `masked`; ALGORITHM.md §6) ---
     nsrm_kernel: int = 0  # dilation box side in px; 0 -> the reference's 30 px scaled (nsrm_kernel_for)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept in config.json
@@ -106,7 +107,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                 iam_epochs=15, iam_batch_size=5, iam_lr=1e-3, jitter=0.3,
                 seg_backbone="resnet101", seg_pretrained=True, seg_optimizer="sgd", seg_lr=2.5e-4,
                 seg_weight_decay=5e-4, seg_batch_size=10, seg_epochs=20, seg_scale=0.25,
-                nsrm_kernel=30),
+                seg_crf=True, nsrm_kernel=30),
 }
 
 

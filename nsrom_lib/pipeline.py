@@ -10,6 +10,7 @@ and an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -100,7 +101,11 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
 _SEG_FIELDS = (
     "seg_backbone", "seg_pretrained", "seg_width", "seg_output_stride", "seg_epochs",
     "seg_batch_size", "seg_optimizer", "seg_lr", "seg_weight_decay", "seg_scale", "seg_test_flip",
+    "seg_crf",
 )
+# Settings that change a segmentation model's predictions but not its training: changing them
+# re-predicts with the stored model (unless the model's own labels came from predictions).
+_SEG_PREDICT_FIELDS = ("seg_test_flip", "seg_crf")
 STAGE_FIELDS["seg1"] = STAGE_FIELDS["pseudo"] + _SEG_FIELDS
 STAGE_FIELDS["masked"] = STAGE_FIELDS["seg1"] + ("nsrm_kernel",)
 STAGE_FIELDS["seg2"] = STAGE_FIELDS["masked"]
@@ -860,6 +865,29 @@ def _seg_key(run: Run, which: str) -> str:
     return run.stage_key(spec["stage"], fields)
 
 
+def _seg_train_key(run: Run, which: str) -> str:
+    """The key of a segmentation model's *training*: its stage key without the prediction-only
+    settings (`_SEG_PREDICT_FIELDS`), except for round 2, whose labels are made from round 1's
+    predictions and so change with them."""
+    spec = SEG_MODELS[which]
+    if spec["labels"] == "masked":
+        return _seg_key(run, which)
+    fields = UPPER_BOUND_FIELDS if spec["labels"] == "gt" else STAGE_FIELDS["seg1"]
+    return run.stage_key(spec["stage"], [f for f in fields if f not in _SEG_PREDICT_FIELDS],
+                         part="training")
+
+
+def _seg_crf(cfg: RunConfig):
+    """The CRF settings of a run's predictions (None without `seg_crf`); fails at once, before
+    any training, when the CRF package is missing."""
+    if not cfg.seg_crf:
+        return None
+    from nsrom_lib.crf import _densecrf, crf_params_for
+
+    _densecrf()
+    return crf_params_for(cfg.image_size)
+
+
 def _resize_labels(labels: list[Any], size: tuple[int, int]):
     """(H, W) uint8 label maps -> one (N, S, S) uint8 tensor at `size` (nearest neighbour)."""
     import torch
@@ -951,8 +979,10 @@ def ensure_segmentation(run: Run, which: str = "pom_round1", progress: bool = Tr
     # upstream stages first (each returns at once when done), so this stage's time is its own
     from nsrom_lib.data.voc import read_split
 
+    crf = _seg_crf(cfg)  # before any training: a missing CRF package fails now
     names = read_split(root, "train")
     labels = _training_labels(run, which, names, root, progress=progress)
+    train_key = _seg_train_key(run, which)
 
     def compute() -> dict[str, Any]:
         import numpy as np
@@ -963,21 +993,30 @@ def ensure_segmentation(run: Run, which: str = "pom_round1", progress: bool = Tr
         d, device, data = _training_context(run, stage, root)
         if data["names"] != names:
             raise RuntimeError(f"the training split of {root} changed while the run was going")
-        y = _resize_labels(labels, tuple(data["images"].shape[-2:]))  # (N, S, S) uint8
-        T.seed_everything(cfg.seed + 2)
+        T.seed_everything(cfg.seed + 2)  # before the model is built: its initialisation
         model = build_segmenter(cfg)
-        res = T.train_segmentation(
-            model, data["images"], y, epochs=cfg.seg_epochs, batch_size=cfg.seg_batch_size,
-            lr=cfg.seg_lr, optimizer=cfg.seg_optimizer, weight_decay=cfg.seg_weight_decay,
-            scale=(1 - cfg.seg_scale, 1 + cfg.seg_scale), jitter=cfg.jitter, seed=cfg.seed + 2,
-            device=device, checkpoint=d / "checkpoint.pt", tag=key, progress=progress,
-            desc=which)
-        _save_torch(d / "model.pt", dict(state_dict=model.state_dict(), which=which))
-        atomic_write_json(d / "history.json", res["history"])
+        old = _trained_model(d, train_key)
+        if old is not None:  # only prediction settings changed: predict with the stored model
+            model.load_state_dict(old["state_dict"])
+            hist = json.loads((d / "history.json").read_text())
+            res = dict(history=hist, resumed_from=len(hist))
+            log.info("%s: the model in %s was trained with the same settings; predicting only",
+                     which, d)
+        else:
+            y = _resize_labels(labels, tuple(data["images"].shape[-2:]))  # (N, S, S) uint8
+            res = T.train_segmentation(
+                model, data["images"], y, epochs=cfg.seg_epochs, batch_size=cfg.seg_batch_size,
+                lr=cfg.seg_lr, optimizer=cfg.seg_optimizer, weight_decay=cfg.seg_weight_decay,
+                scale=(1 - cfg.seg_scale, 1 + cfg.seg_scale), jitter=cfg.jitter, seed=cfg.seed + 2,
+                device=device, checkpoint=d / "checkpoint.pt", tag=key, progress=progress,
+                desc=which)
+            _save_torch(d / "model.pt", dict(state_dict=model.state_dict(), which=which,
+                                              train_key=train_key))
+            atomic_write_json(d / "history.json", res["history"])
         t0 = time.perf_counter()
         val = T.load_split_tensors(root, "val", cfg.num_classes, cfg.image_size)
         val_pred = _to_sizes(T.predict_segmentation(model, val["images"], device=device,
-                                                    flip=cfg.seg_test_flip), val["sizes"])
+                                                    flip=cfg.seg_test_flip, crf=crf), val["sizes"])
         write_labels(d / "val_pred", zip(val["names"], val_pred, strict=True))
         metrics: dict[str, Any] = dict(
             which=which, trained_on=spec["labels"], glore=spec["glore"],
@@ -988,16 +1027,32 @@ def ensure_segmentation(run: Run, which: str = "pom_round1", progress: bool = Tr
         )
         if feeds_nsrm:
             train_pred = _to_sizes(T.predict_segmentation(model, data["images"], device=device,
-                                                          flip=cfg.seg_test_flip), data["sizes"])
+                                                          flip=cfg.seg_test_flip, crf=crf),
+                                   data["sizes"])
             write_labels(d / "train_pred", zip(names, train_pred, strict=True))
             gt = load_ground_truth(root, "train", names)
             metrics["train_pred"] = _label_metrics(train_pred, gt, cfg.num_classes + 1)
         metrics["predict_seconds"] = round(time.perf_counter() - t0, 2)
         metrics["device"] = str(device)
+        metrics["crf"] = dataclasses.asdict(crf) if crf is not None else None
+        metrics["model_reused"] = old is not None
         (d / "checkpoint.pt").unlink(missing_ok=True)
         return metrics
 
     return run.ensure(stage, compute, key=key, which=which)
+
+
+def _trained_model(stage_dir: Path, train_key: str) -> dict[str, Any] | None:
+    """The stored model of a segmentation stage if it was trained under `train_key` (and its
+    history is there), else None."""
+    path = stage_dir / "model.pt"
+    if not path.is_file() or not (stage_dir / "history.json").is_file():
+        return None
+    try:
+        state = _load_torch(path, str(stage_dir))
+    except Exception:  # unreadable: train again
+        return None
+    return state if isinstance(state, dict) and state.get("train_key") == train_key else None
 
 
 def load_segmenter(run: Run, which: str = "pom_round1"):

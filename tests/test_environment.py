@@ -16,12 +16,13 @@ def _norm(req: str) -> str:
 
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = {_norm(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    extras = project["optional-dependencies"]
+    wanted = {_norm(r) for r in project["dependencies"] + extras["dev"] + extras["crf"]}
     pip_lines = [
         m.group(1)
         for m in re.finditer(r"^\s+-\s+(\S.*?)\s*$", (ROOT / "environment.yml").read_text(), re.M)
     ]
     listed = {_norm(x) for x in pip_lines if "==" in x}
     assert listed == wanted, f"only in environment.yml: {listed - wanted}; only in pyproject: {wanted - listed}"
-    assert "-e .[dev]" in pip_lines  # the package itself
+    assert "-e .[dev,crf]" in pip_lines  # the package itself, with the extras `make setup` installs
     assert all("==" in r for r in wanted), "pin every dependency with =="
