@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nsrom_lib.config import ConfigError, make_config
+from nsrom_lib.config import ConfigError, RunConfig, make_config
 from nsrom_lib.data.io import DataError
 
 __all__ = ["load_run_results", "compare_runs", "compare_table", "RUN_ONLY_KEYS"]
@@ -73,6 +73,9 @@ def load_run_results(run_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[s
 def _labels(configs: list[dict[str, Any]], dirs: list[Path]) -> list[str]:
     """Column labels: the config keys whose values differ between the runs (e.g. `seed=1`),
     or the folder names when none differ."""
+    # a run made before a setting existed ran with that setting's default
+    defaults = RunConfig().to_dict()
+    configs = [{**{k: v for k, v in defaults.items() if k not in c}, **c} for c in configs]
     keys = sorted({k for c in configs for k in c} - RUN_ONLY_KEYS)
     differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
     if "profile" in differ:  # name the profile, not every size it sets

@@ -64,6 +64,11 @@ def test_labels_name_what_differs(tmp_path):
         "oaa_from_epoch=1", "oaa_from_epoch=3"]
     # nothing differs: the folder names
     assert [r["label"] for r in CMP.compare_runs([a, c])["runs"]] == ["x", "z"]
+    # a run written before a setting existed counts as having its default
+    cfg = json.loads((c / "config.json").read_text())
+    (c / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "seg_crf"}))
+    assert [r["label"] for r in CMP.compare_runs([a, b, c])["runs"]] == [
+        "oaa_from_epoch=1 (x)", "oaa_from_epoch=3 (y)", "oaa_from_epoch=1 (z)"]
     # where or how fast a run ran is not a difference
     cfg = json.loads((c / "config.json").read_text())
     (c / "config.json").write_text(json.dumps({**cfg, "num_threads": 1, "device": "cpu"}))
