@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["normalize_cam", "cam_to_uint8", "OAAccumulator", "iam_loss", "PROB_GATE"]
+__all__ = ["normalize_cam", "oaa_attention", "cam_to_uint8", "OAAccumulator", "iam_loss", "PROB_GATE"]
 
 # §2: a class whose sigmoid probability is below this does not update its accumulated map.
 PROB_GATE = 0.1
@@ -32,6 +32,16 @@ def normalize_cam(cam: Tensor) -> Tensor:
     cam = cam.clamp(min=0)
     # §2: a / (max(a) + 1e-8), per map.
     return cam / (cam.amax(dim=(-2, -1), keepdim=True) + 1e-8)
+
+
+def oaa_attention(cams: Tensor, quantize: bool = True) -> Tensor:
+    """The map OAA fuses (§2): clamp, divide by the max + 1e-8, scale to 0..255.
+
+    cams: (..., h, w) float. Returns the same shape: uint8 rounded half-to-even as the
+    reference's PNG round trip (``cv2.imwrite``), or float32 without `quantize`.
+    """
+    att = normalize_cam(cams.float()) * 255
+    return att.round().clamp(0, 255).to(torch.uint8) if quantize else att
 
 
 def cam_to_uint8(cam: Tensor, size: tuple[int, int] | None = None, mode: str = "bicubic") -> Tensor:
@@ -142,9 +152,7 @@ class OAAccumulator:
             raise ValueError("indices must be distinct within one update")
         cams = cams.detach().to(self.device, torch.float32)
         # §2: clamp negatives, divide by the max + 1e-8, scale to 0..255 (float32, as the ref.).
-        att = normalize_cam(cams) * 255  # (B, C, h, w)
-        if self.quantize:
-            att = att.round().clamp(0, 255).to(torch.uint8)  # cv2.imwrite's rounding
+        att = oaa_attention(cams, quantize=self.quantize)  # (B, C, h, w)
         listed = labels.to(self.device) > 0  # (B, C)
         passed = probs.detach().to(self.device) >= PROB_GATE  # (B, C)
         exists = self.exists[idx]  # (B, C)

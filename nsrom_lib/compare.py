@@ -5,7 +5,8 @@ finding if it holds across draws, so `python -m nsrom_lib compare RUN [RUN ...]`
 `results/metrics.json` of several runs in one table, with the mean and the range of every
 figure, the gain of each step per run, and how many runs meet each target of issue 5.
 
-Reads only JSON (no torch): `config.json` and `results/metrics.json` of each run folder.
+Reads only JSON (no torch): `config.json` and `results/metrics.json` of each run folder; the
+rows and their titles are the pipeline's (`RESULT_ROWS`, `SEG_MODELS`).
 """
 
 from __future__ import annotations
@@ -18,21 +19,13 @@ from typing import Any
 
 from nsrom_lib.config import ConfigError, RunConfig, make_config
 from nsrom_lib.data.io import DataError
+from nsrom_lib.pipeline import RESULT_ROWS, SEG_MODELS
 
 __all__ = ["load_run_results", "compare_runs", "compare_table", "RUN_ONLY_KEYS"]
 
 #: Config keys that say where or how fast a run ran, not what it computed: never column labels.
 RUN_ONLY_KEYS = frozenset({"data_root", "device", "num_threads", "extra", "channels_last"})
 
-# (metrics.json key, title) of the rows, in ablation order; kept here so that this module
-# needs no torch (pipeline.RESULT_ROWS holds the same keys; a test checks they agree).
-_ROWS = (
-    ("upper_bound", "fully supervised (upper bound)"),
-    ("be_round1", "round 1, BE labels"),
-    ("pom_round1", "round 1, BE + POM labels"),
-    ("nsrm_round2", "round 2, NSRM labels"),
-    ("nsrm_round2_no_glore", "round 2, GloRe off"),
-)
 # Differences of val mIoU between two rows, per run: what each step added.
 _STEPS = (
     ("POM (BE+POM r1 - BE r1)", "pom_round1", "be_round1"),
@@ -63,7 +56,7 @@ def load_run_results(run_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[s
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DataError(f"{p} is not valid JSON ({e}); delete it and re-run its stage.") from e
     cfg, metrics = out
-    missing = [k for k, _ in _ROWS if not isinstance(metrics.get(k), dict) or "miou" not in metrics[k]]
+    missing = [k for k in RESULT_ROWS if not isinstance(metrics.get(k), dict) or "miou" not in metrics[k]]
     if missing:
         raise DataError(f"{met_path} lacks the rows {missing}: it was not written by the `results` "
                         "stage of this version; delete the run's results/ folder and run it again.")
@@ -117,8 +110,8 @@ def compare_runs(run_dirs: list[str | os.PathLike]) -> dict[str, Any]:
     configs = [c for c, _ in loaded]
     metrics = [m for _, m in loaded]
     rows: dict[str, Any] = {}
-    for key, title in _ROWS:
-        row: dict[str, Any] = dict(title=title)
+    for key in RESULT_ROWS:
+        row: dict[str, Any] = dict(title=SEG_MODELS[key]["title"])
         for field, name in (("miou", "miou"), ("ratio_to_upper_bound", "ratio"),
                             ("nonsalient_recall", "nonsalient_recall")):
             vals = [m[key].get(field) for m in metrics]

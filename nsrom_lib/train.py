@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nsrom_lib.cam import OAAccumulator, cam_to_uint8, iam_loss, normalize_cam
+from nsrom_lib.cam import OAAccumulator, cam_to_uint8, iam_loss, oaa_attention
 from nsrom_lib.crf import CRFParams, crf_labels
 from nsrom_lib.data.io import atomic_path, save_gray_png
 from nsrom_lib.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ColorJitter, Resize
@@ -440,9 +440,8 @@ def train_classifier(
                 if hit.any():
                     own = probe_now.setdefault(
                         epoch, torch.zeros(probe_idx.numel(), C, h, w, dtype=torch.uint8))
-                    # The map OAA fuses (§2 scaling), kept whatever the gate said.
-                    att = normalize_cam(cam.detach()[hit.to(cam.device)].float()) * 255
-                    own[pos[hit]] = att.round().clamp(0, 255).to(torch.uint8).cpu()
+                    # The map OAA fuses, kept whatever the gate said.
+                    own[pos[hit]] = oaa_attention(cam.detach()[hit.to(cam.device)]).cpu()
         return loss
 
     def on_epoch_end(epoch: int) -> None:
