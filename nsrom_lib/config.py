@@ -56,6 +56,10 @@ class RunConfig:
     cls_weight_decay: float = 1e-4
     oaa_snapshots: int = 6  # images whose accumulated maps are kept after every epoch (figures)
     oaa_from_epoch: int = 1  # 0-based epoch where OAA starts: 1 = the reference (second epoch)
+    # epochs of a warm-up classifier (backbone + CAM head, no OAA) on the same image-level labels
+    # whose backbone initialises the classifier and the IAM: a stand-in for the reference's
+    # ImageNet-initialised VGG-16, whose first-epoch CAMs already lie on objects (0: from scratch)
+    cls_warmup_epochs: int = 0
     iam_epochs: int = 6
     iam_lr: float = 1e-3
     iam_batch_size: int = 32
@@ -258,6 +262,7 @@ def _check_ranges(cfg: RunConfig) -> None:
         need(getattr(cfg, key) >= 0, key, "use >= 0")
     need(cfg.num_threads >= 0, "num_threads", "use 0 (every core) or a thread count >= 1")
     need(cfg.oaa_snapshots >= 0, "oaa_snapshots", "use >= 0")
+    need(cfg.cls_warmup_epochs >= 0, "cls_warmup_epochs", "use 0 (from scratch) or an epoch count >= 1")
     need(0 <= cfg.oaa_from_epoch < cfg.cls_epochs, "oaa_from_epoch",
          f"OAA must start within the classifier's cls_epochs={cfg.cls_epochs}: "
          f"use 0..{cfg.cls_epochs - 1}")

@@ -225,6 +225,26 @@ def map_quality(
     )
 
 
+def active_share(maps: Sequence[dict[int, Any]], threshold: float = 0.3) -> float:
+    """Mean share of its image that a map marks active (> `threshold`), over all maps.
+
+    maps: as `map_quality` (per image {class id: (H, W) map}, uint8 0..255 or float in [0, 1]).
+    With threshold 0 this is the *support* of the maps: e.g. the share of each image where an
+    accumulated map is a positive target of the integral attention model's loss (§2).
+    Returns NaN without maps.
+    """
+    shares = []
+    for per_class in maps:
+        for m in per_class.values():
+            m = _np(m)
+            v = m.astype(np.float64) / 255.0 if m.dtype == np.uint8 else m.astype(np.float64)
+            shares.append(float((v > threshold).mean()))
+    return float(np.mean(shares)) if shares else float("nan")
+
+
+__all__ += ["active_share"]
+
+
 # ----------------------------------------------------------------------------- pseudo labels (issue 4)
 
 

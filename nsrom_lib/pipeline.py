@@ -36,6 +36,9 @@ __all__ = [
     "ensure_data",
     "dataset_id",
     "STAGE_FIELDS",
+    "WARMUP_STAGE",
+    "ensure_warmup",
+    "warm_start",
     "build_classifier",
     "load_ground_truth",
     "snapshot_indices",
@@ -87,6 +90,15 @@ _DATA_FIELDS = ("data_root", "image_size", "n_train", "n_val", "num_classes", "s
 _CLASSIFIER_FIELDS = _DATA_FIELDS + (
     "backbone", "pretrained", "width", "output_stride", "jitter", "cls_epochs", "cls_batch_size",
     "cls_optimizer", "cls_lr", "cls_schedule", "cls_weight_decay", "oaa_snapshots", "oaa_from_epoch",
+    "cls_warmup_epochs",
+)
+#: Settings added after run folders existed: at these (default) values they are left out of
+#: the stage keys, so the records of older runs stay valid instead of retraining everything.
+_KEYED_ONLY_IF_SET: dict[str, Any] = {"cls_warmup_epochs": 0}
+#: The warm-up classifier depends on the training recipe, not on the OAA settings or cls_epochs.
+_WARMUP_FIELDS = _DATA_FIELDS + (
+    "backbone", "pretrained", "width", "output_stride", "jitter", "cls_batch_size",
+    "cls_optimizer", "cls_lr", "cls_schedule", "cls_weight_decay", "cls_warmup_epochs",
 )
 _IAM_FIELDS = _CLASSIFIER_FIELDS + ("iam_epochs", "iam_lr", "iam_batch_size")
 STAGE_FIELDS: dict[str, tuple[str, ...]] = {
@@ -185,6 +197,9 @@ class Run:
             fields = STAGE_FIELDS.get(stage.split("/", 1)[0])
         if fields is not None:
             values = {k: values[k] for k in fields}
+        for k, default in _KEYED_ONLY_IF_SET.items():
+            if values.get(k, default) == default:
+                values.pop(k, None)
         # every stage depends on the dataset's content, not only on its settings
         return config_hash({"stage": stage, "dataset": dataset_id(self.cfg), **values, **extra})
 
@@ -408,6 +423,65 @@ def snapshot_indices(label_ids: list[list[int]], k: int) -> list[int]:
     return (multi + rest)[:k]
 
 
+WARMUP_STAGE = "classifier/warmup"
+
+
+def ensure_warmup(run: Run, progress: bool = True) -> dict[str, Any] | None:
+    """Sub-stage `classifier/warmup`: the backbone that initialises the classifier and the IAM.
+
+    With `cls_warmup_epochs` = E > 0, a plain classifier (backbone, extra convs, CAM head; no
+    GloRe, no OAA) is trained for E epochs on the same image-level labels, and its backbone
+    weights are kept in `classifier/warmup/backbone.pt`. It stands in for the reference's
+    ImageNet initialisation: the classifier that OAA watches then starts from features that
+    already respond to the objects, so its second-epoch CAMs are not the noise of a network
+    trained from scratch. Uses no labels beyond the image-level ones. Returns the stage record
+    (train / val mAP of the warm-up classifier, history metrics), or None when E = 0.
+    """
+    cfg = run.cfg
+    if cfg.cls_warmup_epochs == 0:
+        return None
+    root = ensure_data(run, progress=progress)
+
+    def compute() -> dict[str, Any]:
+        import torch
+
+        from nsrom_lib import train as T
+        from nsrom_lib.metrics import classification_map
+
+        d, device, data = _training_context(run, WARMUP_STAGE, root)
+        T.seed_everything(cfg.seed + 2)
+        model = build_classifier(cfg, glore=False)
+        res = T.train_classifier(
+            model, data["images"], data["labels"], epochs=cfg.cls_warmup_epochs,
+            batch_size=cfg.cls_batch_size, lr=cfg.cls_lr, optimizer=cfg.cls_optimizer,
+            weight_decay=cfg.cls_weight_decay, schedule=cfg.cls_schedule, jitter=cfg.jitter,
+            seed=cfg.seed + 2, device=device, accumulate=False, checkpoint=d / "checkpoint.pt",
+            tag=run.stage_key(WARMUP_STAGE, _WARMUP_FIELDS), progress=progress)
+        _save_torch(d / "backbone.pt", dict(features=model.features.state_dict()))
+        logits, _ = T.predict_cams(model, data["images"], device=device)
+        val = T.load_split_tensors(root, "val", cfg.num_classes, cfg.image_size)
+        val_logits, _ = T.predict_cams(model, val["images"], device=device)
+        atomic_write_json(d / "history.json", res["history"])
+        (d / "checkpoint.pt").unlink(missing_ok=True)
+        return dict(epochs=cfg.cls_warmup_epochs,
+                    train_map=round(classification_map(logits, data["labels"]), 4),
+                    val_map=round(classification_map(val_logits, val["labels"]), 4),
+                    **_history_metrics(res["history"], res["resumed_from"]),
+                    torch_threads=torch.get_num_threads())
+
+    return run.ensure(WARMUP_STAGE, compute, key=run.stage_key(WARMUP_STAGE, _WARMUP_FIELDS))
+
+
+def warm_start(run: Run, model: Any, progress: bool = True) -> Any:
+    """Load the warm-up backbone (`ensure_warmup`) into `model.features`; a no-op with
+    `cls_warmup_epochs` = 0. model: a `Classifier` (or IAM) of the run's configuration."""
+    if ensure_warmup(run, progress=progress) is None:
+        return model
+    state = _load_torch(run.dir / WARMUP_STAGE / "backbone.pt", "classifier")
+    model.features.load_state_dict(state["features"])
+    return model
+
+
 def ensure_classifier(run: Run, glore: bool = True, progress: bool = True) -> dict[str, Any]:
     """Stage `classifier`: train the classifier with OAA (ALGORITHM.md §1–§2); return the record.
 
@@ -433,8 +507,9 @@ def ensure_classifier(run: Run, glore: bool = True, progress: bool = True) -> di
 
         d, device, data = _training_context(run, stage, root)
         threads = torch.get_num_threads()
+        ensure_warmup(run, progress)  # first: training it must not move the seeded RNG below
         T.seed_everything(cfg.seed)
-        model = build_classifier(cfg, glore=glore)
+        model = warm_start(run, build_classifier(cfg, glore=glore), progress)
         snaps = snapshot_indices(data["label_ids"], cfg.oaa_snapshots)
         res = T.train_classifier(
             model, data["images"], data["labels"], epochs=cfg.cls_epochs,
@@ -549,8 +624,9 @@ def ensure_iam(run: Run, progress: bool = True, glore: bool = True) -> dict[str,
         if list(acc["names"]) != data["names"]:
             raise RuntimeError(f"{cls_dir} was trained on other images: "
                                "delete its record.json to retrain it")
+        ensure_warmup(run, progress)
         T.seed_everything(cfg.seed + 1)
-        model = build_classifier(cfg, glore=glore, iam=True)
+        model = warm_start(run, build_classifier(cfg, glore=glore, iam=True), progress)
         res = T.train_iam(
             model, data["images"], acc["maps"], epochs=cfg.iam_epochs,
             batch_size=cfg.iam_batch_size, lr=cfg.iam_lr, optimizer=cfg.cls_optimizer,

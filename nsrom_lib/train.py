@@ -723,14 +723,15 @@ def resize_uint8(maps: Tensor, size: tuple[int, int], mode: str = "bicubic") -> 
 
 def maps_to_uint8(
     maps: Tensor, label_ids: Sequence[Sequence[int]], sizes: Sequence[tuple[int, int]],
-    normalized: bool = False,
+    normalized: bool = False, mode: str = "bicubic",
 ) -> list[dict[int, np.ndarray]]:
     """8-bit, image-size maps of the listed classes of every image.
 
     maps: (N, C, h, w): raw CAMs (float; exported with `cam_to_uint8`: clamp, max-normalise,
     quantise, bicubic resize), or with ``normalized=True`` uint8 maps that are only resized
-    (the accumulated maps). label_ids: listed classes per image; sizes: (H, W) per image.
-    Returns per image {class id: (H, W) uint8}.
+    (the accumulated maps), with `mode` ("nearest" keeps each feature cell's value, e.g. to
+    see exactly the IAM's targets). label_ids: listed classes per image; sizes: (H, W) per
+    image. Returns per image {class id: (H, W) uint8}.
     """
     out: list[dict[int, np.ndarray]] = []
     for i, ids in enumerate(label_ids):
@@ -740,7 +741,7 @@ def maps_to_uint8(
             continue
         sel = maps[i, ids]  # (k, h, w)
         if normalized:
-            up = resize_uint8(sel, sizes[i])  # (k, H, W)
+            up = resize_uint8(sel, sizes[i], mode=mode)  # (k, H, W)
         else:
             up = cam_to_uint8(sel, size=sizes[i])  # (k, H, W)
         out.append({c: up[j].numpy() for j, c in enumerate(ids)})

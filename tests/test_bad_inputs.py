@@ -521,6 +521,7 @@ def test_run_bad_set(tmp_path: Path, capsys, item: str, says: str) -> None:
         ("jitter", -0.1, ">= 0"),
         ("num_threads", -2, "thread count"),
         ("oaa_from_epoch", 12, "0..2"),
+        ("cls_warmup_epochs", -1, "from scratch"),
         ("be_fg", 1.5, "[0, 1]"),
         ("be_bg", 300, "0..255"),
         ("min_label_ratio", -0.01, "[0, 1]"),

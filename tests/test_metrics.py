@@ -65,3 +65,16 @@ def test_instance_recall_counts_only_the_asked_kind():
     assert instance_recall([lab2], [inst], objs, salient=True) == 1.0  # 1 of 2 = 0.5 >= 0.5
     assert instance_recall([lab2], [inst], objs, salient=None) == 0.5
     assert np.isnan(instance_recall([lab], [inst], [[]], salient=False))
+
+
+def test_active_share_is_the_mean_active_fraction_of_each_map():
+    from nsrom_lib.metrics import active_share
+
+    a = np.zeros((4, 4), np.uint8)
+    a[0, :2] = 255  # 2 of 16 pixels
+    b = np.full((2, 2), 0.5)  # float map: all 4 pixels above 0.3, none above 0.6
+    b[1, 1] = 0.0
+    maps = [{0: a}, {2: b, 1: np.zeros((2, 2))}]
+    assert active_share(maps) == pytest.approx((2 / 16 + 3 / 4 + 0) / 3)
+    assert active_share(maps, threshold=0.6) == pytest.approx((2 / 16) / 3)
+    assert active_share([{}]) != active_share([{}])  # NaN without maps

@@ -245,3 +245,48 @@ def test_stages_record_skip_and_export_layout(tmp_path):
     ensure_classifier(run, glore=False, progress=False)
     assert run.is_done("classifier/no_glore") and run.is_done("classifier")
     assert run.record("classifier/no_glore")["metrics"]["glore"] is False
+
+
+def test_warmup_backbone_initialises_classifier_and_iam(tmp_path, monkeypatch):
+    """cls_warmup_epochs > 0: a warm-up classifier is trained once, its backbone is what the
+    classifier and the IAM start from, and OAA-only settings do not retrain it."""
+    from nsrom_lib import pipeline as P
+
+    over = dict(n_train=12, n_val=4, cls_epochs=2, iam_epochs=1, width=8, oaa_snapshots=2)
+    assert P.ensure_warmup(open_run(tmp_path / "cold", "smoke", **over), progress=False) is None
+    run = open_run(tmp_path / "run", "smoke", cls_warmup_epochs=2, **over)
+    started = {}  # model kind -> backbone weights when its training began
+    real_cls, real_iam = T.train_classifier, T.train_iam
+
+    def spy(fn, kind):
+        def wrapped(model, *a, **k):
+            if kind != "classifier" or k.get("accumulate", True):  # not the warm-up itself
+                started[kind] = {n: v.clone() for n, v in model.features.state_dict().items()}
+            return fn(model, *a, **k)
+        return wrapped
+
+    monkeypatch.setattr(T, "train_classifier", spy(real_cls, "classifier"))
+    monkeypatch.setattr(T, "train_iam", spy(real_iam, "iam"))
+    P.ensure_iam(run, progress=False)
+    rec = run.record(P.WARMUP_STAGE)
+    assert rec["metrics"]["epochs"] == 2 and 0 <= rec["metrics"]["val_map"] <= 1
+    warm = torch.load(run.dir / P.WARMUP_STAGE / "backbone.pt", weights_only=True)["features"]
+    for kind in ("classifier", "iam"):
+        assert started[kind].keys() == warm.keys()
+        assert all(torch.equal(started[kind][n], warm[n]) for n in warm), kind
+    # a fresh model of the same seed differs from it: the weights really came from the warm-up
+    fresh = P.build_classifier(run.cfg).features.state_dict()
+    assert not all(torch.equal(fresh[n], warm[n]) for n in warm if warm[n].is_floating_point())
+    # OAA settings leave the warm-up alone; its own epochs retrain it (and the classifier)
+    stamp = rec["finished"]
+    run2 = open_run(tmp_path / "run", "smoke", cls_warmup_epochs=2, **{**over, "oaa_from_epoch": 0})
+    assert run2.is_done(P.WARMUP_STAGE, run2.stage_key(P.WARMUP_STAGE, P._WARMUP_FIELDS))
+    assert not run2.is_done("classifier")
+    run3 = open_run(tmp_path / "run", "smoke", cls_warmup_epochs=3, **over)
+    assert not run3.is_done(P.WARMUP_STAGE, run3.stage_key(P.WARMUP_STAGE, P._WARMUP_FIELDS))
+    assert P.ensure_warmup(run2, progress=False)["finished"] == stamp
+    # at its default (0) the setting is left out of the keys: older run folders stay valid
+    cold = open_run(tmp_path / "cold", "smoke", **over)
+    older = [f for f in P.STAGE_FIELDS["classifier"] if f != "cls_warmup_epochs"]
+    assert cold.stage_key("classifier") == cold.stage_key("classifier", older)
+    assert run.stage_key("classifier") != run.stage_key("classifier", older)
