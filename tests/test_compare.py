@@ -97,3 +97,18 @@ def test_cli_compare(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["rows"]["nsrm_round2"]["miou"] == [0.64]
     assert main(["compare", str(a), str(tmp_path / "nope")]) == 2
     assert "is not a finished run" in capsys.readouterr().err
+
+
+def test_cli_compare_into_a_closed_pipe_is_quiet(tmp_path):
+    """`nsrom compare ... | head`: the reader leaves early; no error message, exit 0."""
+    import subprocess
+    import sys
+
+    runs = [str(_fake_run(tmp_path / f"r{s}", s, [0.8, 0.6, 0.62, 0.64, 0.61], 0.8, 0.2, {}))
+            for s in range(3)]
+    p = subprocess.Popen([sys.executable, "-m", "nsrom_lib", "compare", *runs],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before the first line (like `head` exiting early)
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 0, err
+    assert "Broken pipe" not in err and "Traceback" not in err
