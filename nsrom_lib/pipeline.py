@@ -507,7 +507,6 @@ def ensure_classifier(run: Run, glore: bool = True, progress: bool = True) -> di
 
         d, device, data = _training_context(run, stage, root)
         threads = torch.get_num_threads()
-        ensure_warmup(run, progress)  # first: training it must not move the seeded RNG below
         T.seed_everything(cfg.seed)
         model = warm_start(run, build_classifier(cfg, glore=glore), progress)
         snaps = snapshot_indices(data["label_ids"], cfg.oaa_snapshots)
@@ -547,6 +546,8 @@ def ensure_classifier(run: Run, glore: bool = True, progress: bool = True) -> di
             torch_threads=torch.get_num_threads(),
         )
 
+    if not run.is_done(stage):  # before, not inside: its time is its own, and training it must
+        ensure_warmup(run, progress)  # not move the RNG that compute() seeds
     return run.ensure(stage, compute, glore=glore)
 
 
@@ -624,7 +625,6 @@ def ensure_iam(run: Run, progress: bool = True, glore: bool = True) -> dict[str,
         if list(acc["names"]) != data["names"]:
             raise RuntimeError(f"{cls_dir} was trained on other images: "
                                "delete its record.json to retrain it")
-        ensure_warmup(run, progress)
         T.seed_everything(cfg.seed + 1)
         model = warm_start(run, build_classifier(cfg, glore=glore, iam=True), progress)
         res = T.train_iam(
@@ -639,6 +639,8 @@ def ensure_iam(run: Run, progress: bool = True, glore: bool = True) -> dict[str,
         (d / "checkpoint.pt").unlink(missing_ok=True)
         return _history_metrics(hist, res["resumed_from"])
 
+    if not run.is_done(stage):
+        ensure_warmup(run, progress)  # as in ensure_classifier: outside compute()
     return run.ensure(stage, compute, glore=glore)
 
 
