@@ -56,7 +56,7 @@ class RunConfig:
     cls_weight_decay: float = 1e-4
     oaa_snapshots: int = 6  # images whose accumulated maps are kept after every epoch (figures)
     oaa_from_epoch: int = 1  # 0-based epoch where OAA starts: 1 = the reference (second epoch)
-    # epochs of a warm-up classifier (backbone + CAM head, no OAA) on the same image-level labels
+    # epochs of a warm-up classifier (no GloRe, no OAA) on the same image-level labels
     # whose backbone initialises the classifier and the IAM: a stand-in for the reference's
     # ImageNet-initialised VGG-16, whose first-epoch CAMs already lie on objects (0: from scratch)
     cls_warmup_epochs: int = 0

@@ -274,7 +274,7 @@ def test_warmup_backbone_initialises_classifier_and_iam(tmp_path, monkeypatch):
     for kind in ("classifier", "iam"):
         assert started[kind].keys() == warm.keys()
         assert all(torch.equal(started[kind][n], warm[n]) for n in warm), kind
-    # a fresh model of the same seed differs from it: the weights really came from the warm-up
+    # a freshly built model differs from it: the weights really came from the warm-up
     fresh = P.build_classifier(run.cfg).features.state_dict()
     assert not all(torch.equal(fresh[n], warm[n]) for n in warm if warm[n].is_floating_point())
     # OAA settings leave the warm-up alone; its own epochs retrain it (and the classifier)
