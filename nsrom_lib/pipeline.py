@@ -56,6 +56,7 @@ __all__ = [
     "ensure_pseudo",
     "load_labels",
     "load_maps",
+    "load_map_dicts",
     "load_explorer_inputs",
     "variant_stage",
     "SEG_MODELS",
@@ -855,11 +856,10 @@ def load_labels(run: Run, kind: str = "pseudo", names: list[str] | None = None,
     return labels
 
 
-def load_maps(run: Run, kind: str, names: list[str], classes: list[list[int]]):
-    """The `maps` stage's maps of `names` as one (N, C, H, W) uint8 array (zeros for unlisted
-    classes); classes: the listed class ids of each image. All images must have one size."""
-    import numpy as np
-
+def load_map_dicts(run: Run, kind: str, names: list[str],
+                   classes: list[list[int]]) -> list[dict[int, Any]]:
+    """The `maps` stage's maps of `names`, one {class id: (H, W) uint8} per image, images of any
+    size (the input of `metrics.map_quality`); classes: the listed class ids of each image."""
     from nsrom_lib.data.io import read_gray_png
 
     ensure_maps(run)
@@ -870,6 +870,15 @@ def load_maps(run: Run, kind: str, names: list[str], classes: list[list[int]]):
         if len(shapes) > 1:
             raise ValueError(f"the {kind} maps of {n} differ in size: {sorted(shapes)}")
         per_image.append(maps)
+    return per_image
+
+
+def load_maps(run: Run, kind: str, names: list[str], classes: list[list[int]]):
+    """The `maps` stage's maps of `names` as one (N, C, H, W) uint8 array (zeros for unlisted
+    classes); classes: the listed class ids of each image. All images must have one size."""
+    import numpy as np
+
+    per_image = load_map_dicts(run, kind, names, classes)
     sizes = {m.shape for maps in per_image for m in maps.values()}
     if len(sizes) > 1:
         raise ValueError(f"load_maps needs images of one size; {kind} maps have {sorted(sizes)[:3]}")

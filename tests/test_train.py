@@ -230,6 +230,18 @@ def test_stages_record_skip_and_export_layout(tmp_path):
         assert rec["metrics"][f"{kind}_files"] == len(pairs)
     png = read_gray_png(map_path(run, "oacam", *pairs[0]))
     assert png.shape == (64, 64) and png.dtype == np.uint8
+    # the loaders give back exactly those files: per image dicts, and stacked (N, C, H, W)
+    from nsrom_lib.pipeline import load_map_dicts, load_maps
+
+    ids = [ds.get_raw(i)["label_ids"] for i in range(len(ds))]
+    dicts = load_map_dicts(run, "oacam", ds.names, ids)
+    stacked = load_maps(run, "oacam", ds.names, ids)
+    assert [sorted(d) for d in dicts] == [sorted(c) for c in ids]
+    n0, c0 = pairs[0]
+    assert np.array_equal(dicts[ds.names.index(n0)][c0], png)
+    for i, d in enumerate(dicts):
+        assert all(np.array_equal(stacked[i, c], m) for c, m in d.items())
+        assert not stacked[i, [c for c in range(stacked.shape[1]) if c not in d]].any()
     # a second call finds the records and recomputes nothing
     stamp = {s: run.record(s)["finished"] for s in ("classifier", "iam", "maps")}
     mtime = (run.dir / "classifier" / "model.pt").stat().st_mtime_ns
