@@ -96,11 +96,8 @@ _CLASSIFIER_FIELDS = _DATA_FIELDS + (
 #: Settings added after run folders existed: at these (default) values they are left out of
 #: the stage keys, so the records of older runs stay valid instead of retraining everything.
 _KEYED_ONLY_IF_SET: dict[str, Any] = {"cls_warmup_epochs": 0}
-#: The warm-up classifier depends on the training recipe, not on the OAA settings or cls_epochs.
-_WARMUP_FIELDS = _DATA_FIELDS + (
-    "backbone", "pretrained", "width", "output_stride", "jitter", "cls_batch_size",
-    "cls_optimizer", "cls_lr", "cls_schedule", "cls_weight_decay", "cls_warmup_epochs",
-)
+#: Sub-stage of `classifier`: the warm-up backbone (`ensure_warmup`).
+WARMUP_STAGE = "classifier/warmup"
 _IAM_FIELDS = _CLASSIFIER_FIELDS + ("iam_epochs", "iam_lr", "iam_batch_size")
 STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "data": _DATA_FIELDS,
@@ -110,6 +107,9 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "pseudo": _IAM_FIELDS + (
         "be_fg", "be_conflict", "be_bg", "be_att", "pom_threshold", "min_label_ratio",
     ),
+    # the classifier's recipe without the OAA settings and cls_epochs, which it does not use
+    WARMUP_STAGE: tuple(f for f in _CLASSIFIER_FIELDS
+                        if f not in ("cls_epochs", "oaa_snapshots", "oaa_from_epoch")),
 }
 _SEG_FIELDS = (
     "seg_backbone", "seg_pretrained", "seg_width", "seg_output_stride", "seg_epochs",
@@ -187,15 +187,16 @@ class Run:
     def stage_key(self, stage: str, fields: Iterable[str] | None = None, **extra: Any) -> str:
         """The key a stage's record must carry: a hash of the configuration (and `extra`).
 
-        fields: the configuration keys the stage depends on (None: those of `STAGE_FIELDS`, or
-        all but device and extra for a stage not listed there), so that changing a downstream
-        setting does not invalidate an upstream stage.
+        fields: the configuration keys the stage depends on (None: those `STAGE_FIELDS` gives
+        the stage, else its top-level stage, e.g. `classifier` for `classifier/no_glore`; all but
+        device and extra for a stage not listed there), so that changing a downstream setting
+        does not invalidate an upstream stage.
         """
         values = self.cfg.to_dict()
         values.pop("device", None)  # where it ran does not change what it computes
         values.pop("extra", None)
         if fields is None:
-            fields = STAGE_FIELDS.get(stage.split("/", 1)[0])
+            fields = STAGE_FIELDS.get(stage, STAGE_FIELDS.get(stage.split("/", 1)[0]))
         if fields is not None:
             values = {k: values[k] for k in fields}
         for k, default in _KEYED_ONLY_IF_SET.items():
@@ -424,9 +425,6 @@ def snapshot_indices(label_ids: list[list[int]], k: int) -> list[int]:
     return (multi + rest)[:k]
 
 
-WARMUP_STAGE = "classifier/warmup"
-
-
 def ensure_warmup(run: Run, progress: bool = True) -> dict[str, Any] | None:
     """Sub-stage `classifier/warmup`: the backbone that initialises the classifier and the IAM.
 
@@ -457,7 +455,7 @@ def ensure_warmup(run: Run, progress: bool = True) -> dict[str, Any] | None:
             batch_size=cfg.cls_batch_size, lr=cfg.cls_lr, optimizer=cfg.cls_optimizer,
             weight_decay=cfg.cls_weight_decay, schedule=cfg.cls_schedule, jitter=cfg.jitter,
             seed=cfg.seed + 2, device=device, accumulate=False, checkpoint=d / "checkpoint.pt",
-            tag=run.stage_key(WARMUP_STAGE, _WARMUP_FIELDS), progress=progress)
+            tag=run.stage_key(WARMUP_STAGE), progress=progress)
         _save_torch(d / "backbone.pt", dict(features=model.features.state_dict()))
         logits, _ = T.predict_cams(model, data["images"], device=device)
         val = T.load_split_tensors(root, "val", cfg.num_classes, cfg.image_size)
@@ -470,7 +468,7 @@ def ensure_warmup(run: Run, progress: bool = True) -> dict[str, Any] | None:
                     **_history_metrics(res["history"], res["resumed_from"]),
                     torch_threads=torch.get_num_threads())
 
-    return run.ensure(WARMUP_STAGE, compute, key=run.stage_key(WARMUP_STAGE, _WARMUP_FIELDS))
+    return run.ensure(WARMUP_STAGE, compute)
 
 
 def warm_start(run: Run, model: Any, progress: bool = True) -> Any:

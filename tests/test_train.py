@@ -292,10 +292,10 @@ def test_warmup_backbone_initialises_classifier_and_iam(tmp_path, monkeypatch):
     # OAA settings leave the warm-up alone; its own epochs retrain it (and the classifier)
     stamp = rec["finished"]
     run2 = open_run(tmp_path / "run", "smoke", cls_warmup_epochs=2, **{**over, "oaa_from_epoch": 0})
-    assert run2.is_done(P.WARMUP_STAGE, run2.stage_key(P.WARMUP_STAGE, P._WARMUP_FIELDS))
+    assert run2.is_done(P.WARMUP_STAGE)
     assert not run2.is_done("classifier")
     run3 = open_run(tmp_path / "run", "smoke", cls_warmup_epochs=3, **over)
-    assert not run3.is_done(P.WARMUP_STAGE, run3.stage_key(P.WARMUP_STAGE, P._WARMUP_FIELDS))
+    assert not run3.is_done(P.WARMUP_STAGE)
     assert P.ensure_warmup(run2, progress=False)["finished"] == stamp
     # at its default (0) the setting is left out of the keys: older run folders stay valid
     cold = open_run(tmp_path / "cold", "smoke", **over)
