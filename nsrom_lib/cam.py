@@ -10,15 +10,21 @@ device of the tensors given.
 - :class:`OAAccumulator`: the accumulated attention maps of every (image, class), updated during
   classifier training by max-fusion with the 0.1 probability gate and the last-epoch write.
 - :func:`iam_loss`: the integral attention model's loss on soft pixel targets t in [0, 1].
+- :func:`object_cell_maps`: the best a map at feature resolution can do: every feature cell that
+  touches an object of the class, exported like a CAM (notebook 02's resolution ceiling).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["normalize_cam", "oaa_attention", "cam_to_uint8", "OAAccumulator", "iam_loss", "PROB_GATE"]
+__all__ = ["normalize_cam", "oaa_attention", "cam_to_uint8", "OAAccumulator", "iam_loss",
+           "object_cell_maps", "PROB_GATE"]
 
 # §2: a class whose sigmoid probability is below this does not update its accumulated map.
 PROB_GATE = 0.1
@@ -251,3 +257,40 @@ def iam_loss(logits_map: Tensor, target: Tensor) -> Tensor:
     neg_sum = (F.softplus(logits_map) * neg).sum()
     # Means over each set; an empty set gives 0 / 1 = 0.
     return pos_sum / pos.sum().clamp(min=1) + neg_sum / neg.sum().clamp(min=1)
+
+
+def object_cell_maps(mask: np.ndarray | Tensor, classes: Sequence[int], feature_size: tuple[int, int],
+                     dilate: int = 0, mode: str = "bicubic") -> dict[int, np.ndarray]:
+    """Ideal class maps at feature resolution, exported like CAMs: a resolution ceiling.
+
+    mask: (H, W) GT label map (0 background, c + 1 class c, 255 void), numpy or torch;
+    classes: the 0-based class ids to map (e.g. the image's listed classes); feature_size: (h, w)
+    of the network's CAMs for this image (`train.cam_size`; e.g. (24, 24) for 96 px at stride 4);
+    dilate: widen each map by this many feature cells (a map that spills over the object's
+    border); mode: the resize of `cam_to_uint8` ("bicubic" like the CAM and OA-CAM export, or
+    "nearest" to keep the cells' borders).
+
+    Each map is 1 on every feature cell that holds at least one pixel of the class (adaptive max
+    pooling of the (H, W) mask to (h, w): cells of side H / h, also when the image was resized
+    for the network), max-pooled over (2 * dilate + 1)^2 cells, then clamped, max-normalised,
+    quantised and resized back to (H, W) by `cam_to_uint8`. No network places its activation more
+    finely than the cells it computes, so these maps thresholded at 0.3 show the precision that a
+    map of that resolution reaches while covering whole objects (notebook 02).
+    Returns {class id: (H, W) uint8}; a class absent from `mask` gives an all-0 map.
+    """
+    h, w = (int(v) for v in feature_size)
+    if h < 1 or w < 1 or dilate < 0:
+        raise ValueError(f"feature_size must be >= 1 and dilate >= 0, got {feature_size}, {dilate}")
+    m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got shape {tuple(m.shape)}")
+    classes = [int(c) for c in classes]
+    if not classes:
+        return {}
+    ids = torch.tensor(classes, dtype=torch.long)
+    onehot = (m.long()[None] == ids[:, None, None] + 1).float()  # (k, H, W)
+    cells = F.adaptive_max_pool2d(onehot[None], (h, w))  # (1, k, h, w)
+    if dilate:
+        cells = F.max_pool2d(cells, 2 * dilate + 1, 1, dilate)  # (1, k, h, w)
+    up = cam_to_uint8(cells[0], size=tuple(m.shape), mode=mode)  # (k, H, W)
+    return {c: up[j].numpy() for j, c in enumerate(classes)}

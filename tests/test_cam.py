@@ -259,3 +259,38 @@ def test_iam_loss_is_finite_on_extreme_logits() -> None:
     assert x.grad is not None and torch.isfinite(x.grad).all()
     with pytest.raises(ValueError, match="must match"):
         iam_loss(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 4))
+
+
+def test_object_cell_maps_mark_the_cells_that_touch_the_object() -> None:
+    from nsrom_lib.cam import object_cell_maps
+    from nsrom_lib.metrics import map_quality
+
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:8, 4:8] = 1  # class 0: exactly one 4 x 4 feature cell
+    mask[9:11, 9:11] = 3  # class 2: 2 x 2 pixels that straddle four cells
+    maps = object_cell_maps(mask, [0, 2, 1], (4, 4), mode="nearest")
+    assert set(maps) == {0, 2, 1} and all(m.shape == (16, 16) and m.dtype == np.uint8
+                                          for m in maps.values())
+    assert ((maps[0] > 76) == (mask == 1)).all()  # an aligned object: its cell, nothing more
+    want = np.zeros((16, 16), bool)
+    want[8:12, 8:12] = True  # every cell the small object touches
+    assert ((maps[2] > 76) == want).all()
+    assert (maps[1] == 0).all()  # a class that is not in the mask
+    q = map_quality([{0: maps[0], 2: maps[2]}], [mask])
+    assert q["coverage"] == 1.0
+    assert q["precision"] == pytest.approx((16 + 4) / (16 + 16))
+    # one cell wider: the aligned object's map covers 3 x 3 cells (clipped at no border here)
+    wide = object_cell_maps(mask, [0], (4, 4), dilate=1, mode="nearest")[0]
+    assert ((wide > 76).sum()) == 144 and (wide[mask == 1] == 255).all()
+    # the default export is bicubic, as the OA-CAM's: still covers the object, a bit wider
+    soft = object_cell_maps(mask, [0], (4, 4))[0]
+    assert (soft[mask == 1] > 76).all() and (soft > 76).sum() >= 16
+    # an image side that the cells do not divide (10 px, 3 cells): the corner pixel's cell only
+    edge = np.zeros((10, 10), np.uint8)
+    edge[9, 9] = 1
+    m = object_cell_maps(torch.from_numpy(edge), [0], (3, 3), mode="nearest")[0]
+    assert m.shape == (10, 10) and m[9, 9] == 255 and m[0, 0] == 0 and m[5, 5] == 0
+    with pytest.raises(ValueError, match="feature_size"):
+        object_cell_maps(mask, [0], (0, 4))
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        object_cell_maps(mask[None], [0], (4, 4))
