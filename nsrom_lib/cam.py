@@ -10,8 +10,8 @@ device of the tensors given.
 - :class:`OAAccumulator`: the accumulated attention maps of every (image, class), updated during
   classifier training by max-fusion with the 0.1 probability gate and the last-epoch write.
 - :func:`iam_loss`: the integral attention model's loss on soft pixel targets t in [0, 1].
-- :func:`object_cell_maps`: the best a map at feature resolution can do: every feature cell that
-  touches an object of the class, exported like a CAM (notebook 02's resolution ceiling).
+- :func:`object_cell_maps`: reference maps at feature resolution from the ground truth (the cells
+  that touch an object of the class), exported like a CAM (notebook 02's resolution yardstick).
 """
 
 from __future__ import annotations
@@ -260,22 +260,24 @@ def iam_loss(logits_map: Tensor, target: Tensor) -> Tensor:
 
 
 def object_cell_maps(mask: np.ndarray | Tensor, classes: Sequence[int], feature_size: tuple[int, int],
-                     dilate: int = 0, mode: str = "bicubic") -> dict[int, np.ndarray]:
-    """Ideal class maps at feature resolution, exported like CAMs: a resolution ceiling.
+                     dilate: int = 0, graded: bool = False, mode: str = "bicubic") -> dict[int, np.ndarray]:
+    """Reference class maps at feature resolution built from the ground truth, exported like CAMs.
 
     mask: (H, W) GT label map (0 background, c + 1 class c, 255 void), numpy or torch;
     classes: the 0-based class ids to map (e.g. the image's listed classes); feature_size: (h, w)
     of the network's CAMs for this image (`train.cam_size`; e.g. (24, 24) for 96 px at stride 4);
     dilate: widen each map by this many feature cells (a map that spills over the object's
-    border); mode: the resize of `cam_to_uint8` ("bicubic" like the CAM and OA-CAM export, or
-    "nearest" to keep the cells' borders).
+    border); graded: each cell holds the share of its pixels on the object instead of 1;
+    mode: the resize of `cam_to_uint8` ("bicubic" like the CAM and OA-CAM export, or "nearest" to
+    keep the cells' borders).
 
-    Each map is 1 on every feature cell that holds at least one pixel of the class (adaptive max
-    pooling of the (H, W) mask to (h, w): cells of side H / h, also when the image was resized
-    for the network), max-pooled over (2 * dilate + 1)^2 cells, then clamped, max-normalised,
-    quantised and resized back to (H, W) by `cam_to_uint8`. No network places its activation more
-    finely than the cells it computes, so these maps thresholded at 0.3 show the precision that a
-    map of that resolution reaches while covering whole objects (notebook 02).
+    The cells are those of adaptive pooling of the (H, W) mask to (h, w) (side H / h, also when
+    the image was resized for the network). Flat maps (the default) are 1 on every cell that holds
+    at least one pixel of the class: the most precise map of that resolution that is saturated
+    (the same value) over whole objects, which is what a loss that lights up a whole support
+    tends to; `dilate` max-pools them over (2 * dilate + 1)^2 cells. Graded maps put the 0.3
+    contour of the bicubic resize near the object's border and do better. Every map is then
+    clamped, max-normalised, quantised and resized back to (H, W) by `cam_to_uint8` (notebook 02).
     Returns {class id: (H, W) uint8}; a class absent from `mask` gives an all-0 map.
     """
     h, w = (int(v) for v in feature_size)
@@ -289,7 +291,8 @@ def object_cell_maps(mask: np.ndarray | Tensor, classes: Sequence[int], feature_
         return {}
     ids = torch.tensor(classes, dtype=torch.long)
     onehot = (m.long()[None] == ids[:, None, None] + 1).float()  # (k, H, W)
-    cells = F.adaptive_max_pool2d(onehot[None], (h, w))  # (1, k, h, w)
+    pool = F.adaptive_avg_pool2d if graded else F.adaptive_max_pool2d
+    cells = pool(onehot[None], (h, w))  # (1, k, h, w): share of the cell on the object, or any
     if dilate:
         cells = F.max_pool2d(cells, 2 * dilate + 1, 1, dilate)  # (1, k, h, w)
     up = cam_to_uint8(cells[0], size=tuple(m.shape), mode=mode)  # (k, H, W)

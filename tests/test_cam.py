@@ -285,6 +285,14 @@ def test_object_cell_maps_mark_the_cells_that_touch_the_object() -> None:
     # the default export is bicubic, as the OA-CAM's: still covers the object, a bit wider
     soft = object_cell_maps(mask, [0], (4, 4))[0]
     assert (soft[mask == 1] > 76).all() and (soft > 76).sum() >= 16
+    # graded: a cell holds its share of object pixels (the small object fills 1/4 of each cell)
+    graded = object_cell_maps(mask, [2], (4, 4), graded=True, mode="nearest")[2]
+    assert graded[8, 8] == 255 and graded[0, 0] == 0  # max-normalised: 0.25 / 0.25 -> 255
+    half = np.zeros((8, 8), np.uint8)
+    half[:4, :4] = 1  # one full cell, and one cell with a quarter of its pixels
+    half[4:6, 4:6] = 1
+    g = object_cell_maps(half, [0], (2, 2), graded=True, mode="nearest")[0]
+    assert g[0, 0] == 255 and g[7, 7] == 63 and g[0, 7] == 0  # 0.25 * 255, truncated
     # an image side that the cells do not divide (10 px, 3 cells): the corner pixel's cell only
     edge = np.zeros((10, 10), np.uint8)
     edge[9, 9] = 1
