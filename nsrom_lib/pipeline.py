@@ -96,6 +96,9 @@ _CLASSIFIER_FIELDS = _DATA_FIELDS + (
 #: Settings added after run folders existed: at these (default) values they are left out of
 #: the stage keys, so the records of older runs stay valid instead of retraining everything.
 _KEYED_ONLY_IF_SET: dict[str, Any] = {"cls_warmup_epochs": 0}
+#: Settings that change where and how fast a run computes, not what: reopening a run folder
+#: with other values of these recomputes nothing, so `Run` does not warn about them.
+_NOT_RESULTS = frozenset({"device", "num_threads", "channels_last", "extra"})
 #: Sub-stage of `classifier`: the warm-up backbone (`ensure_warmup`).
 WARMUP_STAGE = "classifier/warmup"
 _IAM_FIELDS = _CLASSIFIER_FIELDS + ("iam_epochs", "iam_lr", "iam_batch_size")
@@ -164,6 +167,7 @@ class Run:
     def __init__(self, run_dir: str | os.PathLike, cfg: RunConfig):
         self.dir = Path(run_dir).resolve()
         self.cfg = cfg
+        self._warn_if_reconfigured()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.dir / "config.json", cfg.to_dict())
@@ -175,6 +179,30 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({str(self.dir)!r}, profile={self.cfg.profile!r})"
+
+    def _warn_if_reconfigured(self) -> dict[str, tuple[Any, Any]]:
+        """Warn when the folder was last opened with other settings; return {key: (old, new)}.
+
+        Opening a finished run with a changed setting recomputes the stages that depend on it
+        and replaces their results in place (e.g. a notebook run on `runs/default` with an
+        override), so say which settings changed before anything is overwritten.
+        """
+        try:
+            old = json.loads((self.dir / "config.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+        if not isinstance(old, dict):
+            return {}
+        new = json.loads(json.dumps(self.cfg.to_dict()))  # as config.json stores it
+        changed = {k: (old[k], v) for k, v in new.items()
+                   if k in old and k not in _NOT_RESULTS and old[k] != v}
+        if changed:
+            what = ", ".join(f"{k}={a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
+            log.warning("run folder %s was last opened with other settings (%s): the stages that "
+                        "depend on them will be recomputed and their results in this folder "
+                        "replaced; open another run folder (--run-dir / run_dir=) to keep both.",
+                        self.dir, what)
+        return changed
 
     def stage_dir(self, stage: str) -> Path:
         """The folder of `stage`, or of a variant `stage/sub` (e.g. `classifier/no_glore`)."""

@@ -214,3 +214,24 @@ def test_open_run_takes_the_notebooks_overrides_parameter(tmp_path):
         open_run(tmp_path / "e", "smoke", overrides=5)
     with pytest.raises(ConfigError, match="unknown config key 'n_trian'"):
         open_run(tmp_path / "f", "smoke", overrides={"n_trian": 3})
+
+
+def test_reopening_a_run_folder_with_other_settings_warns(tmp_path, caplog):
+    import logging
+
+    from nsrom_lib.pipeline import open_run
+
+    d = tmp_path / "run"
+    with caplog.at_level(logging.WARNING, logger="nsrom_lib.pipeline"):
+        open_run(d, "smoke")  # a new folder: nothing to compare with
+        open_run(d, "smoke", device="cpu", num_threads=1)  # where / how fast: not results
+        assert not caplog.records
+        run = open_run(d, "smoke", overrides={"cls_epochs": 4})
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert "cls_epochs=3 -> 4" in msg and str(d) in msg and "--run-dir" in msg
+    assert len(caplog.records) == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nsrom_lib.pipeline"):
+        again = open_run(d, "smoke", cls_epochs=4)  # config.json now holds cls_epochs=4
+    assert not caplog.records
+    assert run._warn_if_reconfigured() == {} and again.cfg.cls_epochs == 4
