@@ -17,14 +17,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nsrom_lib.config import ConfigError, RunConfig, make_config
+from nsrom_lib.config import NOT_RESULT_KEYS, ConfigError, RunConfig, make_config
 from nsrom_lib.data.io import DataError
 from nsrom_lib.pipeline import RESULT_ROWS, SEG_MODELS
 
 __all__ = ["load_run_results", "compare_runs", "compare_table", "RUN_ONLY_KEYS"]
 
-#: Config keys that say where or how fast a run ran, not what it computed: never column labels.
-RUN_ONLY_KEYS = frozenset({"data_root", "device", "num_threads", "extra", "channels_last"})
+#: Config keys that are never column labels: where or how fast a run ran, not what it computed,
+#: and the dataset's path (the same data lies at other paths on other machines).
+RUN_ONLY_KEYS = NOT_RESULT_KEYS | {"data_root"}
 
 # Differences of val mIoU between two rows, per run: what each step added.
 _STEPS = (

@@ -17,10 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["RunConfig", "PROFILES", "ConfigError", "make_config", "parse_set", "parse_overrides",
-           "config_hash", "SYNTHVOC_MAX_CLASSES"]
+           "config_hash", "SYNTHVOC_MAX_CLASSES", "NOT_RESULT_KEYS"]
 
 #: SynthVOC draws one shape per class (data/synthvoc.py CLASS_NAMES): at most this many classes.
 SYNTHVOC_MAX_CLASSES = 8
+
+#: Settings that say where and how fast a run computes, not what it computes: the stage keys of
+#: `pipeline.STAGE_FIELDS` leave them out, so other values of them retrain nothing.
+NOT_RESULT_KEYS = frozenset({"device", "num_threads", "channels_last", "extra"})
 
 
 class ConfigError(ValueError):

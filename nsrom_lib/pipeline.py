@@ -20,7 +20,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from nsrom_lib.config import ConfigError, RunConfig, config_hash, make_config, parse_overrides
+from nsrom_lib.config import (
+    NOT_RESULT_KEYS,
+    ConfigError,
+    RunConfig,
+    config_hash,
+    make_config,
+    parse_overrides,
+)
 from nsrom_lib.data.io import DataError, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -96,9 +103,6 @@ _CLASSIFIER_FIELDS = _DATA_FIELDS + (
 #: Settings added after run folders existed: at these (default) values they are left out of
 #: the stage keys, so the records of older runs stay valid instead of retraining everything.
 _KEYED_ONLY_IF_SET: dict[str, Any] = {"cls_warmup_epochs": 0}
-#: Settings that change where and how fast a run computes, not what: reopening a run folder
-#: with other values of these recomputes nothing, so `Run` does not warn about them.
-_NOT_RESULTS = frozenset({"device", "num_threads", "channels_last", "extra"})
 #: Sub-stage of `classifier`: the warm-up backbone (`ensure_warmup`).
 WARMUP_STAGE = "classifier/warmup"
 _IAM_FIELDS = _CLASSIFIER_FIELDS + ("iam_epochs", "iam_lr", "iam_batch_size")
@@ -195,7 +199,7 @@ class Run:
             return {}
         new = json.loads(json.dumps(self.cfg.to_dict()))  # as config.json stores it
         changed = {k: (old[k], v) for k, v in new.items()
-                   if k in old and k not in _NOT_RESULTS and old[k] != v}
+                   if k in old and k not in NOT_RESULT_KEYS and old[k] != v}
         if changed:
             what = ", ".join(f"{k}={a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
             log.warning("run folder %s was last opened with other settings (%s): the stages that "
