@@ -1,9 +1,9 @@
 """Benchmark of the label stages: batched torch functions vs the per-image numpy references.
 
-`python -m nsrom_lib bench labels` (issue 4, item 7). Both versions run on the same inputs in
+`python -m nsrom_lib bench labels`. Both versions run on the same inputs in
 one process and their outputs are compared for exact equality before any number is printed:
 
-- pseudo: BE + POM + 1% rule (ALGORITHM.md §3, §4): `pseudo_labels` vs `pseudo_label_ref`,
+- pseudo: BE + POM + 1% rule (docs/method.md §3, §4): `pseudo_labels` vs `pseudo_label_ref`,
   on batches of consecutive images, and again on batches of images that list the same number
   of classes (the order `labels pseudo` batches them in; the work is the same);
 - masked: NSRM (§6): `non_salient_region_masking` vs `non_salient_region_masking_ref`.

@@ -1,4 +1,4 @@
-"""`python -m nsrom_lib bench`: one command that measures the whole pipeline's speed (issue 6).
+"""`python -m nsrom_lib bench`: one command that measures the whole pipeline's speed.
 
 In one process, on the machine it runs on:
 

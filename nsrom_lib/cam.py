@@ -1,6 +1,6 @@
 """Class activation maps, online attention accumulation (OAA) and the integral attention loss.
 
-Paper §3.1 and ALGORITHM.md §2 (OAA itself is Jiang et al., "Integral Object Mining via Online
+Paper §3.1 and docs/method.md §2 (OAA itself is Jiang et al., "Integral Object Mining via Online
 Attention Accumulation", ICCV 2019). Pure tensor code: no file I/O, everything stays on the
 device of the tensors given.
 
@@ -82,7 +82,7 @@ def cam_to_uint8(cam: Tensor, size: tuple[int, int] | None = None, mode: str = "
 
 
 class OAAccumulator:
-    """Accumulated attention maps of every (image, class), kept on a device (ALGORITHM.md §2).
+    """Accumulated attention maps of every (image, class), kept on a device (docs/method.md §2).
 
     ``accumulated``: (num_images, C, h, w) uint8 0..255 (default, like the reference's PNGs) or
     float32; ``exists``: (num_images, C) bool, whether a map has been written. Epochs are 0-based:

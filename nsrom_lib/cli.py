@@ -7,9 +7,9 @@
   data stats --root DIR [--split train] [--num-classes C]
       print a VOC-layout dataset's statistics
   labels pseudo --list LIST --saliency SAL_DIR --oacam OACAM_DIR --cam CAM_DIR --out OUT_DIR
-      BE + POM pseudo labels (ALGORITHM.md §3, §4) from official-format map folders
+      BE + POM pseudo labels (docs/method.md §3, §4) from official-format map folders
   labels masked --list LIST --pred PRED_DIR --pseudo PSEUDO_DIR --saliency SAL_DIR --out OUT_DIR
-      NSRM masked pseudo labels (ALGORITHM.md §6)
+      NSRM masked pseudo labels (docs/method.md §6)
   bench [--profile P] [--limit N] [--label-limit N] [--run-dir D] [--json]
       label, training and inference throughput, peak memory, the last run's stage times
   bench labels [--run-dir D] [--device auto] [--batch-size N] [--limit N] [--json]
@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
     lab = sub.add_parser("labels", help="pseudo / masked labels from official-format folders")
     lsub = lab.add_subparsers(dest="labels_command", required=True)
-    ps = lsub.add_parser("pseudo", help="BE + POM pseudo labels (ALGORITHM.md §3, §4)",
+    ps = lsub.add_parser("pseudo", help="BE + POM pseudo labels (docs/method.md §3, §4)",
                          description="Background extraction, potential object mining and the 1% "
                          "rule on official-format folders; writes OUT_DIR/{name}.png (VOC palette, "
                          "0 bg, class id + 1, 255 ignore).")
@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="POM: top-quartile floor (default %(default)s)")
     _common_label_args(ps, PSEUDO_DEFAULTS)
 
-    ms = lsub.add_parser("masked", help="NSRM masked pseudo labels (ALGORITHM.md §6)",
+    ms = lsub.add_parser("masked", help="NSRM masked pseudo labels (docs/method.md §6)",
                          description="Non-salient region masking on official-format folders; "
                          "writes OUT_DIR/{name}.png (VOC palette, 255 ignore).")
     ms.add_argument("--list", required=True, help="train_cls.txt-format list: 'name c1 c2 ...'")

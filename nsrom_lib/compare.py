@@ -3,7 +3,7 @@
 One run is one draw: other images, other initialisations. Whether a step "helps" is only a
 finding if it holds across draws, so `python -m nsrom_lib compare RUN [RUN ...]` puts the
 `results/metrics.json` of several runs in one table, with the mean and the range of every
-figure, the gain of each step per run, and how many runs meet each target of issue 5.
+figure, the gain of each step per run, and how many runs meet each of the run's checks.
 
 Reads only JSON (no torch): `config.json` and `results/metrics.json` of each run folder; the
 rows and their titles are the pipeline's (`RESULT_ROWS`, `SEG_MODELS`).

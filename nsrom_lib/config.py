@@ -1,6 +1,6 @@
 """Run configuration: one dataclass, a few named profiles, `--set key=value` overrides.
 
-DESIGN.md "Runs, profiles and devices": a profile fixes the sizes of every stage; the run
+docs/design.md, "Runs, profiles and devices": a profile fixes the sizes of every stage; the run
 folder keeps the resolved configuration as `config.json`. This module imports no torch,
 so the CLI can parse and validate arguments quickly.
 """
@@ -67,14 +67,14 @@ class RunConfig:
     iam_epochs: int = 6
     iam_lr: float = 1e-3
     iam_batch_size: int = 32
-    # --- pseudo labels (stage `pseudo`): BE (ALGORITHM.md §3), POM (§4), the 1% rule ---
+    # --- pseudo labels (stage `pseudo`): BE (docs/method.md §3), POM (§4), the 1% rule ---
     be_fg: float = 0.3  # scores below this become 0 (background channel included)
     be_conflict: float = 0.9  # two or more channels above this -> ignore
     be_bg: int = 32  # saliency (0..255) at or above this: a background pixel becomes ignore
     be_att: float = 0.8  # some OA-CAM strictly above this: a background pixel becomes ignore
     pom_threshold: float = 0.3  # POM's TQ branch: the CAM values above this
     min_label_ratio: float = 0.01  # fewer class pixels than this share: the whole label ignored
-    # --- segmentation rounds (stages `seg1`, `seg2` and the baselines; ALGORITHM.md §5, §7) ---
+    # --- segmentation rounds (stages `seg1`, `seg2` and the baselines; docs/method.md §5, §7) ---
     seg_backbone: str = "small"  # "small" (from scratch) or "resnet50" / "resnet101" (output stride 8)
     seg_pretrained: bool = False  # resnet only: ImageNet weights from the torch hub cache
     seg_width: int = 64  # small backbone: channels of the features
@@ -87,7 +87,7 @@ class RunConfig:
     seg_scale: float = 0.25  # random rescaling by a factor in [1 - s, 1 + s], then crop / pad
     seg_test_flip: bool = True  # average the prediction over the image and its mirror
     seg_crf: bool = False  # refine predictions with the dense CRF (the reference's; crf.py)
-    # --- non-salient region masking (stage `masked`; ALGORITHM.md §6) ---
+    # --- non-salient region masking (stage `masked`; docs/method.md §6) ---
     nsrm_kernel: int = 0  # dilation box side in px; 0 -> the reference's 30 px scaled (nsrm_kernel_for)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept in config.json
 

@@ -1,4 +1,4 @@
-"""Dense CRF post-processing of segmentation predictions (ALGORITHM.md §5, the reference's).
+"""Dense CRF post-processing of segmentation predictions (docs/method.md §5, the reference's).
 
 The reference (DeepLab-v2 in PyTorch) refines every prediction with a fully connected CRF
 (Krähenbühl and Koltun, 2011): a Potts model whose pairwise term has a Gaussian smoothness

@@ -1,7 +1,7 @@
 """Pseudo labels: background extraction (BE), potential object mining (POM) and
 non-salient region masking (NSRM).
 
-Implements ALGORITHM.md §3, §4 and §6: the paper's sections "Potential Object Mining"
+Implements docs/method.md §3, §4 and §6: the paper's sections "Potential Object Mining"
 (the class-adaptive threshold, median MED or top quartile TQ) and "Non-Salient Region
 Masking" of "Non-Salient Region Object Mining for Weakly Supervised Semantic
 Segmentation" (Yao et al., CVPR 2021), on top of the background extraction of
@@ -10,7 +10,7 @@ OAA that the paper starts from, as the public implementation runs them, pixel fo
 Two versions of every stage live here:
 
 - ``*_ref`` functions: one image at a time, plain numpy, written to be read next to
-  ALGORITHM.md. They are the specification: the tests and the notebooks use them.
+  docs/method.md. They are the specification: the tests and the notebooks use them.
 - batched torch functions on (B, ...) tensors: the same results bit for bit, on
   whatever device the inputs are on, with no Python loop over pixels or images. They read
   the listed (image, class) maps only, laid out slot-major over the images sorted by class
@@ -45,9 +45,9 @@ Label values: 0 = background, c + 1 = foreground class c (0-based class id),
 255 = ignore. Maps (saliency, OA-CAM, CAM) are raw 8-bit values 0..255, as read from
 their PNGs; every normalisation happens in here.
 
-Where the 1% rule (ALGORITHM.md "Final rule of each label stage": a label whose
-pixels with values 1..254 are strictly fewer than ``ratio`` of the image becomes all
-255) is applied:
+Where the 1% rule (docs/method.md, "Where the official code differs from the paper's
+text": a label whose pixels with values 1..254 are strictly fewer than ``ratio`` of the
+image becomes all 255) is applied:
 
 - ``background_extraction[_ref]`` and ``potential_object_mining[_ref]`` do NOT apply
   it: they are the raw stages, and POM must see the BE label as it is;
@@ -216,7 +216,7 @@ def normalize_map_ref(m: np.ndarray) -> np.ndarray:
     m: (H, W) uint8, raw 0..255. Returns (H, W) float64 in [0, 1); a constant map gives zeros.
     """
     m = _check_u8_array("m", m, 2)
-    # ALGORITHM.md §3: a_c = (v - min) / (max - min + 1e-8), float64
+    # docs/method.md §3: a_c = (v - min) / (max - min + 1e-8), float64
     return (m - m.min()) / (m.max() - m.min() + 1e-8)
 
 
@@ -230,7 +230,7 @@ def background_extraction_ref(
     bg: float = 32,
     att: float = 0.8,
 ) -> np.ndarray:
-    """Background extraction (ALGORITHM.md §3) on one image: the initial label, without the 1% rule.
+    """Background extraction (docs/method.md §3) on one image: the initial label, without the 1% rule.
 
     sal: (H, W) uint8 saliency, 0..255.
     oa_cams: the listed classes' OA-CAMs, raw (H, W) uint8 maps: a dict {class id: map}
@@ -271,7 +271,7 @@ def background_extraction_ref(
 
 
 def pom_threshold_ref(cam: np.ndarray, in_class: np.ndarray, pom: float = 0.3) -> float:
-    """The class-adaptive POM threshold T_c (ALGORITHM.md §4) of one class on one image.
+    """The class-adaptive POM threshold T_c (docs/method.md §4) of one class on one image.
 
     cam: (H, W) float64, the class's normalised CAM (normalize_map_ref).
     in_class: (H, W) bool, the pixels the current label gives to this class.
@@ -294,7 +294,7 @@ def pom_threshold_ref(cam: np.ndarray, in_class: np.ndarray, pom: float = 0.3) -
 def potential_object_mining_ref(
     label: np.ndarray, cams: MapsLike, classes: Sequence[int], pom: float = 0.3
 ) -> np.ndarray:
-    """Potential object mining (ALGORITHM.md §4) on one image, without the 1% rule.
+    """Potential object mining (docs/method.md §4) on one image, without the 1% rule.
 
     label: (H, W) uint8, the BE label (background_extraction_ref).
     cams: the listed classes' CAMs (not OA-CAMs), raw (H, W) uint8: a dict {class id: map}
@@ -325,7 +325,7 @@ def min_label_ratio_rule_ref(label: np.ndarray, ratio: float = 0.01) -> np.ndarr
     """
     label = _check_u8_array("label", label, 2)
     H, W = label.shape
-    # ALGORITHM.md §4, final rule: strictly fewer than ratio of the whole image
+    # the 1% rule (docs/method.md): strictly fewer than ratio of the whole image
     valid = int(((label > 0) & (label < IGNORE)).sum())
     if H * W > 0 and float(valid) / float(H * W) < ratio:
         return np.full_like(label, IGNORE)
@@ -398,7 +398,7 @@ def non_salient_region_masking_ref(
     kernel: int = 30,
     ratio: float = 0.01,
 ) -> np.ndarray:
-    """Non-salient region masking (ALGORITHM.md §6) on one image, 1% rule included.
+    """Non-salient region masking (docs/method.md §6) on one image, 1% rule included.
 
     pred: (H, W) uint8, round-1 prediction (0..C).
     pseudo: (H, W) uint8, the POM pseudo label.
@@ -441,7 +441,7 @@ def normalize_maps(m: torch.Tensor) -> torch.Tensor:
     B, H, W = m.shape
     lo = m.amin(dim=(1, 2), keepdim=True).double()  # (B, 1, 1)
     hi = m.amax(dim=(1, 2), keepdim=True).double()  # (B, 1, 1)
-    # ALGORITHM.md §3: (v - min) / (max - min + 1e-8); a tensor divisor, so a true division
+    # docs/method.md §3: (v - min) / (max - min + 1e-8); a tensor divisor, so a true division
     return (m.double() - lo) / (hi - lo + 1e-8)
 
 
@@ -456,7 +456,7 @@ def _bin_values(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     lo = maps.amin(dim=1).long()  # (P,)
     hi = maps.amax(dim=1).long()  # (P,)
     v = torch.arange(256, dtype=torch.float64, device=maps.device)[None]  # (1, 256)
-    # ALGORITHM.md §3: (v - min) / (max - min + 1e-8), float64, a tensor divisor (true division)
+    # docs/method.md §3: (v - min) / (max - min + 1e-8), float64, a tensor divisor (true division)
     values = (v - lo.double()[:, None]) / ((hi - lo).double()[:, None] + 1e-8)  # (P, 256)
     return values, lo
 
@@ -824,7 +824,7 @@ def _be_codes(fg: float, conflict: float, bg: float, att: float) -> _BECodes | N
     """The integer codes of BE's thresholds (see _BECodes), or None where an assumption fails.
 
     Everything is computed with numpy from the same float32 / float64 values the reference
-    compares (ALGORITHM.md §3), for all 256 raw values, and the monotonicity the uint8 path
+    compares (docs/method.md §3), for all 256 raw values, and the monotonicity the uint8 path
     relies on is checked here rather than assumed.
     """
     fg32, cf32 = np.float32(fg), np.float32(conflict)
@@ -913,7 +913,7 @@ def _be_pass(
     cam: torch.Tensor | None = None,
     att: bool = True,
 ) -> _BEPass:
-    """BE (ALGORITHM.md §3) on the uint8 code path, for the na sorted images that list a class.
+    """BE (docs/method.md §3) on the uint8 code path, for the na sorted images that list a class.
 
     s: (na, N) uint8 sorted saliency; oa: (P, N) uint8 slot-major raw OA-CAMs whose maps
     span 0..255 or are 0 (constant maps zeroed), clamped here in place; cam: (P, N) raw CAMs
@@ -1157,7 +1157,7 @@ def background_extraction(
     bg: float = 32,
     att: float = 0.8,
 ) -> torch.Tensor:
-    """Background extraction (ALGORITHM.md §3) for a batch; no 1% rule (see initial_labels).
+    """Background extraction (docs/method.md §3) for a batch; no 1% rule (see initial_labels).
 
     sal: (B, H, W) uint8 saliency, 0..255.
     oa_cam: (B, C, H, W) uint8 raw OA-CAMs of all C classes; entries of absent classes are ignored.
@@ -1349,7 +1349,7 @@ def _class_counts(
 
 
 def _norm_value(p: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """p / (d + 1e-8) in float64, the normalised value (ALGORITHM.md §3) of raw value min + p
+    """p / (d + 1e-8) in float64, the normalised value (docs/method.md §3) of raw value min + p
     of a map with max - min = d, computed as normalize_map_ref computes it. p, d: int64."""
     return p / (d + 1e-8)
 
@@ -1433,7 +1433,7 @@ def _first_above(lo: np.ndarray, d: np.ndarray, x: np.ndarray | float) -> np.nda
 def _pom_from_counts(
     counts_in: torch.Tensor, cam: torch.Tensor, pom: float, L: int, ws: _Workspace
 ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """T_c (ALGORITHM.md §4) of every pair from its class pixels' histogram.
+    """T_c (docs/method.md §4) of every pair from its class pixels' histogram.
 
     counts_in: (P, 256) int64 counts by raw CAM value on the pixels labelled with the pair's
     class; cam: (P, N) uint8 the pairs' raw CAMs (for the TQ branch, in segments of L). Returns
@@ -1554,7 +1554,7 @@ def _pom_counts_from_labels(
 def pom_thresholds(
     label: torch.Tensor, cam: torch.Tensor, present: torch.Tensor, pom: float = 0.3
 ) -> torch.Tensor:
-    """The POM thresholds T_c (ALGORITHM.md §4) of every (image, class), as pom_threshold_ref.
+    """The POM thresholds T_c (docs/method.md §4) of every (image, class), as pom_threshold_ref.
 
     label: (B, H, W) uint8 BE labels; cam: (B, C, H, W) uint8 raw CAMs; present: (B, C) bool.
     Returns (B, C) float64; NaN where the class is absent or the TQ set is empty.
@@ -1578,7 +1578,7 @@ def pom_thresholds(
 def _pom_rows(
     label: torch.Tensor, cam: torch.Tensor, lay: _Layout, ws: _Workspace, pom: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """POM (ALGORITHM.md §4) of (B, N) sorted label rows -> (new rows in scratch "out", (na,)
+    """POM (docs/method.md §4) of (B, N) sorted label rows -> (new rows in scratch "out", (na,)
     count of the pixels labelled with a listed class). label may be "out" itself."""
     B, N = label.shape
     C = cam.shape[1]
@@ -1604,7 +1604,7 @@ def _pom_rows(
 def potential_object_mining(
     label: torch.Tensor, cam: torch.Tensor, present: torch.Tensor, pom: float = 0.3
 ) -> torch.Tensor:
-    """Potential object mining (ALGORITHM.md §4) for a batch; no 1% rule (see pseudo_labels).
+    """Potential object mining (docs/method.md §4) for a batch; no 1% rule (see pseudo_labels).
 
     label: (B, H, W) uint8 BE labels (background_extraction).
     cam: (B, C, H, W) uint8 raw CAMs of all C classes; entries of absent classes are ignored.
@@ -1632,7 +1632,7 @@ def min_label_ratio_rule(label: torch.Tensor, ratio: float = 0.01) -> torch.Tens
     """
     _check_u8_tensor("label", label, 3)
     B, H, W = label.shape
-    # ALGORITHM.md §4, final rule: float(valid) / (H * W) < ratio, as an exact integer threshold
+    # the 1% rule (docs/method.md): float(valid) / (H * W) < ratio, as an exact integer threshold
     n_min = _min_valid_count(H * W, ratio)
     valid = _is_class(label).reshape(B, H * W).sum(dim=1)  # (B,)
     return label | ((valid < n_min).to(torch.uint8) * IGNORE)[:, None, None]
@@ -1889,7 +1889,7 @@ def non_salient_region_masking(
     kernel: int = 30,
     ratio: float = 0.01,
 ) -> torch.Tensor:
-    """Non-salient region masking (ALGORITHM.md §6) for a batch, 1% rule included.
+    """Non-salient region masking (docs/method.md §6) for a batch, 1% rule included.
 
     pred: (B, H, W) uint8 round-1 predictions (0..C).
     pseudo: (B, H, W) uint8 POM pseudo labels.

@@ -1,4 +1,4 @@
-"""Measures used everywhere (ALGORITHM.md §8): mIoU, pseudo-label quality, non-salient recall.
+"""Measures used everywhere (docs/method.md §8): mIoU, pseudo-label quality, non-salient recall.
 
 Pure array code: label maps in, numbers out. Label convention: 0 = background, c + 1 = class c,
 255 = ignore / void. Inputs may be numpy arrays or torch tensors of any integer dtype.
@@ -74,7 +74,7 @@ def miou(preds: Iterable[Any], gts: Iterable[Any], num_labels: int) -> float:
 
 
 def label_quality(labels: Sequence[Any], gts: Sequence[Any], num_labels: int) -> dict[str, float]:
-    """Pseudo-label quality against ground truth (ALGORITHM.md §8).
+    """Pseudo-label quality against ground truth (docs/method.md §8).
 
     precision: accuracy on labelled (non-255) pixels whose GT is not void;
     coverage: share of pixels (GT not void) that are labelled;
@@ -108,7 +108,7 @@ def instance_recall(
 
     labels: label maps or predictions (H, W); instance_maps: (H, W), value k = instance k;
     objects: per image, dicts with `id`, `class` (0-based) and `salient`.
-    salient=False measures non-salient objects (ALGORITHM.md §8), True salient ones, None all.
+    salient=False measures non-salient objects (docs/method.md §8), True salient ones, None all.
     Returns NaN if no instance qualifies.
     """
     hits = n = 0
@@ -126,7 +126,7 @@ def instance_recall(
 
 
 # ----------------------------------------------------------------------------- classification and maps
-# (issue 3: notebook 02's table)
+# (notebook 02's table)
 
 
 def average_precision(scores: Any, labels: Any) -> float:
@@ -245,7 +245,7 @@ def active_share(maps: Sequence[dict[int, Any]], threshold: float = 0.3) -> floa
 __all__ += ["active_share"]
 
 
-# ----------------------------------------------------------------------------- pseudo labels (issue 4)
+# ----------------------------------------------------------------------------- pseudo labels
 
 
 def instance_background_share(
@@ -258,7 +258,7 @@ def instance_background_share(
     """Share of GT instance pixels that a label map teaches as background (label 0).
 
     The pixels of objects that a label calls background are what potential object mining
-    (ALGORITHM.md §4) turns into ignore; this measures how many are left. Arguments as
+    (docs/method.md §4) turns into ignore; this measures how many are left. Arguments as
     `instance_recall` (salient=False: non-salient objects only, True: salient, None: all).
     Returns NaN if no instance qualifies.
     """

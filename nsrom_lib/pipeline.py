@@ -1,6 +1,6 @@
 """Runs and stages: the run folder, completion records, the `data` stage, notebook execution.
 
-DESIGN.md "Runs, profiles and devices". A run is a folder `runs/<name>/` holding `config.json`,
+See docs/design.md, "Runs, profiles and devices". A run is a folder `runs/<name>/` holding `config.json`,
 one sub-folder per stage (`data`, `classifier`, `iam`, `maps`, `pseudo`, `seg1`, `masked`,
 `seg2`, `results`) with its artefacts and a `record.json` written only after the artefacts are
 complete, and the executed notebooks in `notebooks/`. A stage whose record carries the same key
@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import platform
+import re
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -81,6 +82,9 @@ __all__ = [
     "ensure_results",
     "load_results",
     "results_table",
+    "stage_status",
+    "execute_notebook",
+    "widget_outputs",
     "label_table",
     "stage_times",
     "write_report",
@@ -357,7 +361,7 @@ def ensure_data(run: Run, progress: bool = True) -> Path:
 
 
 # ----------------------------------------------------------------------------- stages `classifier`, `iam`, `maps`
-# ALGORITHM.md §1–§2; the training itself is `nsrom_lib.train`.
+# docs/method.md §1–§2; the training itself is `nsrom_lib.train`.
 
 
 def variant_stage(stage: str, glore: bool = True) -> str:
@@ -514,7 +518,7 @@ def warm_start(run: Run, model: Any, progress: bool = True) -> Any:
 
 
 def ensure_classifier(run: Run, glore: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Stage `classifier`: train the classifier with OAA (ALGORITHM.md §1–§2); return the record.
+    """Stage `classifier`: train the classifier with OAA (docs/method.md §1–§2); return the record.
 
     glore=False trains the ablation without the GloRe unit in `classifier/no_glore/` (its own
     record). Artefacts: `model.pt` (weights and constructor arguments), `accumulated.pt` (the
@@ -729,7 +733,7 @@ def map_path(run: Run, kind: str, name: str, cls: int, glore: bool = True) -> Pa
 
 
 # ----------------------------------------------------------------------------- stage `pseudo`
-# ALGORITHM.md §3–§4; the label math is `nsrom_lib.labels`, the folders `nsrom_lib.data.maps_io`
+# docs/method.md §3–§4; the label math is `nsrom_lib.labels`, the folders `nsrom_lib.data.maps_io`
 # (the same code as `python -m nsrom_lib labels pseudo`).
 
 #: The label folders of the `pseudo` stage: BE + 1% rule, and BE + POM + 1% rule.
@@ -753,7 +757,7 @@ def _check_thresholds(th: dict[str, float]) -> None:
 
 
 def _label_metrics(labels: list[Any], gt: dict[str, Any] | None, num_labels: int) -> dict[str, Any]:
-    """Ignore share, images left all-ignore and, with GT, the label quality of ALGORITHM.md §8."""
+    """Ignore share, images left all-ignore and, with GT, the label quality of docs/method.md §8."""
     import numpy as np
 
     from nsrom_lib.metrics import instance_background_share, instance_recall, label_quality
@@ -799,11 +803,11 @@ def ensure_pseudo(run: Run, progress: bool = True, batch_size: int = 64,
 
     def compute() -> dict[str, Any]:
         import torch
-        from tqdm.auto import tqdm
 
         from nsrom_lib import labels as L
         from nsrom_lib.data.maps_io import iter_batches, load_label_inputs, write_labels
         from nsrom_lib.data.voc import VOCSegDataset, write_cls_list
+        from nsrom_lib.progress import progress_bar as tqdm
 
         d = run.stage_dir(stage)
         ds = VOCSegDataset(root, "train", num_classes=cfg.num_classes, with_mask=False)
@@ -934,7 +938,7 @@ def load_explorer_inputs(run: Run, limit: int | None = None) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- stages `seg1`, `masked`, `seg2`
-# ALGORITHM.md §5–§7; the training loop is `nsrom_lib.train`, the masking `nsrom_lib.labels`
+# docs/method.md §5–§7; the training loop is `nsrom_lib.train`, the masking `nsrom_lib.labels`
 # through the CLI's code (`maps_io.make_labels`).
 
 #: Every segmentation model a run trains: key (as in `results/metrics.json`) -> its stage folder,
@@ -1072,7 +1076,7 @@ def _prediction_metrics(preds: list[Any], gt: dict[str, Any] | None, num_labels:
 
 
 def ensure_segmentation(run: Run, which: str = "pom_round1", progress: bool = True) -> dict[str, Any]:
-    """Train one segmentation model of the run (ALGORITHM.md §5, §7) and evaluate it; the record.
+    """Train one segmentation model of the run (docs/method.md §5, §7) and evaluate it; the record.
 
     which: a key of `SEG_MODELS` — "pom_round1" is the stage `seg1` (round 1 on the BE + POM
     pseudo labels), "nsrm_round2" the stage `seg2` (round 2 on the masked labels); the others are
@@ -1202,7 +1206,7 @@ def load_predictions(run: Run, which: str, split: str = "val", names: list[str] 
 
 
 def ensure_masked(run: Run, progress: bool = True, glore: bool = True) -> dict[str, Any]:
-    """Stage `masked`: non-salient region masking (ALGORITHM.md §6) of the round-1 predictions.
+    """Stage `masked`: non-salient region masking (docs/method.md §6) of the round-1 predictions.
 
     Reads `seg1/train_pred` (round-1 predictions on the training images), `pseudo/pseudo` (POM
     labels) and the saliency maps with the CLI's code (`maps_io.load_label_inputs` and
@@ -1287,7 +1291,7 @@ LABEL_ROWS = {
     "pom_labels": ("pseudo", "pseudo", "pseudo/pseudo"),
     "masked_labels": ("masked", "masked", "masked/labels"),
 }
-#: The targets the results are checked against (issue 5), computed from metrics.json.
+#: The targets the results are checked against, computed from metrics.json.
 TARGETS = {
     "round2_ratio": "round-2 mIoU >= 0.85 x the fully supervised upper bound",
     "monotone": "val mIoU rises: BE round 1 < BE+POM round 1 < NSRM round 2",
@@ -1318,7 +1322,7 @@ def results_checks(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def ensure_results(run: Run, progress: bool = True) -> dict[str, Any]:
     """Stage `results`: every model and label set of the ablation, `results/metrics.json`,
-    `results/ablation.png` and the run's `report.md` (ALGORITHM.md §8; issue 5).
+    `results/ablation.png` and the run's `report.md` (docs/method.md §8).
 
     Trains what is missing (upper bound, BE round 1, round 1, NSRM, round 2, and the GloRe-off
     pipeline: classifier, IAM, maps, pseudo labels, both rounds). metrics.json holds one entry per
@@ -1504,13 +1508,86 @@ def _class_names(run: Run) -> list[str]:
     return list(names) if names else [f"c{i}" for i in range(run.cfg.num_classes)]
 
 
+# ----------------------------------------------------------------------------- what a notebook will train
+
+
+def _stage_work(cfg: RunConfig, stage: str) -> str:
+    """What computing `stage` means, in words a reader can weigh (epochs x images)."""
+    top = stage.split("/", 1)[0]
+    n = f"{cfg.n_train:,} images" if cfg.n_train else "the training split"
+    return {
+        "data": "generates the images" if cfg.data_root is None else "checks the dataset",
+        "classifier": f"trains {cfg.cls_epochs} epochs on {n}",
+        "iam": f"trains {cfg.iam_epochs} epochs on {n}",
+        "maps": f"exports the maps of {n}",
+        "pseudo": f"labels {n}",
+        "seg1": f"trains {cfg.seg_epochs} epochs on {n}",
+        "masked": f"predicts and masks {n}",
+        "seg2": f"trains {cfg.seg_epochs} epochs on {n}",
+        "results": "measures the models",
+    }.get(top, "computes")
+
+
+def stage_status(run: Run, stages: Iterable[str]) -> str:
+    """A Markdown table: for each stage, done (and how long it took) or what computing it means.
+
+    What a notebook shows before it trains: the reader knows what is coming and why a cell
+    takes minutes. Segmentation stages are named as in `SEG_MODELS` (e.g. `seg1/be`).
+    """
+    by_stage = {spec["stage"]: which for which, spec in SEG_MODELS.items()}
+    lines = ["| stage | in this run folder |", "|---|---|"]
+    for stage in stages:
+        key = _seg_key(run, by_stage[stage]) if stage in by_stage else run.stage_key(stage)
+        rec = run.record(stage)
+        if rec is not None and rec.get("key") == key:
+            lines.append(f"| `{stage}` | done, {rec.get('seconds', 0):.0f} s ({rec.get('finished', '')}) |")
+        else:
+            lines.append(f"| `{stage}` | **to compute now**: {_stage_work(run.cfg, stage)} |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- notebooks
 
 
 def list_notebooks(folder: str | os.PathLike | None = None) -> list[Path]:
     """The numbered notebooks (`NN_name.ipynb`) in order."""
     folder = Path(folder) if folder else project_root() / "notebooks"
-    return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    return sorted(p for p in folder.glob("[0-9][0-9]*_*.ipynb"))  # 02b_... sorts after 02_...
+
+
+#: Output types that only live with a running kernel; frozen in a saved copy.
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def execute_notebook(notebook: str | os.PathLike, output: str | os.PathLike,
+                     parameters: dict[str, Any]) -> None:
+    """Execute one notebook with papermill, as `nsrom run` and the tests do.
+
+    The kernel runs headless (`nsrom_lib.progress.headless`): no tqdm widgets, and widgets
+    show a static picture, so the executed copy holds nothing that needs a live kernel.
+    """
+    import papermill as pm
+
+    from nsrom_lib.progress import headless_env
+
+    nb = Path(notebook)
+    with headless_env():
+        pm.execute_notebook(str(nb), str(output), parameters=parameters, kernel_name="python3",
+                            cwd=str(nb.parent), progress_bar=False)
+
+
+def widget_outputs(nb: dict[str, Any]) -> list[str]:
+    """Outputs of an executed notebook (as JSON) that are frozen widgets: "cell N: what"."""
+    found = []
+    for i, cell in enumerate(nb.get("cells", [])):
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            text = "".join(data.get("text/plain", ""))
+            if WIDGET_MIME in data:
+                found.append(f"cell {i}: widget view ({text[:40]!r})")
+            elif re.match(r"^(VBox|HBox|IntSlider|FloatSlider|HTML|Image|Output)\(", text):
+                found.append(f"cell {i}: widget repr ({text[:40]!r})")
+    return found
 
 
 def run_notebooks(
@@ -1526,8 +1603,7 @@ def run_notebooks(
     Returns one dict per notebook (name, seconds, output). A failing notebook raises
     papermill's error after its partly executed copy has been written.
     """
-    import papermill as pm
-    from tqdm.auto import tqdm
+    from nsrom_lib.progress import progress_bar as tqdm
 
     overrides = dict(overrides or {})
     cfg = make_config(profile, **overrides)  # validate before starting any kernel
@@ -1546,8 +1622,7 @@ def run_notebooks(
         bar.set_postfix_str(nb.name)
         t0 = time.perf_counter()
         out = out_dir / nb.name
-        pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name="python3",
-                            cwd=str(nb.parent), progress_bar=False)
+        execute_notebook(nb, out, params)
         done.append(dict(notebook=nb.name, seconds=round(time.perf_counter() - t0, 1),
                          output=str(out)))
     atomic_write_json(run_dir / "run_summary.json", dict(profile=profile, notebooks=done))

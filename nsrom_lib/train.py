@@ -1,6 +1,6 @@
 """Training of the classifier (with OAA) and of the integral attention model; map export.
 
-Paper §3.1 and ALGORITHM.md §1–§2. Library code: plain arguments and tensors in, tensors
+Paper §3.1 and docs/method.md §1–§2. Library code: plain arguments and tensors in, tensors
 and dicts out; the run folder, the configuration and the stage records live in
 `nsrom_lib.pipeline`.
 
@@ -86,7 +86,7 @@ def configure_threads(num_threads: int = 0) -> int:
     """Set torch's intra-op threads: `num_threads`, or (0) every core this process may use;
     and flush denormal floats to zero on the CPU.
 
-    Returns the number of threads set. On a 2-core machine 2 threads are fastest (TOOLCHAIN.md).
+    Returns the number of threads set. On a 2-core machine 2 threads are fastest.
     Denormals: training these small networks from scratch produced denormal activations or
     gradients that made CPU training 5-20x slower (16-30 img/s instead of 340 at 96 px);
     flushing them changes nothing measurable in the results.
@@ -294,7 +294,7 @@ def _fit(
     the checkpoints save. schedule "poly" sets lr = base·(1 − it / iterations)^0.9 at every
     iteration (DeepLab's decay); the others change it once per epoch.
     """
-    from tqdm.auto import tqdm
+    from nsrom_lib.progress import progress_bar as tqdm
 
     N = images.shape[0]
     model.to(device).train()
@@ -601,7 +601,7 @@ def train_segmentation(
     progress: bool = True,
     desc: str = "segmentation",
 ) -> dict[str, Any]:
-    """Train a segmentation network on (pseudo) labels: ALGORITHM.md §5 and §7.
+    """Train a segmentation network on (pseudo) labels: docs/method.md §5 and §7.
 
     model: e.g. `DeepLabV2`, (B, 3, H, W) -> (B, C + 1, H, W) logits; images: (N, 3, H, W) uint8;
     labels: (N, H, W) uint8 (0 background, c + 1 class c, 255 ignore). Cross-entropy with ignore
@@ -648,7 +648,7 @@ def predict_segmentation(
     refine each image's averaged softmax with the dense CRF (on the CPU) before the argmax, as
     the reference does. Returns (N, H, W) uint8 (0 background, c + 1 class c), on the CPU.
     """
-    from tqdm.auto import tqdm
+    from nsrom_lib.progress import progress_bar as tqdm
 
     device = torch.device(device)
     model.to(device).eval()
@@ -693,7 +693,7 @@ def predict_cams(
 
     images: (N, 3, H, W) uint8. Returns logits (N, C) float32 and cams (N, C, h, w) float32 (CPU).
     """
-    from tqdm.auto import tqdm
+    from nsrom_lib.progress import progress_bar as tqdm
 
     device = torch.device(device)
     model.to(device).eval()
@@ -756,7 +756,7 @@ def export_maps(
 
     cls is the 0-based class id, as the official code names its CAM files. Returns the count.
     """
-    from tqdm.auto import tqdm
+    from nsrom_lib.progress import progress_bar as tqdm
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,10 @@
-"""Figures shared by the notebooks: one class palette, label overlays, image grids.
+"""Figures shared by the notebooks: one class palette, label overlays with their legend, image
+grids, and the pipeline figure that opens every notebook.
 
-Every notebook draws through these helpers, so a class has the same colour everywhere
-(the VOC palette: 0 black background, 255 light gray = ignore).
+Every notebook draws through these helpers, so a class has the same colour everywhere. The
+display palette (`PALETTE`) is not the VOC palette that label PNG files carry: its class colours
+are chosen to stay legible over SynthVOC's textures and unlike its saturated class markers;
+0 = background is black (left clear in overlays) and 255 = ignore is white.
 """
 
 from __future__ import annotations
@@ -11,11 +14,32 @@ from typing import Any
 
 import numpy as np
 
-from nsrom_lib.data.io import voc_palette
+__all__ = ["PALETTE", "IGNORE", "colorize", "overlay", "image_grid", "label_legend", "outline",
+           "heatmap", "receptive_field", "pipeline_figure", "PIPELINE_STEPS"]
 
-__all__ = ["PALETTE", "colorize", "overlay", "image_grid", "outline", "heatmap", "receptive_field"]
+#: Label id of "ignore" (void) in every label map.
+IGNORE = 255
 
-PALETTE = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
+# Class colours 1..: the colour-blind-safe Okabe-Ito set, then tab20's darker tones (VOC has 20).
+_CLASS_COLOURS = [
+    (0, 114, 178), (230, 159, 0), (0, 158, 115), (204, 121, 167), (213, 94, 0), (86, 180, 233),
+    (240, 228, 66), (127, 60, 141), (140, 86, 75), (23, 190, 207), (188, 189, 34), (31, 119, 180),
+    (148, 103, 189), (44, 160, 44), (214, 39, 40), (127, 127, 127), (255, 152, 150), (197, 176, 213),
+    (196, 156, 148), (158, 218, 229),
+]
+
+
+def _display_palette() -> np.ndarray:
+    pal = np.zeros((256, 3), np.uint8)  # 0 = background: black
+    for i, rgb in enumerate(_CLASS_COLOURS, start=1):
+        pal[i] = rgb
+    pal[len(_CLASS_COLOURS) + 1:IGNORE] = 96  # ids no dataset uses: dark gray
+    pal[IGNORE] = (255, 255, 255)
+    return pal
+
+
+#: (256, 3) uint8: the display colour of every label id (0 black, classes 1.., 255 white).
+PALETTE = _display_palette()
 
 
 def colorize(label: np.ndarray) -> np.ndarray:
@@ -46,10 +70,31 @@ def outline(mask: np.ndarray) -> np.ndarray:
     return m & ~inner
 
 
+def label_legend(fig: Any, classes: Sequence[str], ignore: bool = True, background: bool = True,
+                 ncol: int | None = None):
+    """Add the label colours under a figure: one patch per class name (label id = position + 1),
+    background (0, left clear in overlays) and ignore (255, white). Returns the legend."""
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=PALETTE[i + 1] / 255, edgecolor="0.3", label=f"{i + 1} {name}")
+               for i, name in enumerate(classes)]
+    if background:
+        handles.insert(0, Patch(facecolor="black", edgecolor="0.3", label="0 background"))
+    if ignore:
+        handles.append(Patch(facecolor="white", edgecolor="0.3", label=f"{IGNORE} ignore"))
+    fits = max(2, int(fig.get_figwidth() / 1.25))  # entries side by side that fit the figure
+    return fig.legend(handles=handles, loc="lower center", ncol=ncol or min(len(handles), fits),
+                      fontsize=7, frameon=False, handlelength=1.2, columnspacing=1.0)
+
+
 def image_grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[Sequence[str]] | None = None,
                row_labels: Sequence[str] | None = None, size: float = 1.8, cmap: str = "gray",
-               **imshow: Any):
-    """Show a grid of images (RGB, or 2-D maps drawn with `cmap`); returns the figure."""
+               classes: Sequence[str] | None = None, **imshow: Any):
+    """Show a grid of images (RGB, or 2-D maps drawn with `cmap`); returns the figure.
+
+    classes: the dataset's class names; when given (any grid with label overlays), the label
+    colours are explained in a legend under the grid (`label_legend`).
+    """
     import matplotlib.pyplot as plt
 
     nr, nc = len(rows), max(len(r) for r in rows)
@@ -71,10 +116,14 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[Sequence[s
             axes[i, 0].text(-0.08, 0.5, row_labels[i], transform=axes[i, 0].transAxes,
                             ha="right", va="center", fontsize=9, rotation=90)
     fig.tight_layout()
+    if classes is not None:
+        legend = label_legend(fig, classes)
+        rows_of_legend = -(-len(legend.legend_handles) // legend._ncols)
+        fig.subplots_adjust(bottom=min(0.5, 0.28 * rows_of_legend / nr + 0.02))
     return fig
 
 
-# ----------------------------------------------------------------------------- attention maps (issue 3)
+# ----------------------------------------------------------------------------- attention maps
 
 
 def heatmap(image: np.ndarray, amap: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
@@ -112,7 +161,7 @@ def receptive_field(module: Any, shape: tuple[int, int, int, int], pixel: tuple[
     return x.grad[0].abs().sum(0).double().numpy()  # (H, W)
 
 
-# ----------------------------------------------------------------------------- pseudo labels (issue 4)
+# ----------------------------------------------------------------------------- pseudo labels
 
 
 def highlight(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 0, 0),
@@ -181,3 +230,80 @@ def ablation_chart(metrics: dict[str, Any], rows: Sequence[str] | None = None):
 
 
 __all__ += ["ablation_chart"]
+
+
+# ----------------------------------------------------------------------------- the pipeline figure
+
+#: The boxes of the pipeline figure: (notebook, title, what it makes). Saliency enters at BE and NSRM.
+PIPELINE_STEPS: list[tuple[str, str, str]] = [
+    ("00", "data", "images, image labels,\nsaliency"),
+    ("01", "GloRe unit", "in the classifier"),
+    ("02", "CAM + OAA", "-> OA-CAM"),
+    ("03", "BE", "OA-CAM + saliency\n-> initial labels"),
+    ("04", "POM", "CAM thresholds\n-> pseudo labels"),
+    ("05", "round 1", "segmentation\non pseudo labels"),
+    ("06", "NSRM", "round 1 + saliency\n-> masked labels"),
+    ("07", "round 2", "segmentation\non masked labels"),
+    ("08", "results", "ablation, gap\nto full supervision"),
+]
+
+
+def pipeline_figure(here: str | None = None, width: float = 11.0):
+    """Our drawing of the method (the paper's Fig. 2 in boxes), one box per notebook.
+
+    here: the notebook number to highlight ("you are here"), e.g. "03"; "02b" highlights 02;
+    None highlights nothing (the README's copy). Returns the matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    known = {nb for nb, _, _ in PIPELINE_STEPS}
+    key = None if here is None else str(here)[:2]
+    if key is not None and key not in known:
+        raise ValueError(f"pipeline_figure(here={here!r}): not a notebook number; one of {sorted(known)}")
+    n = len(PIPELINE_STEPS)
+    fig, ax = plt.subplots(figsize=(width, 1.9))
+    ax.set_xlim(0, n)
+    ax.set_ylim(-0.8, 1.32)
+    ax.axis("off")
+    for k, (nb, title, what) in enumerate(PIPELINE_STEPS):
+        on = nb == key
+        ax.add_patch(FancyBboxPatch((k + 0.06, 0.0), 0.88, 1.0, boxstyle="round,pad=0.02,rounding_size=0.08",
+                                    facecolor="#E69F00" if on else "#EEF2F7",
+                                    edgecolor="#7A4F00" if on else "#8A99AD", linewidth=2.2 if on else 1.0))
+        ax.text(k + 0.5, 0.80, nb, ha="center", va="center", fontsize=8, color="#333333")
+        ax.text(k + 0.5, 0.56, title, ha="center", va="center", fontsize=9.5, weight="bold")
+        ax.text(k + 0.5, 0.24, what, ha="center", va="center", fontsize=6.8, linespacing=1.1)
+        if k:
+            ax.add_patch(FancyArrowPatch((k - 0.07, 0.5), (k + 0.07, 0.5), arrowstyle="-|>",
+                                         mutation_scale=9, color="#555555"))
+        if on:
+            ax.text(k + 0.5, 1.06, "you are here", ha="center", va="bottom", fontsize=7.5,
+                    color="#7A4F00", weight="bold")
+    # the saliency map feeds BE (03) and NSRM (06); round 1's predictions feed NSRM
+    for k in (3, 6):
+        ax.add_patch(FancyArrowPatch((0.5, -0.02), (k + 0.5, -0.02), connectionstyle="arc3,rad=0.12",
+                                     arrowstyle="-|>", mutation_scale=8, color="#0072B2", linewidth=0.9))
+    ax.text(0.5, -0.72, "saliency map (from the data) -> BE and NSRM", fontsize=7, color="#0072B2")
+    fig.tight_layout(pad=0.2)
+    return fig
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """`python -m nsrom_lib.viz pipeline OUT.png`: write the README's pipeline figure."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m nsrom_lib.viz")
+    parser.add_argument("figure", choices=["pipeline"])
+    parser.add_argument("out", help="PNG file to write")
+    args = parser.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = pipeline_figure()
+    fig.savefig(args.out, dpi=110)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

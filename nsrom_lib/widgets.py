@@ -1,6 +1,6 @@
 """The threshold explorer: sliders for BE, POM and NSRM that redraw labels and their quality live.
 
-ALGORITHM.md §3 (fg, conflict, bg, att), §4 (pom) and §6 (kernel), measured with §8 (label
+docs/method.md §3 (fg, conflict, bg, att), §4 (pom) and §6 (kernel), measured with §8 (label
 quality: precision, coverage, mIoU on labelled pixels; non-salient object recall when the
 instances are known). Notebooks 03, 04 and 06 show it on a subset of the training images.
 
@@ -33,6 +33,7 @@ __all__ = [
     "explorer_inputs",
     "explore_labels",
     "render_overlays",
+    "STAGE_TITLES",
     "ThresholdExplorer",
 ]
 
@@ -141,11 +142,36 @@ def explore_labels(
     return dict(labels=labels, metrics=metrics, seconds=time.perf_counter() - t0)
 
 
+#: Column titles of the explorer's picture, by label stage.
+STAGE_TITLES = {"initial": "BE labels", "pseudo": "BE + POM labels", "masked": "NSRM labels"}
+
+
+def _text_strip(width: int, texts: list[tuple[int, str]], height: int = 14,
+                swatches: dict[int, tuple[int, int, int]] | None = None) -> np.ndarray:
+    """A white (height, width, 3) strip with `text` drawn at each x (and a colour swatch before
+    it where `swatches` has one): the explorer's titles and legend, drawn without matplotlib."""
+    from PIL import Image, ImageDraw
+
+    strip = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for x, text in texts:
+        if swatches and x in swatches:
+            draw.rectangle([x, 3, x + 8, height - 4], fill=swatches[x], outline=(80, 80, 80))
+            x += 11
+        draw.text((x, 1), text, fill=(0, 0, 0))
+    return np.asarray(strip)
+
+
 def render_overlays(
-    inputs: Mapping[str, Any], labels: Mapping[str, np.ndarray], indices: list[int], scale: int = 2
+    inputs: Mapping[str, Any], labels: Mapping[str, np.ndarray], indices: list[int], scale: int = 2,
+    classes: list[str] | None = None,
 ) -> np.ndarray:
-    """One row per image: the image, then each label stage (and GT) overlaid; (h, w, 3) uint8."""
-    from nsrom_lib.viz import overlay
+    """One row per image: the image, then each label stage (and GT) overlaid; (h, w, 3) uint8.
+
+    A title strip names the columns; with `classes` (class names) a legend strip under the grid
+    gives the label colours (classes, ignore in white; background is left clear).
+    """
+    from nsrom_lib.viz import IGNORE, PALETTE, overlay
 
     rows = []
     for i in indices:
@@ -162,7 +188,22 @@ def render_overlays(
         rows.append(np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1))
     gap = np.full((2, rows[0].shape[1], 3), 255, np.uint8)
     grid = np.concatenate([r for row in rows for r in (row, gap)][:-1], axis=0)
-    return grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    tile_w = (np.asarray(inputs["sal"][0]).shape[1] + 2) * scale
+    names = ["image"] + [STAGE_TITLES.get(k, k) for k in labels] + (
+        ["ground truth"] if inputs.get("gt") is not None else [])
+    parts = [_text_strip(grid.shape[1], [(j * tile_w + 2, t) for j, t in enumerate(names)]), grid]
+    if classes:
+        entries = [f"{i + 1} {c}" for i, c in enumerate(classes)] + [f"{IGNORE} ignore"]
+        ids = list(range(1, len(classes) + 1)) + [IGNORE]
+        xs = np.cumsum([0] + [11 + 6 * len(e) + 10 for e in entries[:-1]]) + 2
+        swatches = {int(x): tuple(int(v) for v in PALETTE[i]) for x, i in zip(xs, ids, strict=True)}
+        width = max(grid.shape[1], int(xs[-1]) + 11 + 6 * len(entries[-1]) + 4)
+        legend = _text_strip(width, list(zip((int(x) for x in xs), entries, strict=True)),
+                             swatches=swatches)
+        parts = [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255)
+                 for p in parts] + [legend]
+    return np.concatenate(parts, axis=0)
 
 
 def _png(rgb: np.ndarray) -> bytes:
@@ -209,6 +250,7 @@ class ThresholdExplorer:
         show: int = 4,
         scale: int = 2,
         device: str = "cpu",
+        classes: list[str] | None = None,
         **initial: float,
     ):
         import ipywidgets as W
@@ -216,7 +258,7 @@ class ThresholdExplorer:
         unknown = set(initial) - set(THRESHOLDS)
         if unknown:
             raise ValueError(f"unknown threshold(s) {sorted(unknown)}; known: {sorted(THRESHOLDS)}")
-        self.inputs, self.device, self.scale = inputs, device, scale
+        self.inputs, self.device, self.scale, self.classes = inputs, device, scale, classes
         self.indices = list(range(min(show, len(inputs["sal"]))))
         names = [k for k in THRESHOLDS if k != "kernel" or inputs.get("pred") is not None]
         self.sliders: dict[str, Any] = {}
@@ -257,7 +299,8 @@ class ThresholdExplorer:
         self.history.append(th)
         self.table.value = _table_html(self.result)
         if self.indices:
-            grid = render_overlays(self.inputs, self.result["labels"], self.indices, self.scale)
+            grid = render_overlays(self.inputs, self.result["labels"], self.indices, self.scale,
+                                   self.classes)
             self.image.value = _png(grid)
         return self.result
 
@@ -265,4 +308,16 @@ class ThresholdExplorer:
         self.update()
 
     def _repr_mimebundle_(self, **kwargs: Any):
-        return self.widget._repr_mimebundle_(**kwargs)
+        """The live widget; when headless (papermill), a static picture of the same state:
+        the settings, the quality table and the overlays, with nothing that needs a kernel."""
+        from nsrom_lib.progress import headless
+
+        if not headless():
+            return self.widget._repr_mimebundle_(**kwargs)
+        import base64
+
+        settings = ", ".join(f"{k} = {v:g}" for k, v in self.thresholds().items())
+        html = f"<p><b>Explorer (static copy)</b>: {settings}</p>{self.table.value}"
+        if self.image.value:
+            html += f'<br><img src="data:image/png;base64,{base64.b64encode(self.image.value).decode()}">'
+        return {"text/html": html, "text/plain": f"ThresholdExplorer({settings})"}

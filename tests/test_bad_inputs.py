@@ -1,4 +1,4 @@
-"""Bad input, clear errors, nothing lost (issue 6, part 1).
+"""Bad input, clear errors, nothing lost.
 
 Every case feeds one bad input to the data layer, the CLI (in-process through `cli.main`), the
 run configuration or the notebooks' parameters (`open_run`), and checks three things:

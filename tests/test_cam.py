@@ -1,4 +1,4 @@
-"""CAM normalisation and export, online attention accumulation, IAM loss (ALGORITHM.md §2)."""
+"""CAM normalisation and export, online attention accumulation, IAM loss (docs/method.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Determinism (issue 6): the same seed gives identical pseudo labels, identical predictions and
+"""Determinism: the same seed gives identical pseudo labels, identical predictions and
 identical metrics on the CPU, in two independent runs of the smoke profile; another seed differs.
 (Byte-identical SynthVOC for the same seed: tests/test_synthvoc.py.)"""
 

@@ -1,4 +1,4 @@
-"""GPU readiness checked on the CPU (issue 6): no hard-coded CUDA in the library, the device
+"""GPU readiness checked on the CPU: no hard-coded CUDA in the library, the device
 comes from the configuration, and the CUDA-only paths (pinned memory, bf16 autocast) are no-ops
 on the CPU."""
 

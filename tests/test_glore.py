@@ -1,4 +1,4 @@
-"""The GloRe unit (ALGORITHM.md §1) and the classifier / integral attention model built on it."""
+"""The GloRe unit (docs/method.md §1) and the classifier / integral attention model built on it."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from nsrom_lib.models.glore import GloRe
 
 
 def glore_by_hand(unit: GloRe, x: torch.Tensor) -> torch.Tensor:
-    """ALGORITHM.md §1 restated with einsum from the unit's weights (eval mode), for parity."""
+    """docs/method.md §1 restated with einsum from the unit's weights (eval mode), for parity."""
     B, D, H, W = x.shape
     state = torch.einsum("sd,bdhw->bshw", unit.conv_state.weight[:, :, 0, 0], x)
     state = state + unit.conv_state.bias[None, :, None, None]  # (B, S, H, W)

@@ -1,4 +1,4 @@
-"""Interrupted runs (issue 6): a process killed with SIGKILL during classifier training, label
+"""Interrupted runs: a process killed with SIGKILL during classifier training, label
 generation or segmentation training, then the same command again, finishes the run without
 redoing completed stages or epochs and gives the same results as an uninterrupted run (smoke
 profile, CPU, subprocesses; the kill comes from `nsrom_lib.faults`)."""

@@ -1,4 +1,4 @@
-"""Tests for nsrom_lib.labels: each rule of ALGORITHM.md §3, §4, §6 by itself on hand-made
+"""Tests for nsrom_lib.labels: each rule of docs/method.md §3, §4, §6 by itself on hand-made
 inputs, then exact parity of the batched torch functions with the per-image references."""
 
 from __future__ import annotations

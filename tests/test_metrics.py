@@ -1,4 +1,4 @@
-"""Measures of ALGORITHM.md §8 on hand-made label maps."""
+"""Measures of docs/method.md §8 on hand-made label maps."""
 
 from __future__ import annotations
 

@@ -8,10 +8,11 @@ inject parameters. An error in any cell fails the test.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from nsrom_lib.pipeline import list_notebooks
+from nsrom_lib.pipeline import execute_notebook, list_notebooks, widget_outputs
 
 NOTEBOOKS = list_notebooks()
 
@@ -34,17 +35,35 @@ def test_stored_without_outputs_with_parameters(path):
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
     assert nb["cells"][0]["cell_type"] == "markdown" and "".join(nb["cells"][0]["source"]).startswith("# ")
     assert any("## Summary" in "".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    assert any("## Exercises" in "".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_reads_as_a_chapter(path):
+    """The pipeline figure first ("you are here"), short code cells, a legend on every label overlay."""
+    nb = json.loads(path.read_text())
+    code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    number = path.name.split("_")[0]
+    assert f'pipeline_figure(here="{number}")' in code[0], "the first code cell draws the pipeline figure"
+    long = [f"cell {i}: {len(src.splitlines())} lines" for i, src in enumerate(code) if len(src.splitlines()) > 20]
+    assert not long, f"code cells over 20 lines (move the work into nsrom_lib): {long}"
+    unexplained = [src.splitlines()[0] for src in code
+                   if re.search(r"\b(overlay|render_overlays|ThresholdExplorer)\(", src) and "classes=" not in src]
+    assert not unexplained, f"label overlays without a legend (pass classes=): {unexplained}"
+
+
+def test_notebook_02_teaches_oaa_in_few_cells():
+    nb = json.loads(next(p for p in NOTEBOOKS if p.name.startswith("02_")).read_text())
+    assert len(nb["cells"]) <= 25, "02 teaches CAM, OAA and the IAM; the analysis is in 02b"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_executes_on_smoke(path, tmp_path):
-    import papermill as pm
-
     out = tmp_path / path.name
-    pm.execute_notebook(str(path), str(out), parameters={"profile": "smoke", "run_dir": str(tmp_path / "run")},
-                        kernel_name="python3", cwd=str(path.parent), progress_bar=False)
+    execute_notebook(path, out, {"profile": "smoke", "run_dir": str(tmp_path / "run")})
     nb = json.loads(out.read_text())
     errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     assert any(o.get("data", {}).get("image/png") for c in nb["cells"] for o in c.get("outputs", []))
+    assert not widget_outputs(nb), "frozen widgets in the executed copy (tqdm bars, widget reprs)"

@@ -1,4 +1,4 @@
-"""Segmentation rounds (ALGORITHM.md §5–§8): the training loop's augmentation, loss and resume,
+"""Segmentation rounds (docs/method.md §5–§8): the training loop's augmentation, loss and resume,
 the `seg1` / `masked` / `seg2` / `results` stages on the smoke profile, their stage keys, the
 masked labels against the per-image NSRM reference, and metrics.json / report.md."""
 

@@ -1,4 +1,4 @@
-"""SynthVOC: layout, determinism, and the phenomena DESIGN.md asks for, measured on `quick`."""
+"""SynthVOC: layout, determinism, and the phenomena it is built to have, measured on `quick`."""
 
 from __future__ import annotations
 

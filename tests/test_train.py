@@ -1,6 +1,6 @@
 """Classifier / IAM training, checkpoints and resume, stage records, map export, measures.
 
-ALGORITHM.md §1–§2 and issue 3. Everything here is tiny (a few images of 32–64 px, narrow
+docs/method.md §1–§2. Everything here is tiny (a few images of 32–64 px, narrow
 networks) so the file runs in well under a minute on 2 CPU cores.
 """
 

@@ -184,7 +184,7 @@ def save_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
         raise ValueError(f"label for {path} has values outside 0..255")
     h, w = label.shape
     img = Image.frombytes("P", (w, h), np.ascontiguousarray(label, dtype=np.uint8).tobytes())
-    # Pillow keeps the indices only when a palette is set explicitly (TOOLCHAIN.md).
+    # Pillow keeps the indices only when a palette is set explicitly.
     img.putpalette(_PALETTE)
     _save_png(img, path)
 

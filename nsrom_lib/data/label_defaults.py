@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __all__ = ["PSEUDO_DEFAULTS", "MASKED_DEFAULTS"]
 
-#: Reference thresholds of BE + POM (ALGORITHM.md §3, §4) and the 1% rule.
+#: Reference thresholds of BE + POM (docs/method.md §3, §4) and the 1% rule.
 PSEUDO_DEFAULTS: dict[str, float] = dict(fg=0.3, conflict=0.9, bg=32, att=0.8, pom=0.3, ratio=0.01)
-#: Reference settings of NSRM (ALGORITHM.md §6): box kernel and the 1% rule.
+#: Reference settings of NSRM (docs/method.md §6): box kernel and the 1% rule.
 MASKED_DEFAULTS: dict[str, float] = dict(kernel=30, ratio=0.01)

@@ -1,6 +1,6 @@
 """Official-format map and label folders: validate them, read them in batches, write labels.
 
-The folders the public NSROM / OAA code reads and writes (ALGORITHM.md §2–§6):
+The folders the public NSROM / OAA code reads and writes (docs/method.md §2–§6):
 
     LIST                          train_cls.txt format: "name c1 c2 ...", 0-based class ids
     SAL_DIR/{name}.png            8-bit gray saliency, 0..255
@@ -212,7 +212,7 @@ def load_label_inputs(
     if problems:
         raise DataError("; ".join(problems) + ". Nothing was written.")
 
-    from tqdm.auto import tqdm
+    from nsrom_lib.progress import progress_bar as tqdm
 
     entries: list[ImageEntry] = []
     missing: list[Path] = []
@@ -287,7 +287,7 @@ def load_label_inputs(
 
 
 def _read_map(path: Path | None, size: tuple[int, int]) -> np.ndarray:
-    if path is None:  # missing map: a constant map, which normalises to zeros (ALGORITHM.md §3)
+    if path is None:  # missing map: a constant map, which normalises to zeros (docs/method.md §3)
         return np.zeros(size, np.uint8)
     m = read_gray_png(path, "class map")
     if m.shape != size:
@@ -462,10 +462,9 @@ def make_labels(
     setting; 1 is fastest on a busy machine, see labels.torch_threads). Returns a summary: images, ignore_share, seconds, images_per_s,
     missing_maps, sizes, device.
     """
-    from tqdm.auto import tqdm
-
     from nsrom_lib.labels import torch_threads
     from nsrom_lib.pipeline import resolve_device
+    from nsrom_lib.progress import progress_bar as tqdm
 
     defaults = PSEUDO_DEFAULTS if inputs.mode == "pseudo" else MASKED_DEFAULTS
     unknown = set(thresholds) - set(defaults)

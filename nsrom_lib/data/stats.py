@@ -1,6 +1,6 @@
 """Statistics of a VOC-layout dataset, and the colour-only baseline (notebook 00, tests).
 
-They check that SynthVOC shows the phenomena DESIGN.md asks for: multi-label scenes,
+They check that SynthVOC shows the phenomena it is built to have: multi-label scenes,
 balanced classes, saliency that covers salient objects and misses non-salient ones,
 saliency exactly 0 away from objects, and images that colour alone does not solve.
 """

@@ -1,4 +1,4 @@
-"""SynthVOC: a deterministic synthetic benchmark in the PASCAL VOC layout (DESIGN.md "Datasets").
+"""SynthVOC: a deterministic synthetic benchmark in the PASCAL VOC layout (docs/design.md, "Datasets").
 
 Why it exists: nothing can be downloaded where this project is built and tested, and a reader
 should not need 2 GB of VOC to learn the method. SynthVOC reproduces the conditions NSROM works
@@ -75,7 +75,7 @@ class SynthVOCConfig:
     seed: int = 0
     salient_width: tuple[float, float] = (0.40, 0.60)  # object diameter / image side
     # non-salient objects: smaller and lower-contrast than salient ones, yet findable by a
-    # GT-trained segmenter (DESIGN.md asks for non-salient recall of the upper bound near 0.9;
+    # GT-trained segmenter (the aim: non-salient recall of the upper bound near 0.9;
     # version 1's (0.24, 0.34) wide, (0.10, 0.22) contrast, 0.75 marker gave 0.65)
     nonsalient_width: tuple[float, float] = (0.28, 0.38)
     p_second_salient: float = 0.12
@@ -401,7 +401,7 @@ def generate_synthvoc(
     # image index -> its own random stream: train i uses i, val i uses n_train + i
     jobs = [(cfg, str(root), i, n) for i, n in enumerate(splits["train"] + splits["val"])]
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
-    from tqdm.auto import tqdm
+    from nsrom_lib.progress import progress_bar as tqdm
 
     bar = tqdm(total=len(jobs), desc="SynthVOC", unit="img", disable=not progress)
     instances: dict[str, list[dict[str, Any]]] = {}

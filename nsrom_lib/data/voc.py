@@ -589,7 +589,7 @@ class VOCSegDataset(Dataset):
         """
         indices: Iterable[int] = range(len(self))
         if progress:
-            from tqdm.auto import tqdm
+            from nsrom_lib.progress import progress_bar as tqdm
 
             indices = tqdm(indices, desc=f"checking {self.root.name}/{self.split}", unit="img")
         for i in indices:

@@ -1,9 +1,9 @@
-"""The NSROM classifier and its integral attention variant (paper §3.1; ALGORITHM.md §1–§2).
+"""The NSROM classifier and its integral attention variant (paper §3.1; docs/method.md §1–§2).
 
     image -> backbone -> 3 extra 3x3 convs -> GloRe -> ReLU -> 1x1 conv (C maps = the CAM)
           -> global average pooling -> C logits            (trained with the loss of Eq. 4)
 
-The integral attention model (IAM, ALGORITHM.md §2) has the same layers, but as in the
+The integral attention model (IAM, docs/method.md §2) has the same layers, but as in the
 reference (``vgg1.py``) its ReLU sits *before* the GloRe unit instead of after it:
 
     image -> backbone -> 3 extra 3x3 convs -> ReLU -> GloRe -> 1x1 conv (C maps) -> pooling

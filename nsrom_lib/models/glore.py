@@ -1,4 +1,4 @@
-"""The Global Reasoning (GloRe) unit of the NSROM classifier (paper §3.1; ALGORITHM.md §1).
+"""The Global Reasoning (GloRe) unit of the NSROM classifier (paper §3.1; docs/method.md §1).
 
 NSROM puts one GloRe unit (Chen et al., "Graph-Based Global Reasoning Networks", CVPR 2019)
 between the classifier's extra convolutions and its CAM head, so that every pixel can exchange

@@ -1,4 +1,4 @@
-"""DeepLab-v2-style segmentation networks for both rounds (paper §3.3–3.4; ALGORITHM.md §5, §7).
+"""DeepLab-v2-style segmentation networks for both rounds (paper §3.3–3.4; docs/method.md §5, §7).
 
     image (B, 3, H, W) -> backbone at output stride 8 -> ASPP -> logits (B, C + 1, H/8, W/8)
                        -> bilinear upsampling -> logits (B, C + 1, H, W)
