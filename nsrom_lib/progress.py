@@ -44,7 +44,7 @@ def headless_env() -> Iterator[None]:
 
 def progress_bar(iterable: Iterable[Any] | None = None, **kwargs: Any):
     """`tqdm.auto.tqdm(iterable, **kwargs)`, disabled when `headless()`."""
-    from nsrom_lib.progress import progress_bar as tqdm
+    from tqdm.auto import tqdm
 
     if headless():
         kwargs["disable"] = True

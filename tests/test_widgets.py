@@ -103,3 +103,35 @@ def test_explorer_without_gt_or_pred(inputs):
 def test_update_is_fast_on_a_subset(inputs):
     res = explore_labels(inputs)  # 32 images of 64 px, everything included
     assert res["seconds"] < 5  # about 0.05 s when the machine is idle
+
+
+def test_explorer_picture_names_its_columns_and_colours(inputs):
+    from nsrom_lib.widgets import render_overlays
+
+    labels = explore_labels(inputs)["labels"]
+    plain = render_overlays(inputs, labels, [0, 1], scale=2)
+    titled = render_overlays(inputs, labels, [0, 1], scale=2, classes=["a", "b", "c"])
+    H = inputs["sal"].shape[1]
+    grid_h = (2 * H + 2) * 2
+    assert plain.shape[0] > grid_h, "a title strip above the overlays"
+    assert (plain[: plain.shape[0] - grid_h] < 128).any(), "the title strip holds text"
+    assert titled.shape[0] > plain.shape[0], "a legend strip under the overlays"
+    from nsrom_lib.viz import PALETTE
+
+    legend = titled[plain.shape[0]:]
+    for cls in (1, 2, 3):  # each class's swatch is in the legend
+        assert (legend == PALETTE[cls]).all(axis=-1).any()
+
+
+def test_explorer_is_static_when_headless(inputs, monkeypatch):
+    """Under papermill the saved copy must not hold a widget that needs a live kernel."""
+    from nsrom_lib.pipeline import WIDGET_MIME
+    from nsrom_lib.progress import HEADLESS_ENV
+
+    ex = ThresholdExplorer(inputs, show=2, classes=["a", "b", "c"])
+    monkeypatch.delenv(HEADLESS_ENV, raising=False)
+    assert WIDGET_MIME in ex._repr_mimebundle_()
+    monkeypatch.setenv(HEADLESS_ENV, "1")
+    static = ex._repr_mimebundle_()
+    assert WIDGET_MIME not in static
+    assert "data:image/png;base64," in static["text/html"] and "att = 0.8" in static["text/html"]
