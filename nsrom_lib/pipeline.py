@@ -169,6 +169,29 @@ def resolve_device(device: str = "auto"):
     return torch.device(device)
 
 
+def cpu_model() -> str:
+    """The processor's model name (`lscpu`'s "Model name"), or what the platform reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    """What a result depends on besides its settings: CPU model, torch build, CPU threads.
+
+    Weakly supervised results differ between CPUs and builds (float order), so every stage
+    record and report names them.
+    """
+    import torch
+
+    return dict(cpu=cpu_model(), torch=torch.__version__, threads=torch.get_num_threads(),
+                cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+
+
 class Run:
     """A run folder: configuration, per-stage folders and completion records."""
 
@@ -264,6 +287,7 @@ class Run:
             seconds=round(seconds, 3),
             finished=time.strftime("%Y-%m-%d %H:%M:%S"),
             machine=f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores)",
+            **machine_info(),
             **info,
         )
         atomic_write_json(self.stage_dir(stage) / "record.json", rec)
@@ -352,7 +376,7 @@ def ensure_data(run: Run, progress: bool = True) -> Path:
 
     def compute() -> dict[str, Any]:
         meta = generate_synthvoc(root, scfg, progress=progress)
-        return {"data_root": str(root), "generate_seconds": meta["seconds"]}
+        return {"data_root": str(root), "generate_seconds": meta.get("seconds", 0.0)}
 
     if run.is_done("data") and not synthvoc_is_complete(root, scfg):  # data folder deleted
         (run.dir / "data" / "record.json").unlink()
@@ -1457,10 +1481,12 @@ def write_report(run: Run, notebooks: list[dict[str, Any]] | None = None) -> Pat
     lines = [
         f"# NSROM on {'SynthVOC' if cfg.data_root is None else cfg.data_root}: profile `{cfg.profile}`",
         "",
-        f"Machine: {rec.get('machine', platform.node())}; device `{resolve_device(cfg.device)}`; "
-        f"results finished {rec.get('finished', '?')}. Run folder `{run.dir}`; configuration in "
-        "`config.json`. Every number below is read from the run's stage records and "
-        "`results/metrics.json`.",
+        f"Machine: {rec.get('machine', platform.node())}, CPU {rec.get('cpu') or cpu_model()}, "
+        f"torch {rec.get('torch', '?')} with {rec.get('threads', '?')} threads; device "
+        f"`{resolve_device(cfg.device)}`; results finished {rec.get('finished', '?')}. Run folder "
+        f"`{run.dir}`; configuration in `config.json`. Every number below is read from the run's "
+        "stage records and `results/metrics.json`. Another CPU or torch build gives other weakly "
+        "supervised numbers for the same seed (the upper bound barely moves).",
         "",
         "## Ablation (validation split)",
         "",

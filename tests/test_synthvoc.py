@@ -32,7 +32,7 @@ def _digest(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != "synthvoc.json"
+        if p.is_file()
     }
 
 
@@ -93,6 +93,7 @@ def test_not_solvable_by_colour(quick_stats):
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    """Every file of two builds is identical, metadata (synthvoc.json) included."""
     cfg = synthvoc_config_for(make_config("smoke"))
     a, b = tmp_path / "a", tmp_path / "b"
     generate_synthvoc(a, cfg, progress=False, workers=1)

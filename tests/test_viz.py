@@ -82,13 +82,3 @@ def test_widget_outputs_finds_frozen_widgets():
     ]}
     found = widget_outputs(nb)
     assert [f.split(":")[0] for f in found] == ["cell 0", "cell 1"]
-
-
-def test_stage_status_says_what_will_be_trained(tmp_path):
-    from nsrom_lib.pipeline import open_run, stage_status
-
-    run = open_run(tmp_path / "run", "smoke")
-    table = stage_status(run, ["classifier", "seg1/be"])
-    assert "`classifier` | **to compute now**: trains 3 epochs on 48 images" in table
-    run.complete("classifier", {}, 12.3)
-    assert "`classifier` | done, 12 s" in stage_status(run, ["classifier"])

@@ -380,7 +380,8 @@ def generate_synthvoc(
     progress: bool = True,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Write SynthVOC into `root` (VOC layout, see data/README.md) and return its metadata.
+    """Write SynthVOC into `root` (VOC layout, see data/README.md) and return its metadata
+    (`synthvoc.json`, plus `seconds` when it was generated now).
 
     Skips the work if `root` already holds the same configuration (unless `force`).
     `synthvoc.json` is written last: a folder without it (an interrupted run) is regenerated.
@@ -430,9 +431,10 @@ def generate_synthvoc(
         config=cfg.to_dict(),
         hash=cfg.hash(),
         classes=CLASS_NAMES[: cfg.num_classes],
-        seconds=round(time.perf_counter() - t0, 2),
         complete=True,
     )
+    # no timing in the folder: two builds of one configuration are identical, byte for byte
     atomic_write_json(root / "synthvoc.json", meta)
-    log.info("SynthVOC: %d images in %.1f s -> %s", len(jobs), meta["seconds"], root)
-    return meta
+    seconds = round(time.perf_counter() - t0, 2)
+    log.info("SynthVOC: %d images in %.1f s -> %s", len(jobs), seconds, root)
+    return dict(meta, seconds=seconds)
