@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.nsrom-installed
 PROFILE ?= default
 
-.PHONY: setup kernel run test lab lint format clean
+.PHONY: setup kernel run test lab lint figures clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,9 @@ test: setup
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks
+
+figures: setup
+	$(PY) -m nsrom_lib.viz pipeline docs/pipeline.png
 
 lint: setup
 	$(VENV)/bin/ruff check nsrom_lib tests notebooks

@@ -297,3 +297,36 @@ def object_cell_maps(mask: np.ndarray | Tensor, classes: Sequence[int], feature_
         cells = F.max_pool2d(cells, 2 * dilate + 1, 1, dilate)  # (1, k, h, w)
     up = cam_to_uint8(cells[0], size=tuple(m.shape), mode=mode)  # (k, H, W)
     return {c: up[j].numpy() for j, c in enumerate(classes)}
+
+
+#: The reference maps of `reference_maps`: key -> (legend label, `object_cell_maps` arguments).
+REFERENCE_MAPS: dict[str, tuple[str, dict[str, int | bool]]] = {
+    "graded": ("graded: share of each cell", {"graded": True}),
+    "cells+0": ("flat: objects' cells", {}),
+    "cells+1": ("flat: one cell wider", {"dilate": 1}),
+}
+
+
+def reference_maps(masks: Sequence[np.ndarray | Tensor], label_ids: Sequence[Sequence[int]],
+                   feature_size: tuple[int, int]) -> dict[str, list[dict[int, np.ndarray]]]:
+    """The reference maps of `REFERENCE_MAPS` for every image, built from the ground truth.
+
+    masks: (H, W) GT label maps; label_ids: each image's listed class ids; feature_size: (h, w)
+    of the networks' CAMs (`train.cam_size`). Returns {key: per image {class id: (H, W) uint8}},
+    exported like a CAM (`object_cell_maps`): what maps that know the objects, at the networks'
+    resolution, reach under the same measure (notebook 02b's yardstick).
+    """
+    return {key: [object_cell_maps(m, ids, feature_size, **kw) for m, ids in zip(masks, label_ids, strict=True)]
+            for key, (_, kw) in REFERENCE_MAPS.items()}
+
+
+def snapshot_epochs(first: int, last: int, k: int = 4) -> list[int]:
+    """k epochs evenly spread from `first` to `last`, both included, without repeats (fewer when
+    there are fewer epochs): e.g. the columns of a figure of OAA's accumulated maps. Epochs are
+    counted as the training log counts them (1-based); first <= last."""
+    if first > last or k < 1:
+        raise ValueError(f"need first <= last and k >= 1, got first={first}, last={last}, k={k}")
+    return sorted({int(round(float(e))) for e in np.linspace(first, last, k)})
+
+
+__all__ += ["REFERENCE_MAPS", "reference_maps", "snapshot_epochs"]

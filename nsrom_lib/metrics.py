@@ -245,6 +245,182 @@ def active_share(maps: Sequence[dict[int, Any]], threshold: float = 0.3) -> floa
 __all__ += ["active_share"]
 
 
+# ----------------------------------------------------------------------------- coverage-precision curves
+# (notebook 02's figure, notebook 02b's analysis of the OA-CAM's precision)
+
+#: Thresholds of a coverage-precision curve, strict to lax; 0 measures the maps' support.
+CURVE_THRESHOLDS: tuple[float, ...] = (0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.03, 0.01, 0.0)
+
+
+def coverage_precision_curve(
+    maps: Sequence[dict[int, Any]],
+    gt: dict[str, Any],
+    thresholds: Sequence[float] = CURVE_THRESHOLDS,
+) -> dict[str, list[float]]:
+    """`map_quality` of one kind of maps at every threshold: its coverage-precision curve.
+
+    maps: per image {class id: (H, W) map}, uint8 0..255 or float in [0, 1] (as `map_quality`);
+    gt: the ground truth of the same images, a dict with `masks` and optionally `instances` and
+    `objects` (what `pipeline.load_ground_truth` returns); thresholds: the activation thresholds,
+    strict to lax, so that coverage rises along the curve.
+    Returns lists with one value per threshold: `threshold`, `coverage`, `precision` and
+    `share` (`active_share`: the mean share of its image that a map marks active).
+    """
+    curve: dict[str, list[float]] = {"threshold": [], "coverage": [], "precision": [], "share": []}
+    for t in thresholds:
+        q = map_quality(maps, gt["masks"], gt.get("instances"), gt.get("objects"), threshold=t)
+        curve["threshold"].append(float(t))
+        curve["coverage"].append(q["coverage"])
+        curve["precision"].append(q["precision"])
+        curve["share"].append(active_share(maps, t))
+    return curve
+
+
+def curve_point(curve: dict[str, list[float]], threshold: float) -> dict[str, float]:
+    """The point of a `coverage_precision_curve` at one of its thresholds, as a dict of floats
+    (`threshold`, `coverage`, `precision`, `share`)."""
+    if threshold not in curve["threshold"]:
+        raise ValueError(f"threshold {threshold} is not on the curve; it has {curve['threshold']}")
+    i = curve["threshold"].index(threshold)
+    return {k: v[i] for k, v in curve.items()}
+
+
+def compare_with_curve(point: dict[str, float], curve: dict[str, list[float]],
+                       tolerance: float = 0.02) -> dict[str, Any]:
+    """Where a (coverage, precision) point lies against another map's coverage-precision curve.
+
+    point: a dict with `coverage` and `precision` (e.g. `curve_point` of the OA-CAM at 0.3);
+    curve: a `coverage_precision_curve` (e.g. the CAM's). The curve's precision at the point's
+    coverage is interpolated linearly between its points (NaN points dropped; left of the
+    curve's strictest point, that point's precision counts). Returns `precision_on_curve`
+    (None when no threshold gives the curve that much coverage) and `verdict`: "above" or
+    "below" the curve (by more than `tolerance`), "on" it, or "beyond" its reach.
+    A map shows an effect of its own only above the curve: on or below it, another threshold on
+    the curve's map buys the same coverage at the same or a better precision.
+    """
+    cov, prec = np.asarray(curve["coverage"], float), np.asarray(curve["precision"], float)
+    keep = np.isfinite(cov) & np.isfinite(prec)
+    cov, prec = cov[keep], prec[keep]
+    if not cov.size or point["coverage"] > cov.max():
+        return {"precision_on_curve": None, "verdict": "beyond"}
+    order = np.argsort(cov, kind="stable")
+    same = float(np.interp(point["coverage"], cov[order], prec[order]))
+    diff = point["precision"] - same
+    verdict = "above" if diff > tolerance else "below" if diff < -tolerance else "on"
+    return {"precision_on_curve": same, "verdict": verdict}
+
+
+def plot_coverage_precision(
+    curves: dict[str, dict[str, list[float]]],
+    at: float = 0.3,
+    marks: dict[str, dict[str, float]] | None = None,
+    title: str | None = None,
+):
+    """The coverage-precision figure: one curve per kind of map, the point at threshold `at`
+    drawn as a big open mark, and single points (e.g. reference maps) as black marks.
+
+    curves: {legend label: `coverage_precision_curve`}; marks: {legend label: a dict with
+    `coverage` and `precision`}. Returns the matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.4, 3.9))
+    for (label, curve), style in zip(curves.items(), ("o-", "s-", "^-", "v-", "d-"), strict=False):
+        line, = ax.plot(curve["coverage"], curve["precision"], style, ms=4, label=label)
+        if at in curve["threshold"]:
+            p = curve_point(curve, at)
+            ax.plot(p["coverage"], p["precision"], style[0], ms=11, mfc="none", color=line.get_color())
+    for (label, p), mark in zip((marks or {}).items(), ("D", "*", "P", "X"), strict=False):
+        ax.plot(p["coverage"], p["precision"], mark, ms=10, color="k", label=label)
+    first = next(iter(curves.values()))["threshold"] if curves else []
+    sweep = f"thresholds {first[0]:g} (left) to {first[-1]:g} (right); " if first else ""
+    ax.set(xlabel="coverage of objects", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1),
+           title=title or f"{sweep}big open marks: threshold {at:g}")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def per_class_quality(
+    maps_by_kind: dict[str, Sequence[dict[int, Any]]],
+    gt: dict[str, Any],
+    num_classes: int,
+    threshold: float = 0.3,
+) -> dict[int, dict[str, dict[str, float]]]:
+    """`map_quality` class by class, for several kinds of maps of the same images.
+
+    maps_by_kind: {kind: per image {class id: (H, W) map}}; gt: as `coverage_precision_curve`;
+    num_classes: C. For class c only its maps count, and the other classes' pixels become
+    background: still wrong for c's map, but no object of c to cover.
+    Returns {class id: {kind: map_quality dict}}, for the classes present in the GT.
+    """
+    objects = gt.get("objects")
+    out: dict[int, dict[str, dict[str, float]]] = {}
+    for c in range(num_classes):
+        masks_c = [np.where((_np(m) == c + 1) | (_np(m) == IGNORE), _np(m), 0) for m in gt["masks"]]
+        if not any((m == c + 1).any() for m in masks_c):
+            continue
+        objs_c = None if objects is None else [[o for o in os_ if o["class"] == c] for os_ in objects]
+        out[c] = {kind: map_quality([{c: per[c]} if c in per else {} for per in maps], masks_c,
+                                    gt.get("instances"), objs_c, threshold=threshold)
+                  for kind, maps in maps_by_kind.items()}
+    return out
+
+
+__all__ += ["CURVE_THRESHOLDS", "coverage_precision_curve", "curve_point", "compare_with_curve",
+            "plot_coverage_precision", "per_class_quality"]
+
+
+# ----------------------------------------------------------------------------- OAA, epoch by epoch
+# (notebook 02b: the classifier record's `oaa_epochs` rows)
+
+
+def oaa_epoch_summary(epochs: Sequence[dict[str, Any]], share: float = 0.9) -> dict[str, Any]:
+    """What the fused epochs of online attention accumulation bring, and when the maps settle.
+
+    epochs: one row per fused epoch, with `epoch` (1-based, as the training log), `images`,
+    `own` (that epoch's maps) and `accumulated` (the maps after it), each a `map_quality` dict:
+    the `oaa_epochs` that `pipeline.ensure_classifier` measures on its probe images.
+    The own maps have *settled* in the first epoch whose own-map precision is at least `share`
+    of the last epoch's. Returns `settled` and `last` (rows), `before` (fused epochs before the
+    settled one), `coverage_before` (the accumulated coverage after them, 0.0 if none) and
+    `settled_epochs` (epochs from the settled one to the last).
+    """
+    if not epochs:
+        raise ValueError("no fused epochs to summarise (a run without GT masks, or an older record)")
+    last = epochs[-1]
+    settled = next((r for r in epochs if r["own"]["precision"] >= share * last["own"]["precision"]), last)
+    before = [r for r in epochs if r["epoch"] < settled["epoch"]]
+    return {"settled": settled, "last": last, "before": len(before),
+            "coverage_before": before[-1]["accumulated"]["coverage"] if before else 0.0,
+            "settled_epochs": len(epochs) - len(before)}
+
+
+def plot_oaa_epochs(epochs: Sequence[dict[str, Any]], final_cam: dict[str, float] | None = None):
+    """Coverage and precision after every fused epoch: that epoch's own maps and the maps
+    accumulated so far (`oaa_epoch_summary`'s rows), with the final eval-mode CAM as a dashed
+    line (final_cam: a `map_quality` dict, or None). Returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in epochs]
+    fig, axes = plt.subplots(1, 2, figsize=(8.5, 2.9))
+    for ax, key in zip(axes, ("coverage", "precision"), strict=True):
+        ax.plot(ep, [r["own"][key] for r in epochs], "o-", label="that epoch's own map")
+        ax.plot(ep, [r["accumulated"][key] for r in epochs], "s-", label="accumulated so far")
+        if final_cam:
+            ax.axhline(final_cam[key], color="gray", ls="--", label="final CAM (eval mode)")
+        ax.set(xlabel="epoch (as the training log counts)", ylabel=key, ylim=(0, 1), title=key)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"OAA on {epochs[0]['images']} training images, epoch by epoch", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+__all__ += ["oaa_epoch_summary", "plot_oaa_epochs"]
+
+
 # ----------------------------------------------------------------------------- pseudo labels
 
 
@@ -275,3 +451,37 @@ def instance_background_share(
 
 
 __all__ += ["instance_background_share"]
+
+
+def instance_max(
+    maps: Sequence[Any],
+    instance_maps: Sequence[Any],
+    objects: Sequence[Sequence[dict[str, Any]]],
+    *,
+    salient: bool | None = False,
+) -> np.ndarray:
+    """The largest value of a per-image map on each GT instance, e.g. its saliency (0..255).
+
+    maps: per image an (H, W) map (saliency, an attention map); instance_maps: (H, W), value
+    k = instance k; objects: per image, dicts with `id` and `salient` (as `instance_recall`).
+    salient=False: non-salient instances only, True: salient ones, None: all. Instances
+    without pixels are skipped. Returns an (n,) array in image, then object order (the maps'
+    dtype; empty if none qualifies), so `(instance_max(sal, ...) == 0).mean()` is the share
+    of non-salient objects that the saliency map does not touch at all.
+    """
+    out = []
+    for m, inst, objs in zip(maps, instance_maps, objects, strict=True):
+        m, inst = _np(m), _np(inst)
+        if m.shape != inst.shape:
+            raise ValueError(f"map {m.shape} and instance map {inst.shape} differ in size")
+        for o in objs:
+            if salient is not None and bool(o["salient"]) != salient:
+                continue
+            px = inst == o["id"]
+            if px.any():
+                out.append(m[px].max())
+    dtype = _np(maps[0]).dtype if len(maps) else np.float64
+    return np.asarray(out, dtype=dtype)
+
+
+__all__ += ["instance_max"]

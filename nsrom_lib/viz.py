@@ -289,6 +289,94 @@ def pipeline_figure(here: str | None = None, width: float = 11.0):
     return fig
 
 
+# ----------------------------------------------------------------------------- two predictions compared
+
+#: Colours of `difference_map` (RGB): what changed between prediction A and prediction B.
+DIFFERENCE_COLOURS: dict[str, tuple[int, int, int]] = {
+    "gained": (0, 200, 80),  # green: B right where A was wrong
+    "lost": (230, 30, 30),  # red: B wrong where A was right
+    "void": (150, 150, 150),  # gray: void in the ground truth, not scored
+}
+
+
+def difference_masks(pred_a: np.ndarray, pred_b: np.ndarray, gt: np.ndarray,
+                     ignore: int = IGNORE) -> dict[str, np.ndarray]:
+    """Which pixels prediction B gets right that A got wrong, and the reverse.
+
+    pred_a, pred_b, gt: label ids of the same shape, (H, W) or (N, H, W). Returns boolean
+    masks of that shape: "gained" (B right, A wrong), "lost" (A right, B wrong) and "void"
+    (gt == ignore, where neither is scored). Every other pixel is right or wrong in both.
+    """
+    a, b, g = (np.asarray(x) for x in (pred_a, pred_b, gt))
+    if not a.shape == b.shape == g.shape:
+        raise ValueError(f"shapes differ: pred_a {a.shape}, pred_b {b.shape}, gt {g.shape}")
+    void = g == ignore
+    right_a, right_b = (a == g) & ~void, (b == g) & ~void
+    return {"gained": right_b & ~right_a, "lost": right_a & ~right_b, "void": void}
+
+
+def difference_counts(pred_a: np.ndarray, pred_b: np.ndarray, gt: np.ndarray,
+                      ignore: int = IGNORE) -> dict[str, int]:
+    """Pixel counts of `difference_masks` (any shape, e.g. a whole split as (N, H, W)), plus
+    "scored" (pixels whose ground truth is not `ignore`): {gained, lost, void, scored}."""
+    m = difference_masks(pred_a, pred_b, gt, ignore)
+    out = {k: int(v.sum()) for k, v in m.items()}
+    out["scored"] = int(m["void"].size - out["void"])
+    return out
+
+
+def difference_map(pred_a: np.ndarray, pred_b: np.ndarray, gt: np.ndarray, ignore: int = IGNORE,
+                   image: np.ndarray | None = None, dim: float = 0.35) -> np.ndarray:
+    """Picture of what changed from prediction A to prediction B, judged by the ground truth.
+
+    pred_a, pred_b, gt: (H, W) label ids. Returns (H, W, 3) uint8: green where B is right and A
+    was wrong, red where A was right and B is wrong, gray where the ground truth is void
+    (`ignore`), and black everywhere else (both right or both wrong) -- or, with `image`
+    ((H, W, 3) uint8), that image in gray, darkened to `dim` of its brightness, so the changes
+    stand out on the scene (in gray, no colour of the image is taken for a change).
+    `difference_legend` explains the colours above a figure.
+    """
+    a = np.asarray(pred_a)
+    if a.ndim != 2:
+        raise ValueError(f"difference_map draws one image: (H, W) labels, got {a.shape}")
+    m = difference_masks(a, pred_b, gt, ignore)
+    H, W = a.shape
+    if image is None:
+        out = np.zeros((H, W, 3), np.uint8)
+    else:
+        img = np.asarray(image)
+        if img.shape != (H, W, 3):
+            raise ValueError(f"image must be (H, W, 3) = {(H, W, 3)}, got {img.shape}")
+        gray = img.astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # (H, W) luminance
+        out = np.repeat(np.clip(gray * dim, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    for key in ("void", "gained", "lost"):
+        out[m[key]] = DIFFERENCE_COLOURS[key]
+    return out
+
+
+def difference_legend(fig: Any, a: str = "round 1", b: str = "round 2", image: bool = False,
+                      **kwargs: Any):
+    """Add the colours of `difference_map` above a figure (A and B named as in its titles);
+    image: the maps were drawn over the darkened image. Keyword arguments go to `fig.legend`
+    (e.g. title=..., which then stands in for a suptitle; loc and bbox_to_anchor to move it).
+    Returns the legend."""
+    from matplotlib.patches import Patch
+
+    c = {k: np.asarray(v) / 255 for k, v in DIFFERENCE_COLOURS.items()}
+    handles = [Patch(facecolor=c["gained"], edgecolor="0.3", label=f"{b} right, {a} wrong"),
+               Patch(facecolor=c["lost"], edgecolor="0.3", label=f"{a} right, {b} wrong"),
+               Patch(facecolor=c["void"], edgecolor="0.3", label="void in the ground truth"),
+               Patch(facecolor="0.25" if image else "black", edgecolor="0.3",
+                     label="no change (both right or both wrong)")]
+    kwargs = dict(dict(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=7,
+                       title_fontsize=9, frameon=False, handlelength=1.2), **kwargs)
+    return fig.legend(handles=handles, **kwargs)
+
+
+__all__ += ["DIFFERENCE_COLOURS", "difference_masks", "difference_counts", "difference_map",
+            "difference_legend"]
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     """`python -m nsrom_lib.viz pipeline OUT.png`: write the README's pipeline figure."""
     import argparse

@@ -3,6 +3,7 @@ points to notes or trackers that a user does not have."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", ROOT / "data" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 OUTSIDE = re.compile(r"ALGORITHM\.md|DESIGN\.md|STYLE\.md|TOOLCHAIN\.md|\.\./shared|\b[Ii]ssue [0-9]+")
 
@@ -32,9 +34,17 @@ def test_docs_exist():
         assert (ROOT / "docs" / name).is_file(), f"docs/{name} missing"
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def _markdown(page: Path) -> str:
+    """A page's Markdown: the file itself, or a notebook's markdown cells."""
+    if page.suffix == ".ipynb":
+        cells = json.loads(page.read_text())["cells"]
+        return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    return page.read_text()
+
+
+@pytest.mark.parametrize("page", PAGES + NOTEBOOKS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_link_resolves_inside_the_repository(page):
-    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    text = re.sub(r"```.*?```", "", _markdown(page), flags=re.S)
     bad = []
     for target in LINK.findall(text):
         if re.match(r"^[a-z]+:", target):
