@@ -310,38 +310,6 @@ def compare_with_curve(point: dict[str, float], curve: dict[str, list[float]],
     return {"precision_on_curve": same, "verdict": verdict}
 
 
-def plot_coverage_precision(
-    curves: dict[str, dict[str, list[float]]],
-    at: float = 0.3,
-    marks: dict[str, dict[str, float]] | None = None,
-    title: str | None = None,
-):
-    """The coverage-precision figure: one curve per kind of map, the point at threshold `at`
-    drawn as a big open mark, and single points (e.g. reference maps) as black marks.
-
-    curves: {legend label: `coverage_precision_curve`}; marks: {legend label: a dict with
-    `coverage` and `precision`}. Returns the matplotlib figure.
-    """
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.4, 3.9))
-    for (label, curve), style in zip(curves.items(), ("o-", "s-", "^-", "v-", "d-"), strict=False):
-        line, = ax.plot(curve["coverage"], curve["precision"], style, ms=4, label=label)
-        if at in curve["threshold"]:
-            p = curve_point(curve, at)
-            ax.plot(p["coverage"], p["precision"], style[0], ms=11, mfc="none", color=line.get_color())
-    for (label, p), mark in zip((marks or {}).items(), ("D", "*", "P", "X"), strict=False):
-        ax.plot(p["coverage"], p["precision"], mark, ms=10, color="k", label=label)
-    first = next(iter(curves.values()))["threshold"] if curves else []
-    sweep = f"thresholds {first[0]:g} (left) to {first[-1]:g} (right); " if first else ""
-    ax.set(xlabel="coverage of objects", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1),
-           title=title or f"{sweep}big open marks: threshold {at:g}")
-    ax.title.set_fontsize(9)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    return fig
-
-
 def per_class_quality(
     maps_by_kind: dict[str, Sequence[dict[int, Any]]],
     gt: dict[str, Any],
@@ -369,7 +337,7 @@ def per_class_quality(
 
 
 __all__ += ["CURVE_THRESHOLDS", "coverage_precision_curve", "curve_point", "compare_with_curve",
-            "plot_coverage_precision", "per_class_quality"]
+            "per_class_quality"]
 
 
 # ----------------------------------------------------------------------------- OAA, epoch by epoch
@@ -397,28 +365,7 @@ def oaa_epoch_summary(epochs: Sequence[dict[str, Any]], share: float = 0.9) -> d
             "settled_epochs": len(epochs) - len(before)}
 
 
-def plot_oaa_epochs(epochs: Sequence[dict[str, Any]], final_cam: dict[str, float] | None = None):
-    """Coverage and precision after every fused epoch: that epoch's own maps and the maps
-    accumulated so far (`oaa_epoch_summary`'s rows), with the final eval-mode CAM as a dashed
-    line (final_cam: a `map_quality` dict, or None). Returns the matplotlib figure."""
-    import matplotlib.pyplot as plt
-
-    ep = [r["epoch"] for r in epochs]
-    fig, axes = plt.subplots(1, 2, figsize=(8.5, 2.9))
-    for ax, key in zip(axes, ("coverage", "precision"), strict=True):
-        ax.plot(ep, [r["own"][key] for r in epochs], "o-", label="that epoch's own map")
-        ax.plot(ep, [r["accumulated"][key] for r in epochs], "s-", label="accumulated so far")
-        if final_cam:
-            ax.axhline(final_cam[key], color="gray", ls="--", label="final CAM (eval mode)")
-        ax.set(xlabel="epoch (as the training log counts)", ylabel=key, ylim=(0, 1), title=key)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"OAA on {epochs[0]['images']} training images, epoch by epoch", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-__all__ += ["oaa_epoch_summary", "plot_oaa_epochs"]
+__all__ += ["oaa_epoch_summary"]
 
 
 # ----------------------------------------------------------------------------- pseudo labels

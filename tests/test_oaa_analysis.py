@@ -18,9 +18,8 @@ from nsrom_lib.metrics import (  # noqa: E402
     map_quality,
     oaa_epoch_summary,
     per_class_quality,
-    plot_coverage_precision,
-    plot_oaa_epochs,
 )
+from nsrom_lib.viz import plot_coverage_precision, plot_oaa_epochs
 
 
 def _toy():
