@@ -220,13 +220,11 @@ def _bar_mask(rng, h, w, cy, cx, length, thickness):
 # ----------------------------------------------------------------------------- one scene
 
 
-def render_scene(cfg: SynthVOCConfig, rng: np.random.Generator) -> dict[str, Any]:
-    """Draw one scene.
+def _background(cfg: SynthVOCConfig, rng: np.random.Generator) -> tuple[np.ndarray, list]:
+    """A smooth colour field, then clutter from the shared texture pool.
 
-    Returns a dict with
-      image: (S, S, 3) uint8 RGB; mask: (S, S) uint8 class map (0 bg, c+1 class c);
-      instances: (S, S) uint8 instance map (0 bg, k = instance k);
-      saliency: (S, S) uint8; objects: list of per-instance dicts (id, class, salient, area, bbox).
+    Returns the (S, S, 3) float image and the clutter masks (remembered for the saliency
+    detector's false alarms).
     """
     S = cfg.image_size
     scale = S / 96.0
@@ -234,8 +232,6 @@ def render_scene(cfg: SynthVOCConfig, rng: np.random.Generator) -> dict[str, Any
     bg_lum = rng.uniform(0.2, 0.8)
     img = _texture(rng, S, S, bg_lum, rng.uniform(0.15, 0.35))
     img = 0.6 * img + 0.4 * (_smooth_noise(rng, S, S, 3)[..., None] * 0.5 + bg_lum - 0.25)
-
-    # clutter from the shared texture pool (remembered for saliency false alarms)
     clutter = []
     for _ in range(int(rng.integers(cfg.n_clutter[0], cfg.n_clutter[1] + 1))):
         cy, cx = rng.uniform(0, S, 2)
@@ -246,92 +242,132 @@ def render_scene(cfg: SynthVOCConfig, rng: np.random.Generator) -> dict[str, Any
         tex = _texture(rng, S, S, np.clip(bg_lum + rng.uniform(-0.3, 0.3), 0.05, 0.95), 0.3)
         img[m] = tex[m]
         clutter.append(m)
+    return img, clutter
 
+
+def _place(cfg: SynthVOCConfig, rng: np.random.Generator, salient: bool, first: bool,
+           occupied: np.ndarray) -> dict[str, Any] | None:
+    """Find a place for one object that keeps a margin to the others (40 tries), or None.
+
+    The first salient object sits near the centre; a second one is smaller, wherever it fits;
+    non-salient objects are peripheral.
+    """
+    S = cfg.image_size
+    margin = max(2, int(round(3 * S / 96.0)))
+    lo, hi = cfg.salient_width if salient else cfg.nonsalient_width
+    if salient and not first:  # a second salient object: smaller, wherever it fits
+        lo, hi = lo * 0.75, lo
+    for _ in range(40):
+        radius = rng.uniform(lo, hi) * S / 2
+        if salient and not first:
+            cy, cx = rng.uniform(radius, S - radius, 2)
+        elif salient:
+            cy, cx = S / 2 + rng.normal(0, 0.06 * S, 2)
+        else:  # peripheral: away from the centre
+            ang = rng.uniform(0, 2 * np.pi)
+            dist = rng.uniform(0.28, 0.48) * S
+            cy, cx = S / 2 + dist * np.sin(ang), S / 2 + dist * np.cos(ang)
+        cy = float(np.clip(cy, radius, S - radius))
+        cx = float(np.clip(cx, radius, S - radius))
+        cls = int(rng.integers(cfg.num_classes))
+        theta = rng.uniform(0, 2 * np.pi)
+        u, v = _local_coords(S, S, cy, cx, radius, theta)
+        m = _shape_mask(cls, u, v)
+        if m.sum() < 0.15 * math.pi * radius**2:
+            continue
+        grown = ndimage.binary_dilation(m, iterations=margin)
+        if (grown & occupied).any():
+            continue
+        return dict(cls=cls, m=m, u=u, v=v)
+    return None
+
+
+def _paint(cfg: SynthVOCConfig, rng: np.random.Generator, img: np.ndarray, obj: dict[str, Any],
+           salient: bool) -> None:
+    """Paint an object's textured body (contrast to its surroundings) and its class marker."""
+    S = cfg.image_size
+    cls, m, u, v = obj["cls"], obj["m"], obj["u"], obj["v"]
+    local_lum = float(_luminance(img[m]).mean())
+    lo, hi = cfg.salient_contrast if salient else cfg.nonsalient_contrast
+    gap = rng.uniform(lo, hi)
+    sign = 1.0 if local_lum < 0.5 else -1.0
+    if not salient and rng.uniform() < 0.5:
+        sign = -sign
+    body_lum = float(np.clip(local_lum + sign * gap, 0.05, 0.95))
+    body = _texture(rng, S, S, body_lum, rng.uniform(0.1, 0.3))
+    img[m] = body[m]
+    # the discriminative part: a coloured marker at the class's place on the shape
+    mu, mv = _MARKER_AT[cls]
+    marker = (np.hypot(u - mu, v - mv) <= cfg.marker_radius) & m
+    colour = _marker_colour(cls, cfg.num_classes)
+    alpha = 1.0 if salient else cfg.nonsalient_marker_alpha
+    img[marker] = alpha * colour + (1 - alpha) * img[marker]
+
+
+def _detector_response(cfg: SynthVOCConfig, rng: np.random.Generator, obj: dict[str, Any],
+                       salient: bool) -> np.ndarray | None:
+    """The saliency detector's response to one object (float, 0..1), or None for no response.
+
+    Salient objects: slightly misaligned, with soft borders after the blur. Non-salient ones: with
+    probability p_nonsalient_hint a weak, partial response (< 128 after scaling).
+    """
+    m, u, v = obj["m"], obj["u"], obj["v"]
+    if salient:
+        sm = m
+        grow = int(rng.integers(-1, 2))
+        if grow > 0:
+            sm = ndimage.binary_dilation(sm, iterations=grow)
+        elif grow < 0:
+            sm = ndimage.binary_erosion(sm, iterations=-grow)
+        sm = np.roll(sm, tuple(rng.integers(-1, 2, 2)), axis=(0, 1))
+        return rng.uniform(0.9, 1.0) * sm.astype(np.float64)
+    if rng.uniform() < cfg.p_nonsalient_hint:
+        part = m & (np.hypot(u - rng.uniform(-0.5, 0.5), v - rng.uniform(-0.5, 0.5)) <= 0.6)
+        return rng.uniform(0.15, 0.4) * part
+    return None
+
+
+def render_scene(cfg: SynthVOCConfig, rng: np.random.Generator) -> dict[str, Any]:
+    """Draw one scene.
+
+    Returns a dict with
+      image: (S, S, 3) uint8 RGB; mask: (S, S) uint8 class map (0 bg, c+1 class c);
+      instances: (S, S) uint8 instance map (0 bg, k = instance k);
+      saliency: (S, S) uint8; objects: list of per-instance dicts (id, class, salient, area, bbox).
+    """
+    S = cfg.image_size
+    img, clutter = _background(cfg, rng)
     mask = np.zeros((S, S), np.uint8)
     inst = np.zeros((S, S), np.uint8)
     occupied = np.zeros((S, S), bool)
     objects: list[dict[str, Any]] = []
     sal = np.zeros((S, S), np.float64)
-    margin = max(2, int(round(3 * scale)))
-
-    def place(salient: bool) -> dict[str, Any] | None:
-        lo, hi = cfg.salient_width if salient else cfg.nonsalient_width
-        if salient and objects:  # a second salient object: smaller, wherever it fits
-            lo, hi = lo * 0.75, lo
-        for _ in range(40):
-            radius = rng.uniform(lo, hi) * S / 2
-            if salient and objects:
-                cy, cx = rng.uniform(radius, S - radius, 2)
-            elif salient:
-                cy, cx = S / 2 + rng.normal(0, 0.06 * S, 2)
-            else:  # peripheral: away from the centre
-                ang = rng.uniform(0, 2 * np.pi)
-                dist = rng.uniform(0.28, 0.48) * S
-                cy, cx = S / 2 + dist * np.sin(ang), S / 2 + dist * np.cos(ang)
-            cy = float(np.clip(cy, radius, S - radius))
-            cx = float(np.clip(cx, radius, S - radius))
-            cls = int(rng.integers(cfg.num_classes))
-            theta = rng.uniform(0, 2 * np.pi)
-            u, v = _local_coords(S, S, cy, cx, radius, theta)
-            m = _shape_mask(cls, u, v)
-            if m.sum() < 0.15 * math.pi * radius**2:
-                continue
-            grown = ndimage.binary_dilation(m, iterations=margin)
-            if (grown & occupied).any():
-                continue
-            return dict(cls=cls, m=m, u=u, v=v, radius=radius, cy=cy, cx=cx)
-        return None
 
     n_sal = 1 + int(rng.uniform() < cfg.p_second_salient)
     n_non = int(rng.choice(len(cfg.p_num_nonsalient), p=np.array(cfg.p_num_nonsalient)))
-    plan = [True] * n_sal + [False] * n_non
-    for salient in plan:
-        obj = place(salient)
+    for salient in [True] * n_sal + [False] * n_non:
+        obj = _place(cfg, rng, salient, first=not objects, occupied=occupied)
         if obj is None:
             continue
-        cls, m, u, v = obj["cls"], obj["m"], obj["u"], obj["v"]
-        local_lum = float(_luminance(img[m]).mean())
-        lo, hi = cfg.salient_contrast if salient else cfg.nonsalient_contrast
-        gap = rng.uniform(lo, hi)
-        sign = 1.0 if local_lum < 0.5 else -1.0
-        if not salient and rng.uniform() < 0.5:
-            sign = -sign
-        body_lum = float(np.clip(local_lum + sign * gap, 0.05, 0.95))
-        body = _texture(rng, S, S, body_lum, rng.uniform(0.1, 0.3))
-        img[m] = body[m]
-        # the discriminative part: a coloured marker at the class's place on the shape
-        mu, mv = _MARKER_AT[cls]
-        marker = (np.hypot(u - mu, v - mv) <= cfg.marker_radius) & m
-        colour = _marker_colour(cls, cfg.num_classes)
-        alpha = 1.0 if salient else cfg.nonsalient_marker_alpha
-        img[marker] = alpha * colour + (1 - alpha) * img[marker]
-        k = len(objects) + 1
-        mask[m] = cls + 1
+        _paint(cfg, rng, img, obj, salient)
+        m, k = obj["m"], len(objects) + 1
+        mask[m] = obj["cls"] + 1
         inst[m] = k
         occupied |= m
         ys, xs = np.nonzero(m)
         objects.append(
-            dict(id=k, cls=cls, salient=bool(salient), area=int(m.sum()),
+            dict(id=k, cls=obj["cls"], salient=bool(salient), area=int(m.sum()),
                  bbox=[int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1])
         )
-        if salient:  # a detector's response: slightly misaligned, soft borders
-            sm = m
-            grow = int(rng.integers(-1, 2))
-            if grow > 0:
-                sm = ndimage.binary_dilation(sm, iterations=grow)
-            elif grow < 0:
-                sm = ndimage.binary_erosion(sm, iterations=-grow)
-            sm = np.roll(sm, tuple(rng.integers(-1, 2, 2)), axis=(0, 1))
-            sal = np.maximum(sal, rng.uniform(0.9, 1.0) * sm.astype(np.float64))
-        elif rng.uniform() < cfg.p_nonsalient_hint:  # weak, partial response (< 128)
-            part = m & (np.hypot(u - rng.uniform(-0.5, 0.5), v - rng.uniform(-0.5, 0.5)) <= 0.6)
-            sal = np.maximum(sal, rng.uniform(0.15, 0.4) * part)
+        response = _detector_response(cfg, rng, obj, salient)
+        if response is not None:
+            sal = np.maximum(sal, response)
 
     if clutter and rng.uniform() < cfg.p_false_alarm:  # a false alarm on a clutter item
         fa = clutter[int(rng.integers(len(clutter)))] & ~occupied
         sal = np.maximum(sal, rng.uniform(0.3, 0.8) * fa)
 
-    sal = ndimage.gaussian_filter(sal, cfg.sal_blur * scale)
+    sal = ndimage.gaussian_filter(sal, cfg.sal_blur * S / 96.0)
     sal8 = np.clip(np.round(sal * 255), 0, 255).astype(np.uint8)
     sal8[sal8 < 8] = 0  # exactly 0 away from objects: NSRM's object mask is sal != 0
     image = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)

@@ -332,8 +332,25 @@ class VOCSegDataset(Dataset):
 
         _check_root(self.root)
         self.names: list[str] = read_split(self.root, split)
+        self.num_classes, self.class_names = self._classes(num_classes)
+        # images: one directory listing, no decoding
+        self.image_dir = self.root / "JPEGImages"
+        if not self.image_dir.is_dir():
+            raise DataError(
+                f"image folder not found: {self.image_dir}. A VOC root holds JPEGImages/."
+            )
+        self._images = _index_folder(self.image_dir, IMAGE_EXTENSIONS)
+        self._find_saliency(saliency_dir)
+        masks_complete = self._find_masks(mask_dir)
+        self._find_labels(cls_list, validate)
+        self._decide_masks(with_mask, masks_complete)
+        if validate:
+            self._validate_files()
 
-        # Classes: classes.txt (or VOC's 20) and num_classes must agree.
+    # -- construction steps -------------------------------------------------------------
+
+    def _classes(self, num_classes: int | None) -> tuple[int, list[str]]:
+        """classes.txt (or VOC's 20 names) and num_classes must agree."""
         names = read_class_names(self.root)
         if num_classes is None:
             num_classes = len(names)
@@ -348,83 +365,73 @@ class VOCSegDataset(Dataset):
             raise ValueError(
                 f"num_classes must lie in 1..254 (label PNGs are 8-bit), got {num_classes}"
             )
-        self.num_classes: int = num_classes
-        self.class_names: list[str] = names
+        return num_classes, names
 
-        # Images (one directory listing, no decoding).
-        self.image_dir = self.root / "JPEGImages"
-        if not self.image_dir.is_dir():
-            raise DataError(
-                f"image folder not found: {self.image_dir}. A VOC root holds JPEGImages/."
-            )
-        self._images = _index_folder(self.image_dir, IMAGE_EXTENSIONS)
-
-        # Saliency.
+    def _find_saliency(self, saliency_dir: str | os.PathLike | None) -> None:
         self.saliency_dir: Path | None = None
         self._saliency: dict[str, Path] = {}
-        if with_saliency:
-            self.saliency_dir = (
-                Path(saliency_dir) if saliency_dir is not None else self.root / "Saliency"
+        if not self.with_saliency:
+            return
+        self.saliency_dir = (
+            Path(saliency_dir) if saliency_dir is not None else self.root / "Saliency"
+        )
+        if not self.saliency_dir.is_dir():
+            raise DataError(
+                f"saliency folder not found: {self.saliency_dir}. Put 8-bit gray saliency PNGs "
+                "there, pass saliency_dir=..., or with_saliency=False."
             )
-            if not self.saliency_dir.is_dir():
-                raise DataError(
-                    f"saliency folder not found: {self.saliency_dir}. Put 8-bit gray saliency PNGs "
-                    "there, pass saliency_dir=..., or with_saliency=False."
-                )
-            self._saliency = _index_folder(self.saliency_dir, (".png",))
+        self._saliency = _index_folder(self.saliency_dir, (".png",))
 
-        # Masks.
-        if mask_dir is not None:
-            self.mask_dir: Path | None = Path(mask_dir)
-        else:
-            self.mask_dir = gt_mask_dir(self.root)
+    def _find_masks(self, mask_dir: str | os.PathLike | None) -> bool:
+        """Index the GT mask folder; True when it holds a mask for every image of the split."""
+        self.mask_dir: Path = Path(mask_dir) if mask_dir is not None else gt_mask_dir(self.root)
         self._masks: dict[str, Path] = {}
-        masks_complete = False
-        if self.mask_dir.is_dir():
-            self._masks = _index_folder(self.mask_dir, (".png",))
-            masks_complete = all(n in self._masks for n in self.names)
+        if not self.mask_dir.is_dir():
+            return False
+        self._masks = _index_folder(self.mask_dir, (".png",))
+        return all(n in self._masks for n in self.names)
 
-        # Image-level labels.
+    def _find_labels(self, cls_list, validate: bool) -> None:
+        """Image-level labels: a mapping, a class-list file, or (neither) the GT masks."""
         self._labels: dict[str, list[int]] | None
         if cls_list is not None and not isinstance(cls_list, (str, os.PathLike)):
             self._labels = {str(k): sorted({int(c) for c in v}) for k, v in cls_list.items()}
             self.label_source = "cls_list"
             self._labels_origin = "the cls_list mapping"
+            return
+        path = Path(cls_list) if cls_list is not None else cls_list_path(self.root, self.split)
+        if cls_list is not None or path.is_file():
+            self._labels = read_cls_list(path, self.num_classes if validate else None)
+            self.label_source = "cls_list" if cls_list is not None else "cls_file"
+            self._labels_origin = str(path)
         else:
-            path = Path(cls_list) if cls_list is not None else cls_list_path(self.root, split)
-            if cls_list is not None or path.is_file():
-                self._labels = read_cls_list(path, num_classes if validate else None)
-                self.label_source = "cls_list" if cls_list is not None else "cls_file"
-                self._labels_origin = str(path)
-            else:
-                self._labels = None
-                self.label_source = "mask"
-                self._labels_origin = f"masks in {self.mask_dir}"
+            self._labels = None
+            self.label_source = "mask"
+            self._labels_origin = f"masks in {self.mask_dir}"
 
+    def _decide_masks(self, with_mask: bool | str, masks_complete: bool) -> None:
+        """Whether items carry masks, and whether the masks must be there (labels from masks)."""
         if with_mask == "auto":
             self.with_mask = masks_complete
             if self._masks and not masks_complete:
                 log.warning(
                     "%s holds masks for only some images of split %r: masks are not returned",
                     self.mask_dir,
-                    split,
+                    self.split,
                 )
         else:
             self.with_mask = bool(with_mask)
         self._need_mask = self.with_mask or self.label_source == "mask"
         if self._need_mask and not self.mask_dir.is_dir():
             why = (
-                f"{cls_list_path(self.root, split)} is absent, so image-level labels come from the GT masks"
+                f"{cls_list_path(self.root, self.split)} is absent, so image-level labels come from the GT masks"
                 if self.label_source == "mask"
                 else "with_mask=True"
             )
             raise DataError(
                 f"mask folder not found: {self.mask_dir} ({why}). Provide the masks, pass mask_dir=..., "
-                f"or write {cls_list_path(self.root, split)} (train_cls.txt format)."
+                f"or write {cls_list_path(self.root, self.split)} (train_cls.txt format)."
             )
-
-        if validate:
-            self._validate_files()
 
     # -- cheap checks -----------------------------------------------------------------
 
