@@ -53,6 +53,7 @@ from nsrom_lib.data.io import atomic_path, save_gray_png
 from nsrom_lib.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ColorJitter, Resize
 from nsrom_lib.data.voc import VOCSegDataset
 from nsrom_lib.faults import crash_point
+from nsrom_lib.progress import progress_bar as tqdm
 
 log = logging.getLogger(__name__)
 
@@ -294,26 +295,12 @@ def _fit(
     the checkpoints save. schedule "poly" sets lr = base·(1 − it / iterations)^0.9 at every
     iteration (DeepLab's decay); the others change it once per epoch.
     """
-    from nsrom_lib.progress import progress_bar as tqdm
-
     N = images.shape[0]
     model.to(device).train()
     opt = make_optimizer(model, optimizer, lr, weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    history: list[dict[str, float]] = []
-    start = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    state = _load_checkpoint(ckpt, tag) if ckpt is not None else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if extra_state is not None:
-            extra_state[1](state["extra"])
-        history = list(state["history"])
-        start = int(state["epoch"])
-        log.info("%s: resumed from %s after epoch %d", desc, ckpt, start)
+    history, start = _resume(ckpt, tag, model, opt, gen, extra_state, desc)
     stop = epochs if max_epochs is None else min(epochs, max_epochs)
     n_batches = (N + batch_size - 1) // batch_size
     if make_batch is None:
@@ -329,10 +316,9 @@ def _fit(
             lr_e = learning_rate(lr, epoch, epochs, schedule)
         _set_lr(opt, lr_e)
         order = torch.randperm(N, generator=gen)  # (N,)
-        batches = [order[i : i + batch_size] for i in range(0, N, batch_size)]
-        total, seen = 0.0, 0
         bar.set_description(f"{desc} epoch {epoch + 1}/{epochs}")
-        for it, idx in enumerate(batches):
+        total, seen = 0.0, 0
+        for it, idx in enumerate(order.split(batch_size)):
             if schedule == "poly":
                 _set_lr(opt, poly_lr(lr, epoch * n_batches + it, epochs * n_batches))
             loss = step(make_batch(idx, gen), idx, epoch)
@@ -344,17 +330,7 @@ def _fit(
             rate = seen / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(loss=f"{total / seen:.4f}", img_s=f"{rate:.0f}", refresh=False)
             bar.update(1)
-        seconds = time.perf_counter() - t0
-        if not math.isfinite(total):
-            raise FloatingPointError(
-                f"{desc}: the training loss became {total / max(seen, 1)} in epoch {epoch + 1} "
-                f"(learning rate {lr}): the network diverged; lower the learning rate "
-                "(--set cls_lr=... / iam_lr=... / seg_lr=...) and run again"
-            )
-        history.append(dict(epoch=epoch + 1, loss=total / max(seen, 1), lr=lr_e,
-                            seconds=round(seconds, 3), img_per_s=round(seen / max(seconds, 1e-9), 1)))
-        log.info("%s epoch %d/%d: loss %.4f, %.0f img/s", desc, epoch + 1, epochs,
-                 history[-1]["loss"], history[-1]["img_per_s"])
+        history.append(_epoch_record(desc, epoch, epochs, lr, lr_e, total, seen, t0))
         if on_epoch_end is not None:
             on_epoch_end(epoch)
         if ckpt is not None:
@@ -367,6 +343,42 @@ def _fit(
     bar.close()
     done = len(history)
     return dict(history=history, epochs_done=done, completed=done >= epochs, resumed_from=start)
+
+
+def _resume(ckpt: Path | None, tag: str, model: nn.Module, opt: torch.optim.Optimizer,
+            gen: torch.Generator, extra_state, desc: str) -> tuple[list[dict[str, float]], int]:
+    """Load the checkpoint of `tag` into model, optimiser and generators when there is one.
+
+    Returns the history so far and the number of epochs done (0 and [] without a checkpoint).
+    """
+    state = _load_checkpoint(ckpt, tag) if ckpt is not None else None
+    if state is None:
+        return [], 0
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if extra_state is not None:
+        extra_state[1](state["extra"])
+    log.info("%s: resumed from %s after epoch %d", desc, ckpt, int(state["epoch"]))
+    return list(state["history"]), int(state["epoch"])
+
+
+def _epoch_record(desc: str, epoch: int, epochs: int, lr: float, lr_e: float, total: float,
+                  seen: int, t0: float) -> dict[str, float]:
+    """One epoch's line of the history; a non-finite loss stops the training with the fix."""
+    seconds = time.perf_counter() - t0
+    if not math.isfinite(total):
+        raise FloatingPointError(
+            f"{desc}: the training loss became {total / max(seen, 1)} in epoch {epoch + 1} "
+            f"(learning rate {lr}): the network diverged; lower the learning rate "
+            "(--set cls_lr=... / iam_lr=... / seg_lr=...) and run again"
+        )
+    record = dict(epoch=epoch + 1, loss=total / max(seen, 1), lr=lr_e,
+                  seconds=round(seconds, 3), img_per_s=round(seen / max(seconds, 1e-9), 1))
+    log.info("%s epoch %d/%d: loss %.4f, %.0f img/s", desc, epoch + 1, epochs,
+             record["loss"], record["img_per_s"])
+    return record
 
 
 def train_classifier(
@@ -396,35 +408,22 @@ def train_classifier(
 
     model: a `Classifier` (returns ``(logits, cam)`` with ``return_cam=True``); images: (N, 3, H, W)
     uint8; labels: (N, C) float multi-hot; epochs: total epochs; accumulate: run OAA (§2);
-    accumulate_from: first 0-based epoch whose CAMs are fused (the reference: 1, the second
-    epoch; a later start is a diagnostic for networks trained from scratch, whose first epochs'
-    CAMs are noise — not the paper's method);
+    accumulate_from: first 0-based epoch whose CAMs are fused (the reference: 1, the second;
+    later is a diagnostic for networks trained from scratch, not the paper's method);
     snapshot_indices: images whose accumulated maps are copied after every epoch (figures);
-    probe_indices: images whose *own* maps of every fused epoch are kept (the max-normalised
-    training-pass CAMs that OAA fuses, before the gate), to measure what each epoch adds;
-    checkpoint: file written after every epoch and resumed from when present (with the same
-    `tag`); max_epochs: stop after this many epochs in total (an interruption, for tests).
-    Returns model, accumulator (`OAAccumulator` or None), snapshots ``{"indices": (k,),
-    "maps": (E, k, C, h, w) uint8}`` (E = epochs done), probe ``{"indices": (p,), "epochs":
-    (F,) long (0-based fused epochs), "maps": (F, p, C, h, w) uint8 0..255, "accumulated": (F, p,
-    C, h, w) uint8}`` (the epoch's own maps and the accumulated maps after it), history
+    probe_indices: images whose own fused maps of every epoch are kept (`_EpochProbe`);
+    checkpoint: written every epoch, resumed from with the same `tag`; max_epochs: stop early.
+    Returns model, accumulator (`OAAccumulator` or None), snapshots ``{"indices": (k,), "maps":
+    (E, k, C, h, w) uint8}`` (E = epochs done), probe (see `_EpochProbe.result`), history
     (per-epoch loss, lr, seconds, img/s), epochs_done and completed.
     """
-    device = torch.device(device)
-    N, C = labels.shape
-    labels = labels.float()
+    device, (N, C), labels = torch.device(device), labels.shape, labels.float()
     model.to(device)
     h, w = cam_size(model, tuple(images.shape[-2:]))
     acc = OAAccumulator(N, C, (h, w), device=device) if accumulate else None
     snap_idx = torch.as_tensor(list(snapshot_indices), dtype=torch.long)
     snapshots: list[Tensor] = []
-    probe_idx = torch.as_tensor(list(probe_indices), dtype=torch.long)  # (p,)
-    if probe_idx.unique().numel() != probe_idx.numel():
-        raise ValueError("probe_indices must be distinct")
-    probe_pos = torch.full((N,), -1, dtype=torch.long)  # dataset index -> row of the probe
-    probe_pos[probe_idx] = torch.arange(probe_idx.numel())
-    probe: dict[str, list] = dict(epochs=[], maps=[], accumulated=[])
-    probe_now: dict[int, Tensor] = {}  # epoch -> (p, C, h, w) uint8, filled during the epoch
+    probe = _EpochProbe(probe_indices, N, (C, h, w))
 
     def step(x: Tensor, idx: Tensor, epoch: int) -> Tensor:
         y = labels[idx].to(device)  # (B, C)
@@ -434,34 +433,24 @@ def train_classifier(
         if acc is not None and epoch >= accumulate_from:
             # §2: fuse this forward pass's CAMs (train mode, before the optimizer step).
             acc.update(idx, cam, torch.sigmoid(logits), y, epoch, epochs)
-            if probe_idx.numel():
-                pos = probe_pos[idx]  # (B,)
-                hit = pos >= 0
-                if hit.any():
-                    own = probe_now.setdefault(
-                        epoch, torch.zeros(probe_idx.numel(), C, h, w, dtype=torch.uint8))
-                    # The map OAA fuses, kept whatever the gate said.
-                    own[pos[hit]] = oaa_attention(cam.detach()[hit.to(cam.device)]).cpu()
+            probe.see(idx, cam, epoch)
         return loss
 
     def on_epoch_end(epoch: int) -> None:
         if acc is not None and len(snap_idx):
             snapshots.append(acc.maps(snap_idx).cpu())  # (k, C, h, w)
-        if acc is not None and epoch in probe_now:
-            probe["epochs"].append(epoch)
-            probe["maps"].append(probe_now.pop(epoch))
-            probe["accumulated"].append(acc.maps(probe_idx).cpu())  # (p, C, h, w)
+        if acc is not None:
+            probe.epoch_end(epoch, acc)
 
     def get_extra() -> dict[str, Any]:
         return dict(acc=acc.state_dict() if acc is not None else None, snapshots=list(snapshots),
-                    probe={k: list(v) for k, v in probe.items()})
+                    probe=probe.state_dict())
 
     def set_extra(extra: dict[str, Any]) -> None:
         if acc is not None and extra.get("acc") is not None:
             acc.load_state_dict(extra["acc"])
         snapshots[:] = list(extra.get("snapshots", []))
-        for k, v in extra.get("probe", {}).items():
-            probe[k] = list(v)
+        probe.load_state_dict(extra.get("probe", {}))
 
     out = _fit(model, images, step=step, epochs=epochs, batch_size=batch_size, lr=lr,
                optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, jitter=jitter,
@@ -469,15 +458,63 @@ def train_classifier(
                extra_state=(get_extra, set_extra), on_epoch_end=on_epoch_end,
                max_epochs=max_epochs, progress=progress, desc="classifier")
     maps = torch.stack(snapshots) if snapshots else torch.zeros(0, len(snap_idx), C, h, w, dtype=torch.uint8)
-    p = probe_idx.numel()
-
-    def stacked(key: str) -> Tensor:  # (F, p, C, h, w) uint8
-        return torch.stack(probe[key]) if probe[key] else torch.zeros(0, p, C, h, w, dtype=torch.uint8)
-
     out.update(model=model.eval(), accumulator=acc, snapshots={"indices": snap_idx, "maps": maps},
-               probe=dict(indices=probe_idx, epochs=torch.as_tensor(probe["epochs"], dtype=torch.long),
-                          maps=stacked("maps"), accumulated=stacked("accumulated")))
+               probe=probe.result())
     return out
+
+
+class _EpochProbe:
+    """The maps of a few probe images in every fused epoch, for the OAA analysis.
+
+    For each fused epoch: the image's own map of that epoch (the max-normalised training-pass
+    CAM that OAA fuses, kept whatever the gate said) and the accumulated map after the epoch.
+    """
+
+    def __init__(self, indices: Sequence[int], n_images: int, map_shape: tuple[int, int, int]):
+        self.indices = torch.as_tensor(list(indices), dtype=torch.long)  # (p,)
+        if self.indices.unique().numel() != self.indices.numel():
+            raise ValueError("probe_indices must be distinct")
+        self.row = torch.full((n_images,), -1, dtype=torch.long)  # dataset index -> probe row
+        self.row[self.indices] = torch.arange(self.indices.numel())
+        self.map_shape = map_shape  # (C, h, w)
+        self.kept: dict[str, list] = dict(epochs=[], maps=[], accumulated=[])
+        self.now: dict[int, Tensor] = {}  # epoch -> (p, C, h, w) uint8, filled during the epoch
+
+    def see(self, idx: Tensor, cam: Tensor, epoch: int) -> None:
+        """Keep the maps OAA fuses in this batch for the probe images among idx."""
+        if not self.indices.numel():
+            return
+        pos = self.row[idx]  # (B,)
+        hit = pos >= 0
+        if hit.any():
+            own = self.now.setdefault(
+                epoch, torch.zeros(self.indices.numel(), *self.map_shape, dtype=torch.uint8))
+            own[pos[hit]] = oaa_attention(cam.detach()[hit.to(cam.device)]).cpu()
+
+    def epoch_end(self, epoch: int, acc: OAAccumulator) -> None:
+        if epoch in self.now:
+            self.kept["epochs"].append(epoch)
+            self.kept["maps"].append(self.now.pop(epoch))
+            self.kept["accumulated"].append(acc.maps(self.indices).cpu())  # (p, C, h, w)
+
+    def state_dict(self) -> dict[str, list]:
+        return {k: list(v) for k, v in self.kept.items()}
+
+    def load_state_dict(self, state: dict[str, list]) -> None:
+        for k, v in state.items():
+            self.kept[k] = list(v)
+
+    def result(self) -> dict[str, Tensor]:
+        """indices (p,), epochs (F,) 0-based, maps and accumulated (F, p, C, h, w) uint8."""
+        p = self.indices.numel()
+
+        def stacked(key: str) -> Tensor:
+            if self.kept[key]:
+                return torch.stack(self.kept[key])
+            return torch.zeros(0, p, *self.map_shape, dtype=torch.uint8)
+
+        return dict(indices=self.indices, epochs=torch.as_tensor(self.kept["epochs"], dtype=torch.long),
+                    maps=stacked("maps"), accumulated=stacked("accumulated"))
 
 
 def train_iam(
@@ -648,7 +685,6 @@ def predict_segmentation(
     refine each image's averaged softmax with the dense CRF (on the CPU) before the argmax, as
     the reference does. Returns (N, H, W) uint8 (0 background, c + 1 class c), on the CPU.
     """
-    from nsrom_lib.progress import progress_bar as tqdm
 
     device = torch.device(device)
     model.to(device).eval()
@@ -693,7 +729,6 @@ def predict_cams(
 
     images: (N, 3, H, W) uint8. Returns logits (N, C) float32 and cams (N, C, h, w) float32 (CPU).
     """
-    from nsrom_lib.progress import progress_bar as tqdm
 
     device = torch.device(device)
     model.to(device).eval()
@@ -756,7 +791,6 @@ def export_maps(
 
     cls is the 0-based class id, as the official code names its CAM files. Returns the count.
     """
-    from nsrom_lib.progress import progress_bar as tqdm
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
