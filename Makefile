@@ -33,6 +33,7 @@ figures: setup
 
 lint: setup
 	$(VENV)/bin/ruff check nsrom_lib tests notebooks
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
