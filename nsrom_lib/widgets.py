@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from nsrom_lib.params import BE, NSRM, POM, RULE, bounds
+
 __all__ = [
     "THRESHOLDS",
     "explorer_inputs",
@@ -37,14 +39,22 @@ __all__ = [
     "ThresholdExplorer",
 ]
 
-#: Slider settings: name -> (reference value, min, max, step). bg is in saliency units (0..255).
+
+def _slider(params, name: str, step: float, hi: float | None = None) -> tuple[float, float, float, float]:
+    """(reference value, min, max, step) of a setting, its default and range from nsrom_lib.params."""
+    lo, top = bounds(params, name)
+    return getattr(params, name), lo, top if hi is None else hi, step
+
+
+#: Slider settings: name -> (reference value, min, max, step), from nsrom_lib.params. bg is in
+#: saliency units (0..255); the kernel slider stops at 61 px (twice the reference's box).
 THRESHOLDS: dict[str, tuple[float, float, float, float]] = {
-    "fg": (0.3, 0.0, 1.0, 0.05),
-    "conflict": (0.9, 0.0, 1.0, 0.05),
-    "bg": (32, 0, 256, 1),
-    "att": (0.8, 0.0, 1.0, 0.05),
-    "pom": (0.3, 0.0, 1.0, 0.05),
-    "kernel": (30, 1, 61, 1),
+    "fg": _slider(BE, "fg", 0.05),
+    "conflict": _slider(BE, "conflict", 0.05),
+    "bg": _slider(BE, "bg", 1),
+    "att": _slider(BE, "att", 0.05),
+    "pom": _slider(POM, "pom", 0.05),
+    "kernel": _slider(NSRM, "kernel", 1, hi=61),
 }
 
 
@@ -95,13 +105,13 @@ def _quality(labels: np.ndarray, x: Mapping[str, Any], num_labels: int) -> dict[
 
 def explore_labels(
     inputs: Mapping[str, Any],
-    fg: float = 0.3,
-    conflict: float = 0.9,
-    bg: float = 32,
-    att: float = 0.8,
-    pom: float = 0.3,
-    kernel: int = 30,
-    ratio: float = 0.01,
+    fg: float = BE.fg,
+    conflict: float = BE.conflict,
+    bg: float = BE.bg,
+    att: float = BE.att,
+    pom: float = POM.pom,
+    kernel: int = NSRM.kernel,
+    ratio: float = RULE.ratio,
     device: str = "cpu",
     threads: int | None = 1,
 ) -> dict[str, Any]:

@@ -1,14 +1,16 @@
-"""Reference thresholds of the `pseudo` and `masked` labels: the one place they are set.
+"""The defaults of the `nsrom labels pseudo` and `nsrom labels masked` options, as dicts.
 
-Kept free of torch and numpy so that `nsrom labels ... --help` can show them cheaply;
-`nsrom_lib.data.maps_io` re-exports both dicts and `nsrom_lib.cli` takes its defaults from them.
+Built from `nsrom_lib.params` (where every default and range is written); kept free of torch and
+numpy so that `nsrom labels ... --help` can show them cheaply.
 """
 
 from __future__ import annotations
 
+from nsrom_lib.params import BE, NSRM, POM, RULE
+
 __all__ = ["PSEUDO_DEFAULTS", "MASKED_DEFAULTS"]
 
-#: Reference thresholds of BE + POM (docs/method.md §3, §4) and the 1% rule.
-PSEUDO_DEFAULTS: dict[str, float] = dict(fg=0.3, conflict=0.9, bg=32, att=0.8, pom=0.3, ratio=0.01)
-#: Reference settings of NSRM (docs/method.md §6): box kernel and the 1% rule.
-MASKED_DEFAULTS: dict[str, float] = dict(kernel=30, ratio=0.01)
+#: BE + POM (docs/method.md §3, §4) and the 1% rule.
+PSEUDO_DEFAULTS: dict[str, float] = {**BE.as_dict(), **POM.as_dict(), **RULE.as_dict()}
+#: NSRM (docs/method.md §6): box kernel and the 1% rule.
+MASKED_DEFAULTS: dict[str, float] = {**NSRM.as_dict(), **RULE.as_dict()}
