@@ -11,14 +11,18 @@ stopped.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import os
 import platform
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from nsrom_lib.config import (
     NOT_RESULT_KEYS,
@@ -35,78 +39,51 @@ from nsrom_lib.pipeline.device import machine_info
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "STAGES", "STAGE_FIELDS", "WARMUP_STAGE", "UPPER_BOUND_FIELDS", "SEG_PREDICT_FIELDS", "Run",
+    "STAGES", "LOCK_NAME", "STAGE_FIELDS", "WARMUP_STAGE", "UPPER_BOUND_FIELDS", "SEG_PREDICT_FIELDS", "Run",
     "open_run",
     "project_root", "default_data_dir", "default_runs_dir", "synthvoc_config_for", "dataset_id",
     "variant_stage",
 ]
 
 
+#: The lock file's name in a stage folder (`Run.lock_path`).
+LOCK_NAME = ".lock"
+
 STAGES = ["data", "classifier", "iam", "maps", "pseudo", "seg1", "masked", "seg2", "results"]
-
-
-# The configuration keys each stage's result depends on (its record key hashes only these; a
-# stage not listed depends on the whole configuration). Each includes its upstream's keys.
-# Left out on purpose: device, num_threads and channels_last (where and how fast, not what).
-_DATA_FIELDS = ("data_root", "image_size", "n_train", "n_val", "num_classes", "seed")
-
-
-_CLASSIFIER_FIELDS = _DATA_FIELDS + (
-    "backbone", "pretrained", "width", "output_stride", "jitter", "cls_epochs", "cls_batch_size",
-    "cls_optimizer", "cls_lr", "cls_schedule", "cls_weight_decay", "oaa_snapshots", "oaa_from_epoch",
-    "cls_warmup_epochs",
-)
-
-
-#: Settings added after run folders existed: at these (default) values they are left out of
-#: the stage keys, so the records of older runs stay valid instead of retraining everything.
-_KEYED_ONLY_IF_SET: dict[str, Any] = {"cls_warmup_epochs": 0}
 
 
 #: Sub-stage of `classifier`: the warm-up backbone (`ensure_warmup`).
 WARMUP_STAGE = "classifier/warmup"
 
-
-_IAM_FIELDS = _CLASSIFIER_FIELDS + ("iam_epochs", "iam_lr", "iam_batch_size")
-
-
-STAGE_FIELDS: dict[str, tuple[str, ...]] = {
-    "data": _DATA_FIELDS,
-    "classifier": _CLASSIFIER_FIELDS,
-    "iam": _IAM_FIELDS,
-    "maps": _IAM_FIELDS,
-    "pseudo": _IAM_FIELDS + (
-        "be_fg", "be_conflict", "be_bg", "be_att", "pom_threshold", "min_label_ratio",
-    ),
-    # the classifier's recipe without the OAA settings and cls_epochs, which it does not use
-    WARMUP_STAGE: tuple(f for f in _CLASSIFIER_FIELDS
-                        if f not in ("cls_epochs", "oaa_snapshots", "oaa_from_epoch")),
-}
+#: The stages whose keys hash only the fields they depend on, upstream first; `results` (and
+#: any stage not listed) depends on the whole configuration but device and extra.
+_KEYED_STAGES = ("data", "classifier", "iam", "maps", "pseudo", "seg1", "masked", "seg2")
+_FIELDS = dataclasses.fields(RunConfig)
 
 
-_SEG_FIELDS = (
-    "seg_backbone", "seg_pretrained", "seg_width", "seg_output_stride", "seg_epochs",
-    "seg_batch_size", "seg_optimizer", "seg_lr", "seg_weight_decay", "seg_scale", "seg_test_flip",
-    "seg_crf",
-)
+def _fields_up_to(stage: str) -> tuple[str, ...]:
+    """The fields of `stage` and of every stage upstream of it (RunConfig metadata)."""
+    upstream = _KEYED_STAGES[:_KEYED_STAGES.index(stage) + 1]
+    return tuple(f.name for f in _FIELDS if f.metadata.get("stage") in upstream)
 
 
-# Settings that change a segmentation model's predictions but not its training: changing them
-# re-predicts with the stored model (unless the model's own labels came from predictions).
-SEG_PREDICT_FIELDS = ("seg_test_flip", "seg_crf")
-
-
-STAGE_FIELDS["seg1"] = STAGE_FIELDS["pseudo"] + _SEG_FIELDS
-
-
-STAGE_FIELDS["masked"] = STAGE_FIELDS["seg1"] + ("nsrm_kernel",)
-
-
-STAGE_FIELDS["seg2"] = STAGE_FIELDS["masked"]
-
-
+#: The configuration keys each stage's result depends on: its record key hashes only these,
+#: so changing a downstream setting leaves an upstream stage valid. Derived from the `stage`
+#: each RunConfig field names (`config._setting`); each includes its upstream's keys; fields
+#: without a stage (where and how fast, `NOT_RESULT_KEYS`, and the profile's name) are in none.
+STAGE_FIELDS: dict[str, tuple[str, ...]] = {s: _fields_up_to(s) for s in _KEYED_STAGES}
+# the classifier's recipe without the settings it does not use (cls_epochs and the OAA ones)
+STAGE_FIELDS[WARMUP_STAGE] = tuple(f.name for f in _FIELDS if f.name in STAGE_FIELDS["classifier"]
+                                   and f.metadata.get("warmup", True))
+#: Settings added after run folders existed: at these (default) values they are left out of
+#: the stage keys, so the records of older runs stay valid instead of retraining everything.
+_KEYED_ONLY_IF_SET: dict[str, Any] = {f.name: f.metadata["keyed_unless"] for f in _FIELDS
+                                      if "keyed_unless" in f.metadata}
+#: Settings that change a segmentation model's predictions but not its training: changing them
+#: re-predicts with the stored model (unless the model's own labels came from predictions).
+SEG_PREDICT_FIELDS = tuple(f.name for f in _FIELDS if f.metadata.get("predict_only"))
 #: The fully supervised upper bound depends on the data and the segmentation settings only.
-UPPER_BOUND_FIELDS = _DATA_FIELDS + _SEG_FIELDS
+UPPER_BOUND_FIELDS = tuple(f.name for f in _FIELDS if f.metadata.get("stage") in ("data", "seg1"))
 
 
 def project_root() -> Path:
@@ -133,6 +110,7 @@ class Run:
     def __init__(self, run_dir: str | os.PathLike, cfg: RunConfig):
         self.dir = Path(run_dir).resolve()
         self.cfg = cfg
+        self._unreadable: set[Path] = set()  # records already warned about (`record`)
         self._warn_if_reconfigured()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -200,13 +178,25 @@ class Run:
         return config_hash({"stage": stage, "dataset": dataset_id(self.cfg), **values, **extra})
 
     def record(self, stage: str) -> dict[str, Any] | None:
+        """The stage's completion record, or None when it has none.
+
+        A record that exists but cannot be read (not JSON, not an object) counts as none, so the
+        stage is computed again, and a warning names the file (once per file and Run).
+        """
         p = self.dir / stage / "record.json"
         if not p.is_file():
             return None
         try:
-            return json.loads(p.read_text())
-        except json.JSONDecodeError:
+            rec = json.loads(p.read_text())
+            if not isinstance(rec, dict):
+                raise ValueError(f"a JSON {type(rec).__name__}, not an object")
+        except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
+            if p not in self._unreadable:
+                self._unreadable.add(p)
+                log.warning("stage record %s cannot be read (%s): the stage %s will be computed "
+                            "again and the record replaced", p, e, stage)
             return None
+        return rec
 
     def is_done(self, stage: str, key: str | None = None) -> bool:
         rec = self.record(stage)
@@ -232,15 +222,44 @@ class Run:
                **info: Any) -> dict[str, Any]:
         """Run `compute()` (which returns metrics) unless the stage is already done; return the record.
 
-        key: the record's key (default `stage_key(stage)`, the whole configuration).
+        key: the record's key (default `stage_key(stage)`, the whole configuration). While it
+        computes, the process holds the stage's lock file (`lock_path`): a second process
+        ensuring the same stage of the same folder waits for it, then reuses its record instead
+        of computing the stage twice.
         """
         key = key or self.stage_key(stage)
         if self.is_done(stage, key):
             log.info("stage %s: done already (%s)", stage, self.dir / stage)
             return self.record(stage) or {}
-        t0 = time.perf_counter()
-        metrics = compute()
-        return self.complete(stage, metrics, time.perf_counter() - t0, key=key, **info)
+        with self._stage_lock(stage):
+            if self.is_done(stage, key):  # finished by the process this one waited for
+                log.info("stage %s: finished by another process meanwhile (%s)", stage,
+                         self.dir / stage)
+                return self.record(stage) or {}
+            t0 = time.perf_counter()
+            metrics = compute()
+            return self.complete(stage, metrics, time.perf_counter() - t0, key=key, **info)
+
+    def lock_path(self, stage: str) -> Path:
+        """The lock file a process holds while it computes `stage` (`ensure`)."""
+        return self.stage_dir(stage) / LOCK_NAME
+
+    @contextlib.contextmanager
+    def _stage_lock(self, stage: str) -> Iterator[None]:
+        """Hold the stage's lock, saying so when another process holds it first. The operating
+        system releases it when a process dies, so an interrupted run leaves no stale lock."""
+        # one instance per path in this process: a nested ensure of the same stage re-enters it
+        lock = FileLock(self.lock_path(stage), is_singleton=True)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.warning("stage %s of %s is being computed by another process (lock %s): "
+                        "waiting for it to finish", stage, self.dir, lock.lock_file)
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
 
 def open_run(run_dir: str | os.PathLike | None = None, profile: str = "quick", *,

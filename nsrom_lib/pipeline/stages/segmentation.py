@@ -247,8 +247,8 @@ def _train_or_reuse(run: Run, which: str, model: torch.nn.Module, d: Path, devic
     cfg = run.cfg
     old = _trained_model(d, train_key)
     if old is not None:  # only prediction settings changed: predict with the stored model
-        model.load_state_dict(old["state_dict"])
-        hist = json.loads((d / "history.json").read_text())
+        state, hist = old
+        model.load_state_dict(state["state_dict"])
         log.info("%s: the model in %s was trained with the same settings; predicting only",
                  which, d)
         return dict(history=hist, resumed_from=len(hist)), True
@@ -265,17 +265,31 @@ def _train_or_reuse(run: Run, which: str, model: torch.nn.Module, d: Path, devic
     return res, False
 
 
-def _trained_model(stage_dir: Path, train_key: str) -> dict[str, Any] | None:
-    """The stored model of a segmentation stage if it was trained under `train_key` (and its
-    history is there), else None."""
-    path = stage_dir / "model.pt"
-    if not path.is_file() or not (stage_dir / "history.json").is_file():
+def _trained_model(stage_dir: Path, train_key: str
+                   ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """The stored model of a segmentation stage and its training history, if it was trained
+    under `train_key`; else None (train again). A model or history that is there but cannot be
+    read is trained again with a warning naming the file."""
+    path, hist_path = stage_dir / "model.pt", stage_dir / "history.json"
+    if not path.is_file() or not hist_path.is_file():
         return None
     try:
         state = load_torch(path, str(stage_dir))
-    except Exception:  # unreadable: train again
+    except Exception as e:  # any unpickling or zip error: the file is not a model we wrote
+        log.warning("the stored model %s cannot be read (%s: %s): training it again",
+                    path, type(e).__name__, e)
         return None
-    return state if isinstance(state, dict) and state.get("train_key") == train_key else None
+    if not isinstance(state, dict) or state.get("train_key") != train_key:
+        return None  # trained with other settings
+    try:
+        hist = json.loads(hist_path.read_text())
+        if not isinstance(hist, list) or not hist:
+            raise ValueError("not a list of epochs")
+    except (OSError, ValueError) as e:
+        log.warning("the training history %s cannot be read (%s): training the model again",
+                    hist_path, e)
+        return None
+    return state, hist
 
 
 def load_segmenter(run: Run, which: str = "pom_round1"):
