@@ -82,7 +82,7 @@ def gt_derived_maps(
     return oa_cam, cam
 
 
-def _dataset_root(profile: str) -> Path:
+def dataset_root(profile: str) -> Path:
     """The profile's SynthVOC folder (as the data stage names it), generated if absent."""
     from nsrom_lib.config import make_config
     from nsrom_lib.data.synthvoc import generate_synthvoc
@@ -93,6 +93,9 @@ def _dataset_root(profile: str) -> Path:
     root = default_data_dir() / f"synthvoc-{cfg.profile}-s{cfg.seed}-{scfg.hash()[:8]}"
     generate_synthvoc(root, scfg, progress=False)  # reused when complete
     return root
+
+
+_dataset_root = dataset_root  # the former private name
 
 
 def load_bench_inputs(
@@ -120,7 +123,7 @@ def load_bench_inputs(
         run = open_run(run_dir, values.pop("profile"), **values)
         root = ensure_data(run, progress=False)
     else:
-        root = _dataset_root(profile)
+        root = dataset_root(profile)
     arrays = load_split_arrays(root, "train", limit=limit)
     C = len(read_class_names(root))
     N = len(arrays["names"])

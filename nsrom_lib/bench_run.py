@@ -44,7 +44,7 @@ def bench_training(profile: str = "default", device: str = "auto", limit: int = 
     import torch
 
     from nsrom_lib import train as T
-    from nsrom_lib.bench import _dataset_root
+    from nsrom_lib.bench import dataset_root
     from nsrom_lib.config import make_config
     from nsrom_lib.data.stats import load_split_arrays
     from nsrom_lib.pipeline import build_classifier, build_segmenter, resolve_device
@@ -52,7 +52,7 @@ def bench_training(profile: str = "default", device: str = "auto", limit: int = 
     cfg = make_config(profile)
     dev = resolve_device(device)
     threads = T.configure_threads(cfg.num_threads)
-    root = _dataset_root(profile)
+    root = dataset_root(profile)
     data = T.load_split_tensors(root, "train", cfg.num_classes, cfg.image_size)
     n = min(limit, len(data["names"]))
     images, labels = data["images"][:n], data["labels"][:n]  # (n, 3, S, S) uint8, (n, C)

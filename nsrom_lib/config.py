@@ -22,8 +22,9 @@ __all__ = ["RunConfig", "PROFILES", "ConfigError", "make_config", "parse_set", "
 #: SynthVOC draws one shape per class (data/synthvoc.py CLASS_NAMES): at most this many classes.
 SYNTHVOC_MAX_CLASSES = 8
 
-#: Settings that say where and how fast a run computes, not what it computes: the stage keys of
-#: `pipeline.STAGE_FIELDS` leave them out, so other values of them retrain nothing.
+#: Settings that say where and how fast a run computes, not what it computes: their fields carry
+#: no stage (`_setting(..., None)`), so the stage keys leave them out and other values of them
+#: retrain nothing.
 NOT_RESULT_KEYS = frozenset({"device", "num_threads", "channels_last", "extra"})
 
 
@@ -31,65 +32,82 @@ class ConfigError(ValueError):
     """A bad profile name, `--set` key or value: the message names it and the fix."""
 
 
+def _setting(default: Any, stage: str | None, **meta: Any) -> Any:
+    """A `RunConfig` field with the stage it feeds, in its metadata.
+
+    stage: the first stage whose result depends on the field; its record key hashes it, and so
+    do the keys of every later stage (`pipeline.run.STAGE_FIELDS` is derived from this). None:
+    the field names the run or says where and how fast it computes (`NOT_RESULT_KEYS`), not
+    what. meta: `warmup=False` leaves a classifier field out of the warm-up sub-stage's key;
+    `predict_only=True` marks a segmentation field that changes predictions, not training;
+    `keyed_unless=v` leaves the field out of every key while it has the value v (settings
+    added after run folders existed, so that older records stay valid).
+    """
+    return field(default=default, metadata={"stage": stage, **meta})
+
+
 @dataclass
 class RunConfig:
-    """Everything a run depends on. Profiles are instances; `--set` edits fields."""
+    """Everything a run depends on. Profiles are instances; `--set` edits fields.
 
-    profile: str = "quick"
-    seed: int = 0
-    device: str = "auto"  # "auto" -> CUDA when present, else CPU; or "cpu", "cuda", "cuda:1"
+    Each field's metadata names the stage it feeds (`_setting`).
+    """
+
+    profile: str = _setting("quick", None)
+    seed: int = _setting(0, "data")
+    device: str = _setting("auto", None)  # "auto" -> CUDA when present, else CPU; or "cpu", "cuda", "cuda:1"
     # --- data (stage `data`) ---
-    data_root: str | None = None  # None -> generate SynthVOC under the data folder
-    image_size: int = 96  # SynthVOC side length (px)
-    n_train: int = 400
-    n_val: int = 100
-    num_classes: int = 6  # foreground classes (20 for PASCAL VOC)
+    data_root: str | None = _setting(None, "data")  # None -> generate SynthVOC under the data folder
+    image_size: int = _setting(96, "data")  # SynthVOC side length (px)
+    n_train: int = _setting(400, "data")
+    n_val: int = _setting(100, "data")
+    num_classes: int = _setting(6, "data")  # foreground classes (20 for PASCAL VOC)
     # --- classifier with GloRe + OAA (stage `classifier`), integral attention (stage `iam`) ---
-    backbone: str = "small"  # "small" (from scratch) or "vgg16" (output stride 8)
-    pretrained: bool = False  # vgg16 only: ImageNet weights from the torch hub cache
-    width: int = 64  # small backbone: channels D of the features, extra convs and GloRe
-    output_stride: int = 4  # small backbone: 4 or 8 (vgg16: 8)
-    channels_last: bool = True  # channels_last weights/activations: much faster on CPU here
-    num_threads: int = 0  # torch threads; 0 -> every core this process may use
-    jitter: float = 0.1  # colour jitter strength (brightness, contrast, saturation); no crop/flip
-    cls_epochs: int = 12  # OAA needs >= 2 (it starts in the second epoch)
-    cls_batch_size: int = 32
-    cls_optimizer: str = "adam"  # "adam" (from scratch) or "sgd" (the reference's recipe)
-    cls_lr: float = 1e-3
-    cls_schedule: str = "cosine"  # "cosine", "step" (x0.1 at 1/3, 2/3) or "constant"
-    cls_weight_decay: float = 1e-4
-    oaa_snapshots: int = 6  # images whose accumulated maps are kept after every epoch (figures)
-    oaa_from_epoch: int = 1  # 0-based epoch where OAA starts: 1 = the reference (second epoch)
+    backbone: str = _setting("small", "classifier")  # "small" (from scratch) or "vgg16" (output stride 8)
+    pretrained: bool = _setting(False, "classifier")  # vgg16 only: ImageNet weights from the torch hub cache
+    width: int = _setting(64, "classifier")  # small backbone: channels D of the features, extra convs and GloRe
+    output_stride: int = _setting(4, "classifier")  # small backbone: 4 or 8 (vgg16: 8)
+    channels_last: bool = _setting(True, None)  # channels_last weights/activations: much faster on CPU here
+    num_threads: int = _setting(0, None)  # torch threads; 0 -> every core this process may use
+    jitter: float = _setting(0.1, "classifier")  # colour jitter strength (brightness, contrast, saturation); no crop/flip
+    cls_epochs: int = _setting(12, "classifier", warmup=False)  # OAA needs >= 2 (it starts in the second epoch)
+    cls_batch_size: int = _setting(32, "classifier")
+    cls_optimizer: str = _setting("adam", "classifier")  # "adam" (from scratch) or "sgd" (the reference's recipe)
+    cls_lr: float = _setting(1e-3, "classifier")
+    cls_schedule: str = _setting("cosine", "classifier")  # "cosine", "step" (x0.1 at 1/3, 2/3) or "constant"
+    cls_weight_decay: float = _setting(1e-4, "classifier")
+    oaa_snapshots: int = _setting(6, "classifier", warmup=False)  # images whose accumulated maps are kept after every epoch (figures)
+    oaa_from_epoch: int = _setting(1, "classifier", warmup=False)  # 0-based epoch where OAA starts: 1 = the reference (second epoch)
     # epochs of a warm-up classifier (no GloRe, no OAA) on the same image-level labels
     # whose backbone initialises the classifier and the IAM: a stand-in for the reference's
     # ImageNet-initialised VGG-16, whose first-epoch CAMs already lie on objects (0: from scratch)
-    cls_warmup_epochs: int = 0
-    iam_epochs: int = 6
-    iam_lr: float = 1e-3
-    iam_batch_size: int = 32
+    cls_warmup_epochs: int = _setting(0, "classifier", keyed_unless=0)
+    iam_epochs: int = _setting(6, "iam")
+    iam_lr: float = _setting(1e-3, "iam")
+    iam_batch_size: int = _setting(32, "iam")
     # --- pseudo labels (stage `pseudo`): BE (docs/method.md §3), POM (§4), the 1% rule ---
-    be_fg: float = 0.3  # scores below this become 0 (background channel included)
-    be_conflict: float = 0.9  # two or more channels above this -> ignore
-    be_bg: int = 32  # saliency (0..255) at or above this: a background pixel becomes ignore
-    be_att: float = 0.8  # some OA-CAM strictly above this: a background pixel becomes ignore
-    pom_threshold: float = 0.3  # POM's TQ branch: the CAM values above this
-    min_label_ratio: float = 0.01  # fewer class pixels than this share: the whole label ignored
+    be_fg: float = _setting(0.3, "pseudo")  # scores below this become 0 (background channel included)
+    be_conflict: float = _setting(0.9, "pseudo")  # two or more channels above this -> ignore
+    be_bg: int = _setting(32, "pseudo")  # saliency (0..255) at or above this: a background pixel becomes ignore
+    be_att: float = _setting(0.8, "pseudo")  # some OA-CAM strictly above this: a background pixel becomes ignore
+    pom_threshold: float = _setting(0.3, "pseudo")  # POM's TQ branch: the CAM values above this
+    min_label_ratio: float = _setting(0.01, "pseudo")  # fewer class pixels than this share: the whole label ignored
     # --- segmentation rounds (stages `seg1`, `seg2` and the baselines; docs/method.md §5, §7) ---
-    seg_backbone: str = "small"  # "small" (from scratch) or "resnet50" / "resnet101" (output stride 8)
-    seg_pretrained: bool = False  # resnet only: ImageNet weights from the torch hub cache
-    seg_width: int = 64  # small backbone: channels of the features
-    seg_output_stride: int = 8  # small backbone: 8 (DeepLab-v2) or 4
-    seg_epochs: int = 20
-    seg_batch_size: int = 32
-    seg_optimizer: str = "adam"  # "adam" (from scratch) or "sgd" (the reference's, with pretrained)
-    seg_lr: float = 1e-3  # poly decay (power 0.9) per iteration
-    seg_weight_decay: float = 1e-4
-    seg_scale: float = 0.25  # random rescaling by a factor in [1 - s, 1 + s], then crop / pad
-    seg_test_flip: bool = True  # average the prediction over the image and its mirror
-    seg_crf: bool = False  # refine predictions with the dense CRF (the reference's; crf.py)
+    seg_backbone: str = _setting("small", "seg1")  # "small" (from scratch) or "resnet50" / "resnet101" (output stride 8)
+    seg_pretrained: bool = _setting(False, "seg1")  # resnet only: ImageNet weights from the torch hub cache
+    seg_width: int = _setting(64, "seg1")  # small backbone: channels of the features
+    seg_output_stride: int = _setting(8, "seg1")  # small backbone: 8 (DeepLab-v2) or 4
+    seg_epochs: int = _setting(20, "seg1")
+    seg_batch_size: int = _setting(32, "seg1")
+    seg_optimizer: str = _setting("adam", "seg1")  # "adam" (from scratch) or "sgd" (the reference's, with pretrained)
+    seg_lr: float = _setting(1e-3, "seg1")  # poly decay (power 0.9) per iteration
+    seg_weight_decay: float = _setting(1e-4, "seg1")
+    seg_scale: float = _setting(0.25, "seg1")  # random rescaling by a factor in [1 - s, 1 + s], then crop / pad
+    seg_test_flip: bool = _setting(True, "seg1", predict_only=True)  # average the prediction over the image and its mirror
+    seg_crf: bool = _setting(False, "seg1", predict_only=True)  # refine predictions with the dense CRF (the reference's; crf.py)
     # --- non-salient region masking (stage `masked`; docs/method.md §6) ---
-    nsrm_kernel: int = 0  # dilation box side in px; 0 -> the reference's 30 px scaled (nsrm_kernel_for)
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept in config.json
+    nsrm_kernel: int = _setting(0, "masked")  # dilation box side in px; 0 -> the reference's 30 px scaled (nsrm_kernel_for)
+    extra: dict[str, Any] = field(default_factory=dict, metadata={"stage": None})  # free-form notes kept in config.json
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["CRFParams", "REFERENCE_CRF", "crf_params_for", "CRFUnavailable", "dense_crf",
-           "crf_labels"]
+           "crf_labels", "require_densecrf"]
 
 #: Long side of the PASCAL VOC images the reference's settings were chosen for.
 _VOC_SIDE = 500
@@ -68,7 +68,8 @@ def crf_params_for(image_side: int) -> CRFParams:
     return dataclasses.replace(REFERENCE_CRF, bi_xy_std=REFERENCE_CRF.bi_xy_std * scale)
 
 
-def _densecrf():
+def require_densecrf():
+    """The `pydensecrf.densecrf` module, or CRFUnavailable saying how to install it."""
     try:
         import pydensecrf.densecrf as dcrf
     except ImportError as e:
@@ -78,6 +79,9 @@ def _densecrf():
             "without the CRF (--set seg_crf=false)"
         ) from e
     return dcrf
+
+
+_densecrf = require_densecrf  # the former private name
 
 
 def dense_crf(image: np.ndarray, prob: np.ndarray, params: CRFParams = REFERENCE_CRF) -> np.ndarray:
@@ -93,7 +97,7 @@ def dense_crf(image: np.ndarray, prob: np.ndarray, params: CRFParams = REFERENCE
         raise ValueError(f"prob must be (C, H, W) with (H, W) = {image.shape[:2]}, got {prob.shape}")
     if not np.isfinite(prob).all():
         raise ValueError("the class probabilities contain NaN or infinite values")
-    dcrf = _densecrf()
+    dcrf = require_densecrf()
     C, H, W = prob.shape
     d = dcrf.DenseCRF2D(W, H, C)
     # unary energy: -log p, clipped so that a zero probability is a large but finite cost

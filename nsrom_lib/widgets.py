@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from nsrom_lib.data.stats import explorer_inputs  # re-exported: it lives with load_split_arrays
 from nsrom_lib.params import BE, NSRM, POM, RULE, bounds
 
 __all__ = [
@@ -56,38 +57,6 @@ THRESHOLDS: dict[str, tuple[float, float, float, float]] = {
     "pom": _slider(POM, "pom", 0.05),
     "kernel": _slider(NSRM, "kernel", 1, hi=61),
 }
-
-
-def explorer_inputs(
-    arrays: Mapping[str, Any],
-    oa_cam: np.ndarray,
-    cam: np.ndarray,
-    num_classes: int,
-    pred: np.ndarray | None = None,
-    limit: int | None = None,
-) -> dict[str, Any]:
-    """Explorer inputs from `data.stats.load_split_arrays` output and the maps of the same images.
-
-    oa_cam, cam: (N, C, H, W) uint8; pred: optional (N, H, W) uint8; limit: keep the first images.
-    """
-    n = len(arrays["names"]) if limit is None else min(limit, len(arrays["names"]))
-    present = np.zeros((n, num_classes), bool)
-    for i, cl in enumerate(arrays["classes"][:n]):
-        present[i, cl] = True
-    out: dict[str, Any] = dict(
-        sal=arrays["saliency"][:n],
-        oa_cam=oa_cam[:n],
-        cam=cam[:n],
-        present=present,
-        gt=arrays["mask"][:n],
-        image=arrays["image"][:n],
-        names=list(arrays["names"][:n]),
-    )
-    if "instances" in arrays and any(arrays.get("objects", [])):
-        out["instances"], out["objects"] = arrays["instances"][:n], arrays["objects"][:n]
-    if pred is not None:
-        out["pred"] = pred[:n]
-    return out
 
 
 def _quality(labels: np.ndarray, x: Mapping[str, Any], num_labels: int) -> dict[str, float]:

@@ -8,6 +8,7 @@ saliency exactly 0 away from objects, and images that colour alone does not solv
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from nsrom_lib.data.io import DataError, read_label_png
 from nsrom_lib.data.voc import VOCSegDataset, read_instances
 from nsrom_lib.metrics import confusion_matrix, iou_from_confusion
 
-__all__ = ["load_split_arrays", "dataset_statistics", "colour_baseline"]
+__all__ = ["load_split_arrays", "explorer_inputs", "dataset_statistics", "colour_baseline"]
 
 
 def load_split_arrays(
@@ -62,6 +63,39 @@ def load_split_arrays(
         )
     inst_meta = read_instances(root) or {}
     out["objects"] = [inst_meta.get(n, []) for n in names]
+    return out
+
+
+def explorer_inputs(
+    arrays: Mapping[str, Any],
+    oa_cam: np.ndarray,
+    cam: np.ndarray,
+    num_classes: int,
+    pred: np.ndarray | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """The threshold explorer's inputs (`widgets.explore_labels`) from `load_split_arrays`
+    output and the maps of the same images.
+
+    oa_cam, cam: (N, C, H, W) uint8; pred: optional (N, H, W) uint8; limit: keep the first images.
+    """
+    n = len(arrays["names"]) if limit is None else min(limit, len(arrays["names"]))
+    present = np.zeros((n, num_classes), bool)
+    for i, cl in enumerate(arrays["classes"][:n]):
+        present[i, cl] = True
+    out: dict[str, Any] = dict(
+        sal=arrays["saliency"][:n],
+        oa_cam=oa_cam[:n],
+        cam=cam[:n],
+        present=present,
+        gt=arrays["mask"][:n],
+        image=arrays["image"][:n],
+        names=list(arrays["names"][:n]),
+    )
+    if "instances" in arrays and any(arrays.get("objects", [])):
+        out["instances"], out["objects"] = arrays["instances"][:n], arrays["objects"][:n]
+    if pred is not None:
+        out["pred"] = pred[:n]
     return out
 
 

@@ -1,0 +1,103 @@
+"""What the training and labelling stages share: torch files, the training split in memory,
+ground truth and the label / map measures kept in stage records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nsrom_lib import train as T
+from nsrom_lib.data.io import atomic_path, read_label_png
+from nsrom_lib.data.voc import gt_mask_dir, read_instances
+from nsrom_lib.metrics import (
+    instance_background_share,
+    instance_recall,
+    label_quality,
+)
+from nsrom_lib.metrics import map_quality as _map_quality_of
+from nsrom_lib.pipeline.device import resolve_device
+from nsrom_lib.pipeline.run import Run
+
+__all__ = ["training_context", "save_torch", "load_torch", "history_metrics",
+           "load_ground_truth", "map_quality", "label_metrics"]
+
+
+def training_context(run: Run, stage: str, root: Path) -> tuple[Path, Any, dict[str, Any]]:
+    """What every training or prediction stage starts with: its folder, the device, torch's
+    threads set from the configuration, and the training split in memory
+    (`train.load_split_tensors`). Returns (stage folder, torch.device, split dict)."""
+    cfg = run.cfg
+    d = run.stage_dir(stage)
+    device = resolve_device(cfg.device)
+    T.configure_threads(cfg.num_threads)
+    return d, device, T.load_split_tensors(root, "train", cfg.num_classes, cfg.image_size)
+
+
+def save_torch(path: Path, obj: Any) -> None:
+    """`torch.save` through a temporary file, so `path` is either complete or absent."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_torch(path: Path, stage: str) -> Any:
+    """A stage's torch file on the CPU (weights only); a missing one names the stage to run."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the stage `{stage}` first "
+                                f"(e.g. ensure_{stage.split('/')[0]}(run)).")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def history_metrics(hist: list[dict[str, Any]], resumed_from: int = 0) -> dict[str, Any]:
+    """The training summary kept in a stage record: final loss, mean img/s, seconds (of every
+    epoch, also those before an interruption), and the epoch a resumed training restarted after."""
+    return dict(final_loss=round(hist[-1]["loss"], 5),
+                img_per_s=round(sum(h["img_per_s"] for h in hist) / len(hist), 1),
+                train_seconds=round(sum(h["seconds"] for h in hist), 1),
+                resumed_from_epoch=resumed_from)
+
+
+def load_ground_truth(root: Path, split: str, names: list[str]) -> dict[str, Any] | None:
+    """GT masks (and SynthVOC instances) of `names`, for the map measures; None without masks.
+
+    Returns masks: list of (H, W) uint8; instances: list of (H, W) uint8 or None;
+    objects: per image instance dicts or None.
+    """
+    mask_dir = gt_mask_dir(root)
+    if not all((mask_dir / f"{n}.png").is_file() for n in names):
+        return None
+    masks = [read_label_png(mask_dir / f"{n}.png", "GT mask") for n in names]
+    meta = read_instances(root)
+    inst_dir = root / "SegmentationObject"
+    if meta is None or not inst_dir.is_dir():
+        return dict(masks=masks, instances=None, objects=None)
+    instances = [read_label_png(inst_dir / f"{n}.png", "instance mask") for n in names]
+    return dict(masks=masks, instances=instances, objects=[meta.get(n, []) for n in names])
+
+
+def map_quality(maps: list[dict[int, Any]], gt: dict[str, Any] | None) -> dict[str, float] | None:
+    """`metrics.map_quality` of `maps` against `gt` (`load_ground_truth`), rounded for a
+    record; None without GT."""
+    if gt is None:
+        return None
+    q = _map_quality_of(maps, gt["masks"], gt["instances"], gt["objects"])
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in q.items()}
+
+
+def label_metrics(labels: list[Any], gt: dict[str, Any] | None, num_labels: int) -> dict[str, Any]:
+    """Ignore share, images left all-ignore and, with GT, the label quality of docs/method.md §8."""
+    pixels = sum(lab.size for lab in labels)
+    m: dict[str, Any] = dict(
+        ignore_share=sum(int((lab == 255).sum()) for lab in labels) / max(pixels, 1),
+        empty_images=sum(bool(np.all(lab == 255)) for lab in labels),
+    )
+    if gt is not None:
+        m.update(label_quality(labels, gt["masks"], num_labels))
+        if gt["instances"] is not None:
+            for salient, key in ((False, "nonsalient_recall"), (True, "salient_recall")):
+                m[key] = instance_recall(labels, gt["instances"], gt["objects"], salient=salient)
+            m["nonsalient_as_background"] = instance_background_share(
+                labels, gt["instances"], gt["objects"], salient=False)
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()}

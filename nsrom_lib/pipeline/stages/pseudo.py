@@ -1,0 +1,180 @@
+"""Stage `pseudo` (docs/method.md §3–§4): BE and POM pseudo labels from the run's maps.
+
+The label math is `nsrom_lib.labels`, the folders `nsrom_lib.data.maps_io` (the same code as
+`python -m nsrom_lib labels pseudo`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nsrom_lib import labels as L
+from nsrom_lib.config import RunConfig
+from nsrom_lib.data.io import read_label_png
+from nsrom_lib.data.maps_io import iter_batches, load_label_inputs, write_labels
+from nsrom_lib.data.stats import explorer_inputs, load_split_arrays
+from nsrom_lib.data.voc import VOCSegDataset, read_split, write_cls_list
+from nsrom_lib.pipeline.device import resolve_device
+from nsrom_lib.pipeline.run import Run, variant_stage
+from nsrom_lib.pipeline.stages.classifier import ensure_maps, load_maps
+from nsrom_lib.pipeline.stages.common import label_metrics, load_ground_truth
+from nsrom_lib.pipeline.stages.data import ensure_data
+from nsrom_lib.progress import progress_bar
+
+__all__ = ["PSEUDO_KINDS", "pseudo_thresholds", "ensure_pseudo", "load_labels",
+           "load_explorer_inputs"]
+
+
+#: The label folders of the `pseudo` stage: BE + 1% rule, and BE + POM + 1% rule.
+PSEUDO_KINDS = ("initial", "pseudo")
+
+
+def pseudo_thresholds(cfg: RunConfig) -> dict[str, float]:
+    """The BE / POM thresholds of a configuration, named as `labels.pseudo_labels` takes them."""
+    return dict(fg=cfg.be_fg, conflict=cfg.be_conflict, bg=cfg.be_bg, att=cfg.be_att,
+                pom=cfg.pom_threshold, ratio=cfg.min_label_ratio)
+
+
+def _check_thresholds(th: dict[str, float]) -> None:
+    names = dict(fg="be_fg", conflict="be_conflict", bg="be_bg", att="be_att",
+                 pom="pom_threshold", ratio="min_label_ratio")
+    for k, v in th.items():
+        hi = 256 if k == "bg" else 1
+        if not 0 <= v <= hi:
+            raise ValueError(f"{names[k]}={v} is outside 0..{hi}; "
+                             f"set it with --set {names[k]}=... (reference: see RunConfig)")
+
+
+def ensure_pseudo(run: Run, progress: bool = True, batch_size: int = 64,
+                  glore: bool = True) -> dict[str, Any]:
+    """Stage `pseudo`: the initial (BE) and POM pseudo labels of every training image (§3–§4).
+
+    Reads the run's `maps/oacam` and `maps/cam` folders with the CLI's code
+    (`maps_io.load_label_inputs`, `iter_batches`, `write_labels`), computes BE once per batch
+    (`labels.background_extraction`), then `initial/{name}.png` = BE + 1% rule and
+    `pseudo/{name}.png` = BE + POM + 1% rule (VOC-palette PNGs: 0 background, c + 1 class c,
+    255 ignore), thresholds from the configuration (`be_fg`, `be_conflict`, `be_bg`, `be_att`,
+    `pom_threshold`, `min_label_ratio`). Metrics per kind: ignore share, all-ignore images and,
+    against the GT of the training split, precision, coverage, mIoU on labelled pixels and
+    (SynthVOC) non-salient / salient object recall and the share of non-salient object pixels
+    labelled background; plus the share of pixels POM turned from
+    background to ignore, images/s and seconds. The record is written after every file.
+    glore=False: the same from the GloRe-off maps, in `pseudo/no_glore/{initial,pseudo}/`.
+    """
+    ensure_maps(run, progress=progress, glore=glore)
+    root = ensure_data(run, progress=progress)
+    cfg = run.cfg
+    stage = variant_stage("pseudo", glore)
+    maps_dir = run.dir / variant_stage("maps", glore)
+    th = pseudo_thresholds(cfg)
+    _check_thresholds(th)
+
+    def compute() -> dict[str, Any]:
+        d = run.stage_dir(stage)
+        ds = VOCSegDataset(root, "train", num_classes=cfg.num_classes, with_mask=False)
+        names = list(ds.names)
+        list_path = d / "train_cls.txt"  # the images and classes the maps stage exported
+        write_cls_list(list_path, ds.cls_list())
+        inputs = load_label_inputs(
+            list_path, ds.saliency_dir, oacam_dir=maps_dir / "oacam",
+            cam_dir=maps_dir / "cam", num_classes=cfg.num_classes, strict=True,
+            progress=progress)
+        device = resolve_device(cfg.device)
+        t0 = time.perf_counter()
+        out = _make_labels(inputs, th, device, batch_size, len(names), progress)
+        label_seconds = time.perf_counter() - t0
+        for kind in PSEUDO_KINDS:
+            _write_kind(d / kind, names, out[kind])
+        seconds = time.perf_counter() - t0
+        labels = {k: [out[k][n] for n in names] for k in PSEUDO_KINDS}
+        return dict(
+            images=len(names),
+            thresholds=th,
+            **_pseudo_quality(labels, load_ground_truth(root, "train", names), cfg.num_classes + 1),
+            label_seconds=round(label_seconds, 3),
+            write_seconds=round(seconds - label_seconds, 3),
+            images_per_s=round(len(names) / max(seconds, 1e-9), 1),
+            device=str(device),
+        )
+
+    return run.ensure(stage, compute, thresholds=th, glore=glore)
+
+
+def _make_labels(inputs: Any, th: dict[str, float], device: torch.device, batch_size: int,
+                 n_images: int, progress: bool) -> dict[str, dict[str, np.ndarray]]:
+    """BE once per batch, then the initial (BE + 1% rule) and POM (BE + POM + 1% rule) labels:
+    {kind: {image name: (H, W) uint8}}."""
+    out: dict[str, dict[str, np.ndarray]] = {k: {} for k in PSEUDO_KINDS}
+    bar = progress_bar(total=n_images, desc="pseudo labels", unit="img", disable=not progress)
+    with bar, L.torch_threads(1), torch.inference_mode():  # 1 thread: see torch_threads
+        for batch in iter_batches(inputs, batch_size):
+            sal = torch.from_numpy(batch.sal).to(device)  # (B, H, W) uint8
+            present = torch.from_numpy(batch.present).to(device)  # (B, C) bool
+            oa_cam = torch.from_numpy(batch.oa_cam).to(device)  # (B, C, H, W) uint8
+            cam = torch.from_numpy(batch.cam).to(device)  # (B, C, H, W) uint8
+            be = L.background_extraction(sal, oa_cam, present, th["fg"], th["conflict"],
+                                         th["bg"], th["att"])
+            labs = {"initial": L.min_label_ratio_rule(be, th["ratio"]),
+                    "pseudo": L.min_label_ratio_rule(
+                        L.potential_object_mining(be, cam, present, th["pom"]), th["ratio"])}
+            for kind, lab in labs.items():
+                out[kind].update(zip(batch.names, lab.cpu().numpy(), strict=True))
+            bar.update(len(batch.names))
+    return out
+
+
+def _write_kind(folder: Path, names: list[str], labels: dict[str, np.ndarray]) -> None:
+    """Write one label kind's PNGs in split order and drop those of images no longer in it."""
+    write_labels(folder, ((n, labels[n]) for n in names))
+    keep = {f"{n}.png" for n in names}
+    for p in folder.glob("*.png"):  # labels of images no longer in the split
+        if p.name not in keep:
+            p.unlink()
+
+
+def _pseudo_quality(labels: dict[str, list[np.ndarray]], gt: dict[str, Any] | None,
+                    num_labels: int) -> dict[str, Any]:
+    """The record's measures of both kinds, and the share of pixels POM turned from background
+    to ignore."""
+    pixels = sum(lab.size for lab in labels["initial"])
+    pom_ignored = sum(int(((a == 0) & (b == 255)).sum())
+                      for a, b in zip(labels["initial"], labels["pseudo"], strict=True))
+    return dict(initial=label_metrics(labels["initial"], gt, num_labels),
+                pseudo=label_metrics(labels["pseudo"], gt, num_labels),
+                pom_ignored_share=round(pom_ignored / max(pixels, 1), 4))
+
+
+def load_labels(run: Run, kind: str = "pseudo", names: list[str] | None = None,
+                glore: bool = True, progress: bool = True):
+    """The `pseudo` stage's labels (computing them if needed), in training-split order.
+
+    kind: "initial" (BE) or "pseudo" (BE + POM); names: a subset (default: the whole split);
+    glore=False: the GloRe-off ablation's labels; progress: bars of upstream stages still to run.
+    Returns (N, H, W) uint8 when all images have one size, else a list of (H, W) uint8.
+    """
+    if kind not in PSEUDO_KINDS:
+        raise ValueError(f"kind must be one of {PSEUDO_KINDS}, got {kind!r}")
+    ensure_pseudo(run, glore=glore, progress=progress)
+    if names is None:
+        names = read_split(ensure_data(run, progress=progress), "train")
+    folder = run.dir / variant_stage("pseudo", glore) / kind
+    labels = [read_label_png(folder / f"{n}.png", f"{kind} label")
+              for n in names]
+    if labels and len({lab.shape for lab in labels}) == 1:
+        return np.stack(labels)
+    return labels
+
+
+def load_explorer_inputs(run: Run, limit: int | None = None) -> dict[str, Any]:
+    """Inputs of `widgets.explore_labels` / `ThresholdExplorer` for the first `limit` training
+    images of a run: images, saliency, GT (and instances), the run's OA-CAMs and CAMs."""
+    ensure_maps(run)
+    arrays = load_split_arrays(ensure_data(run), "train", limit=limit)
+    oa_cam = load_maps(run, "oacam", arrays["names"], arrays["classes"])
+    cam = load_maps(run, "cam", arrays["names"], arrays["classes"])
+    return explorer_inputs(arrays, oa_cam, cam, run.cfg.num_classes)

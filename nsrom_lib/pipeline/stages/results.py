@@ -1,0 +1,129 @@
+"""Stage `results` (docs/method.md §8): every model and label set of the ablation measured into
+`results/metrics.json`, and the checks of `TARGETS`.
+
+Drawing the figure and writing `report.md` belong to `nsrom_lib.pipeline.report`, which passes
+the figure in (`compute_results(..., figure=...)`), so this module needs no plotting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nsrom_lib.data.io import DataError, atomic_write_json
+from nsrom_lib.data.voc import gt_mask_dir, read_split
+from nsrom_lib.pipeline.run import Run
+from nsrom_lib.pipeline.stages.data import ensure_data
+from nsrom_lib.pipeline.stages.segmentation import SEG_MODELS, ensure_masked, ensure_segmentation
+
+__all__ = ["RESULT_ROWS", "LABEL_ROWS", "TARGETS", "results_checks", "compute_results"]
+
+
+#: The rows of the ablation table, in order (keys of `results/metrics.json`).
+RESULT_ROWS = ("upper_bound", "be_round1", "pom_round1", "nsrm_round2", "nsrm_round2_no_glore")
+
+
+#: The label sets measured on the training images: key -> (stage, record field, folder).
+LABEL_ROWS = {
+    "be_labels": ("pseudo", "initial", "pseudo/initial"),
+    "pom_labels": ("pseudo", "pseudo", "pseudo/pseudo"),
+    "masked_labels": ("masked", "masked", "masked/labels"),
+}
+
+
+#: The targets the results are checked against, computed from metrics.json.
+TARGETS = {
+    "round2_ratio": "round-2 mIoU >= 0.85 x the fully supervised upper bound",
+    "monotone": "val mIoU rises: BE round 1 < BE+POM round 1 < NSRM round 2",
+    "glore_not_worse": "GloRe on is not worse than GloRe off (final mIoU)",
+    "nonsalient_2x": "non-salient recall of the final model >= 2 x that of the BE labels",
+}
+
+
+def results_checks(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The targets of `TARGETS` evaluated on a `metrics.json` dict: {name: {ok, value, text}}."""
+    r = {k: metrics[k] for k in RESULT_ROWS}
+    be_ns = metrics["be_labels"].get("nonsalient_recall")
+    final_ns = r["nsrm_round2"].get("nonsalient_recall")
+    mi = [r[k]["miou"] for k in ("be_round1", "pom_round1", "nsrm_round2")]
+    out = {
+        "round2_ratio": dict(value=r["nsrm_round2"]["ratio_to_upper_bound"], target=0.85,
+                             ok=r["nsrm_round2"]["ratio_to_upper_bound"] >= 0.85),
+        "monotone": dict(value=mi, ok=mi[0] < mi[1] < mi[2]),
+        "glore_not_worse": dict(value=[r["nsrm_round2"]["miou"], r["nsrm_round2_no_glore"]["miou"]],
+                                ok=r["nsrm_round2"]["miou"] >= r["nsrm_round2_no_glore"]["miou"]),
+    }
+    if be_ns is not None and final_ns is not None:
+        out["nonsalient_2x"] = dict(value=[final_ns, be_ns], ok=final_ns >= 2 * be_ns)
+    for k, v in out.items():
+        v["text"] = TARGETS[k]
+    return out
+
+
+def _require_val_masks(root: Path) -> None:
+    """The results need GT masks of every val image (mIoU, the upper bound): fail before any
+    training with the folder and the first missing file, not with a KeyError at the end. The
+    folder is the one `load_ground_truth` reads (`gt_mask_dir`)."""
+    names = read_split(root, "val")
+    d = gt_mask_dir(root)
+    missing = [n for n in names if not (d / f"{n}.png").is_file()]
+    if missing:
+        raise DataError(
+            f"the results stage measures val mIoU against ground truth, but {len(missing)} of "
+            f"the {len(names)} val images of {root} have no mask in {d} (first: "
+            f"{missing[0]}.png). Put the palette PNG masks there (VOC: SegmentationClass/ or "
+            "SegmentationClassAug/), or list only images with masks in "
+            f"{root / 'ImageSets' / 'Segmentation' / 'val.txt'}."
+        )
+
+
+def compute_results(run: Run, progress: bool = True,
+                    figure: Callable[[dict[str, Any], Path], None] | None = None) -> dict[str, Any]:
+    """The stage `results` without its presentation: train what is missing, then measure it.
+
+    Trains every model of `SEG_MODELS` and both masked label sets if needed, writes
+    `results/metrics.json` and, with `figure`, calls `figure(metrics, results/ablation.png)`
+    before the record is written; returns the record. `report.ensure_results` is this plus the
+    figure and `report.md`.
+    """
+    _require_val_masks(ensure_data(run, progress=progress))
+    for which in SEG_MODELS:
+        ensure_segmentation(run, which, progress=progress)
+    for glore in (True, False):
+        ensure_masked(run, progress=progress, glore=glore)
+
+    def compute() -> dict[str, Any]:
+        return _collect_results(run, figure)
+
+    return run.ensure("results", compute)
+
+
+def _collect_results(run: Run, figure: Callable[[dict[str, Any], Path], None] | None
+                     ) -> dict[str, Any]:
+    d = run.stage_dir("results")
+    out: dict[str, Any] = dict(profile=run.cfg.profile, run_dir=str(run.dir))
+    recs = {w: run.record(SEG_MODELS[w]["stage"]) or {} for w in SEG_MODELS}
+    no_miou = [SEG_MODELS[w]["stage"] for w, r in recs.items() if "miou" not in r.get("metrics", {})]
+    if no_miou:
+        raise DataError(f"stages {no_miou} of {run.dir} have no val mIoU (were they trained "
+                        "without val ground truth?); delete them and run the results stage again.")
+    upper = recs["upper_bound"]["metrics"]["miou"]
+    for which in list(RESULT_ROWS) + ["pom_round1_no_glore"]:
+        m = recs[which]["metrics"]
+        out[which] = dict(
+            miou=m["miou"], ratio_to_upper_bound=round(m["miou"] / upper, 4) if upper else None,
+            nonsalient_recall=m.get("nonsalient_recall"), salient_recall=m.get("salient_recall"),
+            iou=m.get("iou"), stage=SEG_MODELS[which]["stage"], title=SEG_MODELS[which]["title"],
+            train_seconds=m.get("train_seconds"),
+        )
+    for key, (stage, field_, folder) in LABEL_ROWS.items():
+        m = (run.record(stage) or {}).get("metrics", {}).get(field_, {})
+        out[key] = {k: m.get(k) for k in ("precision", "coverage", "miou", "nonsalient_recall",
+                                          "ignore_share")}
+        out[key]["stage"] = folder
+    out["checks"] = results_checks(out)
+    atomic_write_json(d / "metrics.json", out)
+    if figure is not None:
+        figure(out, d / "ablation.png")
+    return {k: out[k] for k in RESULT_ROWS + tuple(LABEL_ROWS) + ("checks",)}

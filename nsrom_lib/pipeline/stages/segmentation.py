@@ -1,0 +1,383 @@
+"""Stages `seg1`, `masked` and `seg2` (docs/method.md §5–§7): the segmentation rounds, their
+baselines and non-salient region masking.
+
+The training loop is `nsrom_lib.train`, the masking `nsrom_lib.labels` through the CLI's code
+(`maps_io.make_labels`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nsrom_lib import train as T
+from nsrom_lib.config import RunConfig
+from nsrom_lib.crf import crf_params_for, require_densecrf
+from nsrom_lib.data.io import DataError, atomic_write_json, read_label_png
+from nsrom_lib.data.maps_io import load_label_inputs, make_labels, write_labels
+from nsrom_lib.data.voc import VOCSegDataset, read_split, write_cls_list
+from nsrom_lib.metrics import confusion_matrix, instance_recall, iou_from_confusion
+from nsrom_lib.models.segmentation import DeepLabV2
+from nsrom_lib.pipeline.run import (
+    SEG_PREDICT_FIELDS,
+    STAGE_FIELDS,
+    UPPER_BOUND_FIELDS,
+    Run,
+    variant_stage,
+)
+from nsrom_lib.pipeline.stages.common import (
+    history_metrics,
+    label_metrics,
+    load_ground_truth,
+    load_torch,
+    save_torch,
+    training_context,
+)
+from nsrom_lib.pipeline.stages.data import ensure_data
+from nsrom_lib.pipeline.stages.pseudo import PSEUDO_KINDS, ensure_pseudo, load_labels
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "SEG_MODELS", "nsrm_kernel_for", "build_segmenter", "segmentation_key", "ensure_segmentation",
+    "load_segmenter", "load_predictions", "ensure_masked", "load_masked",
+]
+
+
+#: Every segmentation model a run trains: key (as in `results/metrics.json`) -> its stage folder,
+#: the labels it learns from and the classifier variant those labels come from.
+SEG_MODELS: dict[str, dict[str, Any]] = {
+    "upper_bound": dict(stage="seg1/gt", labels="gt", glore=True,
+                        title="fully supervised (GT masks)"),
+    "be_round1": dict(stage="seg1/be", labels="initial", glore=True,
+                      title="round 1 on BE labels"),
+    "pom_round1": dict(stage="seg1", labels="pseudo", glore=True,
+                       title="round 1 on BE + POM labels"),
+    "nsrm_round2": dict(stage="seg2", labels="masked", glore=True,
+                        title="round 2 on NSRM labels"),
+    "pom_round1_no_glore": dict(stage="seg1/no_glore", labels="pseudo", glore=False,
+                                title="round 1, GloRe off"),
+    "nsrm_round2_no_glore": dict(stage="seg2/no_glore", labels="masked", glore=False,
+                                 title="round 2, GloRe off"),
+}
+
+
+def nsrm_kernel_for(cfg: RunConfig) -> int:
+    """The NSRM dilation kernel of a run: `nsrm_kernel`, or 0 -> the reference's 30 px scaled.
+
+    The reference dilates with k = 30 on PASCAL VOC images, whose long side is (at most) 500 px;
+    scaled to the run's image side S that is k = max(1, round(30 * S / 500)): 6 px at 96 px,
+    8 px at 128 px, 19 px at 321 px. The `voc` profile sets 30 explicitly.
+    """
+    if cfg.nsrm_kernel > 0:
+        return int(cfg.nsrm_kernel)
+    return max(1, round(30 * cfg.image_size / 500))
+
+
+def build_segmenter(cfg: RunConfig):
+    """The segmentation network of a run configuration (DeepLab-v2 style, §5)."""
+    return DeepLabV2(cfg.num_classes, backbone=cfg.seg_backbone, width=cfg.seg_width,
+                     image_size=cfg.image_size, pretrained=cfg.seg_pretrained,
+                     output_stride=cfg.seg_output_stride, channels_last=cfg.channels_last)
+
+
+def segmentation_key(run: Run, which: str) -> str:
+    spec = SEG_MODELS[which]
+    fields = UPPER_BOUND_FIELDS if spec["labels"] == "gt" else None
+    return run.stage_key(spec["stage"], fields)
+
+
+def _seg_train_key(run: Run, which: str) -> str:
+    """The key of a segmentation model's *training*: its stage key without the prediction-only
+    settings (`SEG_PREDICT_FIELDS`), except for round 2, whose labels are made from round 1's
+    predictions and so change with them."""
+    spec = SEG_MODELS[which]
+    if spec["labels"] == "masked":
+        return segmentation_key(run, which)
+    fields = UPPER_BOUND_FIELDS if spec["labels"] == "gt" else STAGE_FIELDS["seg1"]
+    return run.stage_key(spec["stage"], [f for f in fields if f not in SEG_PREDICT_FIELDS],
+                         part="training")
+
+
+def _seg_crf(cfg: RunConfig):
+    """The CRF settings of a run's predictions (None without `seg_crf`); fails at once, before
+    any training, when the CRF package is missing."""
+    if not cfg.seg_crf:
+        return None
+    require_densecrf()
+    return crf_params_for(cfg.image_size)
+
+
+def _resize_labels(labels: list[Any], size: tuple[int, int]):
+    """(H, W) uint8 label maps -> one (N, S, S) uint8 tensor at `size` (nearest neighbour)."""
+    out = []
+    for lab in labels:
+        t = torch.from_numpy(lab)
+        if tuple(t.shape) != tuple(size):
+            t = F.interpolate(t[None, None].float(), size=size, mode="nearest")[0, 0].to(torch.uint8)
+        out.append(t)
+    return torch.stack(out)
+
+
+def _to_sizes(preds, sizes: list[tuple[int, int]]) -> list[Any]:
+    """(N, h, w) uint8 predictions -> list of (H_i, W_i) numpy arrays at each image's size."""
+    out = []
+    for p, hw in zip(preds, sizes, strict=True):
+        if tuple(p.shape) != tuple(hw):
+            p = F.interpolate(p[None, None].float(), size=hw, mode="nearest")[0, 0].byte()
+        out.append(p.numpy())
+    return out
+
+
+def _training_labels(run: Run, which: str, names: list[str], root: Path,
+                     progress: bool = True) -> list[Any]:
+    """The labels model `which` learns from, for the training images `names`."""
+    spec = SEG_MODELS[which]
+    if spec["labels"] == "gt":
+        gt = load_ground_truth(root, "train", names)
+        if gt is None:
+            raise DataError(f"the fully supervised upper bound needs GT masks of the training "
+                            f"images in {root}/SegmentationClass(Aug); without them skip it")
+        return gt["masks"]
+    if spec["labels"] in PSEUDO_KINDS:
+        return list(load_labels(run, spec["labels"], names, glore=spec["glore"], progress=progress))
+    ensure_masked(run, glore=spec["glore"], progress=progress)
+    folder = run.dir / variant_stage("masked", spec["glore"]) / "labels"
+    return [read_label_png(folder / f"{n}.png", "masked label") for n in names]
+
+
+def _prediction_metrics(preds: list[Any], gt: dict[str, Any] | None, num_labels: int) -> dict[str, Any]:
+    """mIoU, per-class IoU and (SynthVOC) non-salient / salient object recall of predictions."""
+    if gt is None:
+        return {}
+    conf = np.zeros((num_labels, num_labels), np.int64)
+    for p, g in zip(preds, gt["masks"], strict=True):
+        conf += confusion_matrix(p, g, num_labels)
+    m, iou = iou_from_confusion(conf)
+    out: dict[str, Any] = dict(miou=round(m, 4),
+                               iou=[None if np.isnan(v) else round(float(v), 4) for v in iou])
+    if gt["instances"] is not None:
+        for salient, key in ((False, "nonsalient_recall"), (True, "salient_recall")):
+            r = instance_recall(preds, gt["instances"], gt["objects"], salient=salient)
+            out[key] = round(r, 4)
+    return out
+
+
+def ensure_segmentation(run: Run, which: str = "pom_round1", progress: bool = True) -> dict[str, Any]:
+    """Train one segmentation model of the run (docs/method.md §5, §7) and evaluate it; the record.
+
+    which: a key of `SEG_MODELS` — "pom_round1" is the stage `seg1` (round 1 on the BE + POM
+    pseudo labels), "nsrm_round2" the stage `seg2` (round 2 on the masked labels); the others are
+    the baselines and the GloRe-off ablation in sub-folders (`seg1/gt`, `seg1/be`,
+    `seg1/no_glore`, `seg2/no_glore`). All share the network, budget and seed, so they differ
+    only in their labels. Artefacts in the stage folder: `model.pt`, `history.json`,
+    `val_pred/{name}.png` (VOC palette) and, for round-1 models that feed NSRM,
+    `train_pred/{name}.png`. Metrics: val mIoU, per-class IoU, non-salient / salient object
+    recall, training summary; for `train_pred`, the quality of those predictions as labels.
+    """
+    if which not in SEG_MODELS:
+        raise ValueError(f"unknown segmentation model {which!r}; choose one of {list(SEG_MODELS)}")
+    spec = SEG_MODELS[which]
+    stage = spec["stage"]
+    root = ensure_data(run, progress=progress)
+    cfg = run.cfg
+    key = segmentation_key(run, which)
+    feeds_nsrm = which in ("pom_round1", "pom_round1_no_glore")
+    if run.is_done(stage, key):
+        return run.record(stage) or {}
+    # upstream stages first (each returns at once when done), so this stage's time is its own
+    crf = _seg_crf(cfg)  # before any training: a missing CRF package fails now
+    names = read_split(root, "train")
+    labels = _training_labels(run, which, names, root, progress=progress)
+    train_key = _seg_train_key(run, which)
+
+    def compute() -> dict[str, Any]:
+        d, device, data = training_context(run, stage, root)
+        if data["names"] != names:
+            raise RuntimeError(f"the training split of {root} changed while the run was going")
+        T.seed_everything(cfg.seed + 2)  # before the model is built: its initialisation
+        model = build_segmenter(cfg)
+        res, reused = _train_or_reuse(run, which, model, d, device, data["images"], labels,
+                                      key, train_key, progress)
+        t0 = time.perf_counter()
+        val = T.load_split_tensors(root, "val", cfg.num_classes, cfg.image_size)
+        val_pred = _to_sizes(T.predict_segmentation(model, val["images"], device=device,
+                                                    flip=cfg.seg_test_flip, crf=crf), val["sizes"])
+        write_labels(d / "val_pred", zip(val["names"], val_pred, strict=True))
+        metrics: dict[str, Any] = dict(
+            which=which, trained_on=spec["labels"], glore=spec["glore"],
+            **_prediction_metrics(val_pred, load_ground_truth(root, "val", val["names"]),
+                                  cfg.num_classes + 1),
+            **history_metrics(res["history"], res["resumed_from"]),
+            label_coverage=round(float(np.mean([(lab != 255).mean() for lab in labels])), 4),
+        )
+        if feeds_nsrm:
+            train_pred = _to_sizes(T.predict_segmentation(model, data["images"], device=device,
+                                                          flip=cfg.seg_test_flip, crf=crf),
+                                   data["sizes"])
+            write_labels(d / "train_pred", zip(names, train_pred, strict=True))
+            gt = load_ground_truth(root, "train", names)
+            metrics["train_pred"] = label_metrics(train_pred, gt, cfg.num_classes + 1)
+        metrics["predict_seconds"] = round(time.perf_counter() - t0, 2)
+        metrics["device"] = str(device)
+        metrics["crf"] = dataclasses.asdict(crf) if crf is not None else None
+        metrics["model_reused"] = reused
+        (d / "checkpoint.pt").unlink(missing_ok=True)
+        return metrics
+
+    return run.ensure(stage, compute, key=key, which=which)
+
+
+def _train_or_reuse(run: Run, which: str, model: torch.nn.Module, d: Path, device: torch.device,
+                    images: torch.Tensor, labels: list[Any], key: str, train_key: str,
+                    progress: bool) -> tuple[dict[str, Any], bool]:
+    """Train `model` on `labels`, or load the stored model when only prediction settings changed.
+
+    Returns (training result with `history` and `resumed_from`, whether the stored model was
+    reused). A freshly trained model is saved with its `train_key`, and its history beside it.
+    """
+    cfg = run.cfg
+    old = _trained_model(d, train_key)
+    if old is not None:  # only prediction settings changed: predict with the stored model
+        state, hist = old
+        model.load_state_dict(state["state_dict"])
+        log.info("%s: the model in %s was trained with the same settings; predicting only",
+                 which, d)
+        return dict(history=hist, resumed_from=len(hist)), True
+    y = _resize_labels(labels, tuple(images.shape[-2:]))  # (N, S, S) uint8
+    res = T.train_segmentation(
+        model, images, y, epochs=cfg.seg_epochs, batch_size=cfg.seg_batch_size,
+        lr=cfg.seg_lr, optimizer=cfg.seg_optimizer, weight_decay=cfg.seg_weight_decay,
+        scale=(1 - cfg.seg_scale, 1 + cfg.seg_scale), jitter=cfg.jitter, seed=cfg.seed + 2,
+        device=device, checkpoint=d / "checkpoint.pt", tag=key, progress=progress,
+        desc=which)
+    save_torch(d / "model.pt", dict(state_dict=model.state_dict(), which=which,
+                                    train_key=train_key))
+    atomic_write_json(d / "history.json", res["history"])
+    return res, False
+
+
+def _trained_model(stage_dir: Path, train_key: str
+                   ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """The stored model of a segmentation stage and its training history, if it was trained
+    under `train_key`; else None (train again). A model or history that is there but cannot be
+    read is trained again with a warning naming the file."""
+    path, hist_path = stage_dir / "model.pt", stage_dir / "history.json"
+    if not path.is_file() or not hist_path.is_file():
+        return None
+    try:
+        state = load_torch(path, str(stage_dir))
+    except Exception as e:  # any unpickling or zip error: the file is not a model we wrote
+        log.warning("the stored model %s cannot be read (%s: %s): training it again",
+                    path, type(e).__name__, e)
+        return None
+    if not isinstance(state, dict) or state.get("train_key") != train_key:
+        return None  # trained with other settings
+    try:
+        hist = json.loads(hist_path.read_text())
+        if not isinstance(hist, list) or not hist:
+            raise ValueError("not a list of epochs")
+    except (OSError, ValueError) as e:
+        log.warning("the training history %s cannot be read (%s): training the model again",
+                    hist_path, e)
+        return None
+    return state, hist
+
+
+def load_segmenter(run: Run, which: str = "pom_round1"):
+    """A trained segmentation model of the run (eval mode, CPU); trains it first if needed."""
+    ensure_segmentation(run, which)
+    state = load_torch(run.dir / SEG_MODELS[which]["stage"] / "model.pt", SEG_MODELS[which]["stage"])
+    model = build_segmenter(run.cfg)
+    model.load_state_dict(state["state_dict"])
+    return model.eval()
+
+
+def load_predictions(run: Run, which: str, split: str = "val", names: list[str] | None = None):
+    """Stored predictions of a segmentation model: `val_pred` or (round-1 models) `train_pred`.
+
+    Returns (N, H, W) uint8 for same-size images, else a list of (H, W) uint8.
+    """
+    ensure_segmentation(run, which)
+    folder = run.dir / SEG_MODELS[which]["stage"] / f"{split}_pred"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist: only the round-1 models "
+                                "(pom_round1, pom_round1_no_glore) keep train predictions")
+    names = read_split(ensure_data(run), split) if names is None else names
+    preds = [read_label_png(folder / f"{n}.png", f"{which} prediction") for n in names]
+    return np.stack(preds) if preds and len({p.shape for p in preds}) == 1 else preds
+
+
+def ensure_masked(run: Run, progress: bool = True, glore: bool = True) -> dict[str, Any]:
+    """Stage `masked`: non-salient region masking (docs/method.md §6) of the round-1 predictions.
+
+    Reads `seg1/train_pred` (round-1 predictions on the training images), `pseudo/pseudo` (POM
+    labels) and the saliency maps with the CLI's code (`maps_io.load_label_inputs` and
+    `make_labels`, i.e. `python -m nsrom_lib labels masked`), kernel `nsrm_kernel_for(cfg)`, and
+    writes `masked/labels/{name}.png`. glore=False: the ablation's, in `masked/no_glore/labels/`.
+    Metrics: label quality of the masked labels and, for comparison, of the round-1 predictions
+    and the POM labels (precision, coverage, mIoU, non-salient recall), the share of pixels that
+    masking turned to ignore, the kernel, images/s.
+    """
+    which = "pom_round1" if glore else "pom_round1_no_glore"
+    stage = variant_stage("masked", glore)
+    root = ensure_data(run, progress=progress)
+    cfg = run.cfg
+    kernel = nsrm_kernel_for(cfg)
+    if run.is_done(stage):
+        return run.record(stage) or {}
+    ensure_segmentation(run, which, progress=progress)
+    ensure_pseudo(run, progress=progress, glore=glore)
+
+    def compute() -> dict[str, Any]:
+        d = run.stage_dir(stage)
+        ds = VOCSegDataset(root, "train", num_classes=cfg.num_classes, with_mask=False)
+        names = list(ds.names)
+        list_path = d / "train_cls.txt"
+        write_cls_list(list_path, ds.cls_list())
+        pred_dir = run.dir / SEG_MODELS[which]["stage"] / "train_pred"
+        pseudo_dir = run.dir / variant_stage("pseudo", glore) / "pseudo"
+        inputs = load_label_inputs(list_path, ds.saliency_dir, pred_dir=pred_dir,
+                                   pseudo_dir=pseudo_dir, num_classes=cfg.num_classes,
+                                   strict=True, progress=progress)
+        summary = make_labels(inputs, d / "labels", device=cfg.device, progress=progress,
+                              kernel=kernel, ratio=cfg.min_label_ratio)
+        masked = [read_label_png(d / "labels" / f"{n}.png", "masked label") for n in names]
+        preds = [read_label_png(pred_dir / f"{n}.png", "round-1 prediction") for n in names]
+        pseudo = [read_label_png(pseudo_dir / f"{n}.png", "pseudo label") for n in names]
+        gt = load_ground_truth(root, "train", names)
+        n_cls = cfg.num_classes + 1
+        complex_images = sum(len(c) >= 2 for c in ds.cls_list().values())
+        pixels = sum(m.size for m in masked)
+        turned = sum(int(((p != 255) & (m == 255)).sum()) for p, m in zip(preds, masked, strict=True))
+        expanded = sum(int(((p == 0) & (m != 0) & (m != 255)).sum())
+                       for p, m in zip(preds, masked, strict=True))
+        return dict(
+            kernel=kernel, images=len(names), complex_images=complex_images,
+            masked=label_metrics(masked, gt, n_cls),
+            round1_pred=label_metrics(preds, gt, n_cls),
+            pseudo=label_metrics(pseudo, gt, n_cls),
+            masked_to_ignore_share=round(turned / max(pixels, 1), 4),
+            expanded_share=round(expanded / max(pixels, 1), 4),
+            images_per_s=round(summary["images_per_s"], 1), device=summary["device"],
+        )
+
+    return run.ensure(stage, compute, kernel=kernel, glore=glore)
+
+
+def load_masked(run: Run, names: list[str] | None = None, glore: bool = True,
+                progress: bool = True):
+    """The `masked` stage's labels in training-split order ((N, H, W) uint8 or a list)."""
+    ensure_masked(run, glore=glore, progress=progress)
+    names = read_split(ensure_data(run, progress=progress), "train") if names is None else names
+    folder = run.dir / variant_stage("masked", glore) / "labels"
+    labels = [read_label_png(folder / f"{n}.png", "masked label") for n in names]
+    return np.stack(labels) if labels and len({x.shape for x in labels}) == 1 else labels
