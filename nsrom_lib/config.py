@@ -16,6 +16,19 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from nsrom_lib.params import (
+    BE,
+    POM,
+    RECIPE,
+    RULE,
+    BEParams,
+    POMParams,
+    RuleParams,
+    TrainRecipe,
+    bounds,
+    describe,
+)
+
 __all__ = ["RunConfig", "PROFILES", "ConfigError", "make_config", "parse_set", "parse_overrides",
            "config_hash", "SYNTHVOC_MAX_CLASSES", "NOT_RESULT_KEYS"]
 
@@ -69,13 +82,13 @@ class RunConfig:
     output_stride: int = _setting(4, "classifier")  # small backbone: 4 or 8 (vgg16: 8)
     channels_last: bool = _setting(True, None)  # channels_last weights/activations: much faster on CPU here
     num_threads: int = _setting(0, None)  # torch threads; 0 -> every core this process may use
-    jitter: float = _setting(0.1, "classifier")  # colour jitter strength (brightness, contrast, saturation); no crop/flip
+    jitter: float = _setting(RECIPE.jitter, "classifier")  # colour jitter strength (brightness, contrast, saturation); no crop/flip
     cls_epochs: int = _setting(12, "classifier", warmup=False)  # OAA needs >= 2 (it starts in the second epoch)
-    cls_batch_size: int = _setting(32, "classifier")
-    cls_optimizer: str = _setting("adam", "classifier")  # "adam" (from scratch) or "sgd" (the reference's recipe)
-    cls_lr: float = _setting(1e-3, "classifier")
-    cls_schedule: str = _setting("cosine", "classifier")  # "cosine", "step" (x0.1 at 1/3, 2/3) or "constant"
-    cls_weight_decay: float = _setting(1e-4, "classifier")
+    cls_batch_size: int = _setting(RECIPE.batch_size, "classifier")
+    cls_optimizer: str = _setting(RECIPE.optimizer, "classifier")  # "adam" (from scratch) or "sgd" (the reference's recipe)
+    cls_lr: float = _setting(RECIPE.lr, "classifier")
+    cls_schedule: str = _setting(RECIPE.schedule, "classifier")  # "cosine", "step" (x0.1 at 1/3, 2/3) or "constant"
+    cls_weight_decay: float = _setting(RECIPE.weight_decay, "classifier")
     oaa_snapshots: int = _setting(6, "classifier", warmup=False)  # images whose accumulated maps are kept after every epoch (figures)
     oaa_from_epoch: int = _setting(1, "classifier", warmup=False)  # 0-based epoch where OAA starts: 1 = the reference (second epoch)
     # epochs of a warm-up classifier (no GloRe, no OAA) on the same image-level labels
@@ -86,12 +99,12 @@ class RunConfig:
     iam_lr: float = _setting(1e-3, "iam")
     iam_batch_size: int = _setting(32, "iam")
     # --- pseudo labels (stage `pseudo`): BE (docs/method.md §3), POM (§4), the 1% rule ---
-    be_fg: float = _setting(0.3, "pseudo")  # scores below this become 0 (background channel included)
-    be_conflict: float = _setting(0.9, "pseudo")  # two or more channels above this -> ignore
-    be_bg: int = _setting(32, "pseudo")  # saliency (0..255) at or above this: a background pixel becomes ignore
-    be_att: float = _setting(0.8, "pseudo")  # some OA-CAM strictly above this: a background pixel becomes ignore
-    pom_threshold: float = _setting(0.3, "pseudo")  # POM's TQ branch: the CAM values above this
-    min_label_ratio: float = _setting(0.01, "pseudo")  # fewer class pixels than this share: the whole label ignored
+    be_fg: float = _setting(BE.fg, "pseudo", param=(BEParams, "fg"))  # scores below this become 0 (background channel included)
+    be_conflict: float = _setting(BE.conflict, "pseudo", param=(BEParams, "conflict"))  # two or more channels above this -> ignore
+    be_bg: int = _setting(BE.bg, "pseudo", param=(BEParams, "bg"))  # saliency (0..255) at or above this: a background pixel becomes ignore
+    be_att: float = _setting(BE.att, "pseudo", param=(BEParams, "att"))  # some OA-CAM strictly above this: a background pixel becomes ignore
+    pom_threshold: float = _setting(POM.pom, "pseudo", param=(POMParams, "pom"))  # POM's TQ branch: the CAM values above this
+    min_label_ratio: float = _setting(RULE.ratio, "pseudo", param=(RuleParams, "ratio"))  # fewer class pixels than this share: the whole label ignored
     # --- segmentation rounds (stages `seg1`, `seg2` and the baselines; docs/method.md §5, §7) ---
     seg_backbone: str = _setting("small", "seg1")  # "small" (from scratch) or "resnet50" / "resnet101" (output stride 8)
     seg_pretrained: bool = _setting(False, "seg1")  # resnet only: ImageNet weights from the torch hub cache
@@ -111,6 +124,31 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    # --- the parameter objects of the label steps (nsrom_lib.params), from this run's values ---
+    def be_params(self) -> BEParams:
+        return BEParams(fg=self.be_fg, conflict=self.be_conflict, bg=self.be_bg, att=self.be_att)
+
+    def pom_params(self) -> POMParams:
+        return POMParams(pom=self.pom_threshold)
+
+    def rule_params(self) -> RuleParams:
+        return RuleParams(ratio=self.min_label_ratio)
+
+    def recipe(self, network: str) -> TrainRecipe:
+        """The training recipe of `network`: "classifier" (also its warm-up), "iam" (the
+        classifier's optimiser and schedule, its own rate and batch) or "segmentation" (poly decay)."""
+        if network == "segmentation":
+            return TrainRecipe(optimizer=self.seg_optimizer, lr=self.seg_lr, schedule="poly",
+                               weight_decay=self.seg_weight_decay, jitter=self.jitter,
+                               batch_size=self.seg_batch_size)
+        if network not in ("classifier", "iam"):
+            raise ValueError(f"no recipe for {network!r}: use classifier, iam or segmentation")
+        iam = network == "iam"
+        return TrainRecipe(optimizer=self.cls_optimizer, lr=self.iam_lr if iam else self.cls_lr,
+                           schedule=self.cls_schedule, weight_decay=self.cls_weight_decay,
+                           jitter=self.jitter,
+                           batch_size=self.iam_batch_size if iam else self.cls_batch_size)
 
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -250,7 +288,6 @@ def make_config(profile: str = "quick", **overrides: Any) -> RunConfig:
 
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-_UNIT_FIELDS = ("be_fg", "be_conflict", "be_att", "pom_threshold", "min_label_ratio")
 
 
 def _check_ranges(cfg: RunConfig) -> None:
@@ -288,9 +325,12 @@ def _check_ranges(cfg: RunConfig) -> None:
     need(0 <= cfg.oaa_from_epoch < cfg.cls_epochs, "oaa_from_epoch",
          f"OAA must start within the classifier's cls_epochs={cfg.cls_epochs}: "
          f"use 0..{cfg.cls_epochs - 1}")
-    for key in _UNIT_FIELDS:
-        need(0 <= getattr(cfg, key) <= 1, key, "use a value in [0, 1]")
-    need(0 <= cfg.be_bg <= 256, "be_bg", "a saliency level: use 0..255 (256: never)")
+    for f in dataclasses.fields(RunConfig):  # the label settings: ranges from nsrom_lib.params
+        if "param" in f.metadata:
+            lo, hi = bounds(*f.metadata["param"])
+            value = getattr(cfg, f.name)
+            need((lo is None or value >= lo) and (hi is None or value <= hi), f.name,
+                 f"use a value in {lo}..{hi} ({describe(*f.metadata['param'])})")
     need(not cfg.pretrained or cfg.backbone == "vgg16", "pretrained",
          "ImageNet weights exist for backbone='vgg16' only; use pretrained=false with 'small'")
     need(cfg.backbone != "vgg16" or cfg.output_stride == 8, "output_stride",

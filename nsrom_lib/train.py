@@ -53,6 +53,7 @@ from nsrom_lib.data.io import atomic_path, save_gray_png
 from nsrom_lib.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ColorJitter, Resize
 from nsrom_lib.data.voc import VOCSegDataset
 from nsrom_lib.faults import crash_point
+from nsrom_lib.params import RECIPE
 from nsrom_lib.progress import progress_bar as tqdm
 
 log = logging.getLogger(__name__)
@@ -387,12 +388,12 @@ def train_classifier(
     labels: Tensor,
     *,
     epochs: int,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    optimizer: str = "adam",
-    weight_decay: float = 1e-4,
-    schedule: str = "cosine",
-    jitter: float = 0.3,
+    batch_size: int = RECIPE.batch_size,
+    lr: float = RECIPE.lr,
+    optimizer: str = RECIPE.optimizer,
+    weight_decay: float = RECIPE.weight_decay,
+    schedule: str = RECIPE.schedule,
+    jitter: float = RECIPE.jitter,
     seed: int = 0,
     device: torch.device | str = "cpu",
     accumulate: bool = True,
@@ -523,12 +524,12 @@ def train_iam(
     targets: Tensor,
     *,
     epochs: int,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    optimizer: str = "adam",
-    weight_decay: float = 1e-4,
-    schedule: str = "cosine",
-    jitter: float = 0.3,
+    batch_size: int = RECIPE.batch_size,
+    lr: float = RECIPE.lr,
+    optimizer: str = RECIPE.optimizer,
+    weight_decay: float = RECIPE.weight_decay,
+    schedule: str = RECIPE.schedule,
+    jitter: float = RECIPE.jitter,
     seed: int = 0,
     device: torch.device | str = "cpu",
     checkpoint: str | os.PathLike | None = None,

@@ -73,8 +73,7 @@ def ensure_warmup(run: Run, progress: bool = True) -> dict[str, Any] | None:
         model = build_classifier(cfg, glore=False)
         res = T.train_classifier(
             model, data["images"], data["labels"], epochs=cfg.cls_warmup_epochs,
-            batch_size=cfg.cls_batch_size, lr=cfg.cls_lr, optimizer=cfg.cls_optimizer,
-            weight_decay=cfg.cls_weight_decay, schedule=cfg.cls_schedule, jitter=cfg.jitter,
+            **cfg.recipe("classifier").as_dict(),
             seed=cfg.seed + 2, device=device, accumulate=False, checkpoint=d / "checkpoint.pt",
             tag=run.stage_key(WARMUP_STAGE), progress=progress)
         save_torch(d / "backbone.pt", dict(features=model.features.state_dict()))
@@ -127,8 +126,7 @@ def ensure_classifier(run: Run, glore: bool = True, progress: bool = True) -> di
         snaps = snapshot_indices(data["label_ids"], cfg.oaa_snapshots)
         res = T.train_classifier(
             model, data["images"], data["labels"], epochs=cfg.cls_epochs,
-            batch_size=cfg.cls_batch_size, lr=cfg.cls_lr, optimizer=cfg.cls_optimizer,
-            weight_decay=cfg.cls_weight_decay, schedule=cfg.cls_schedule, jitter=cfg.jitter,
+            **cfg.recipe("classifier").as_dict(),
             seed=cfg.seed, device=device, snapshot_indices=snaps, accumulate_from=cfg.oaa_from_epoch,
             probe_indices=range(min(len(data["names"]), OAA_PROBE_IMAGES)),
             checkpoint=d / "checkpoint.pt", tag=run.stage_key(stage), progress=progress)
@@ -240,8 +238,7 @@ def ensure_iam(run: Run, progress: bool = True, glore: bool = True) -> dict[str,
         model = warm_start(run, build_classifier(cfg, glore=glore, iam=True), progress)
         res = T.train_iam(
             model, data["images"], acc["maps"], epochs=cfg.iam_epochs,
-            batch_size=cfg.iam_batch_size, lr=cfg.iam_lr, optimizer=cfg.cls_optimizer,
-            weight_decay=cfg.cls_weight_decay, schedule=cfg.cls_schedule, jitter=cfg.jitter,
+            **cfg.recipe("iam").as_dict(),
             seed=cfg.seed + 1, device=device, checkpoint=d / "checkpoint.pt",
             tag=run.stage_key(stage), progress=progress)
         save_torch(d / "model.pt", dict(state_dict=model.state_dict(), glore=glore, iam=True))

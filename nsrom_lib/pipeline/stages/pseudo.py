@@ -35,19 +35,10 @@ PSEUDO_KINDS = ("initial", "pseudo")
 
 
 def pseudo_thresholds(cfg: RunConfig) -> dict[str, float]:
-    """The BE / POM thresholds of a configuration, named as `labels.pseudo_labels` takes them."""
-    return dict(fg=cfg.be_fg, conflict=cfg.be_conflict, bg=cfg.be_bg, att=cfg.be_att,
-                pom=cfg.pom_threshold, ratio=cfg.min_label_ratio)
-
-
-def _check_thresholds(th: dict[str, float]) -> None:
-    names = dict(fg="be_fg", conflict="be_conflict", bg="be_bg", att="be_att",
-                 pom="pom_threshold", ratio="min_label_ratio")
-    for k, v in th.items():
-        hi = 256 if k == "bg" else 1
-        if not 0 <= v <= hi:
-            raise ValueError(f"{names[k]}={v} is outside 0..{hi}; "
-                             f"set it with --set {names[k]}=... (reference: see RunConfig)")
+    """The BE / POM thresholds of a configuration, named as `labels.pseudo_labels` takes them
+    (the parameter objects of nsrom_lib.params; make_config has checked their ranges)."""
+    return {**cfg.be_params().as_dict(), **cfg.pom_params().as_dict(),
+            **cfg.rule_params().as_dict()}
 
 
 def ensure_pseudo(run: Run, progress: bool = True, batch_size: int = 64,
@@ -72,7 +63,6 @@ def ensure_pseudo(run: Run, progress: bool = True, batch_size: int = 64,
     stage = variant_stage("pseudo", glore)
     maps_dir = run.dir / variant_stage("maps", glore)
     th = pseudo_thresholds(cfg)
-    _check_thresholds(th)
 
     def compute() -> dict[str, Any]:
         d = run.stage_dir(stage)

@@ -26,6 +26,7 @@ from nsrom_lib.data.maps_io import load_label_inputs, make_labels, write_labels
 from nsrom_lib.data.voc import VOCSegDataset, read_split, write_cls_list
 from nsrom_lib.metrics import confusion_matrix, instance_recall, iou_from_confusion
 from nsrom_lib.models.segmentation import DeepLabV2
+from nsrom_lib.params import NSRM
 from nsrom_lib.pipeline.run import (
     SEG_PREDICT_FIELDS,
     STAGE_FIELDS,
@@ -73,13 +74,13 @@ SEG_MODELS: dict[str, dict[str, Any]] = {
 def nsrm_kernel_for(cfg: RunConfig) -> int:
     """The NSRM dilation kernel of a run: `nsrm_kernel`, or 0 -> the reference's 30 px scaled.
 
-    The reference dilates with k = 30 on PASCAL VOC images, whose long side is (at most) 500 px;
-    scaled to the run's image side S that is k = max(1, round(30 * S / 500)): 6 px at 96 px,
-    8 px at 128 px, 19 px at 321 px. The `voc` profile sets 30 explicitly.
+    The reference dilates with k = NSRM.kernel = 30 on PASCAL VOC images, whose long side is (at
+    most) 500 px; scaled to the run's image side S that is k = max(1, round(30 * S / 500)): 6 px
+    at 96 px, 8 px at 128 px, 19 px at 321 px. The `voc` profile sets 30 explicitly.
     """
     if cfg.nsrm_kernel > 0:
         return int(cfg.nsrm_kernel)
-    return max(1, round(30 * cfg.image_size / 500))
+    return max(1, round(NSRM.kernel * cfg.image_size / 500))
 
 
 def build_segmenter(cfg: RunConfig):
@@ -254,9 +255,8 @@ def _train_or_reuse(run: Run, which: str, model: torch.nn.Module, d: Path, devic
         return dict(history=hist, resumed_from=len(hist)), True
     y = _resize_labels(labels, tuple(images.shape[-2:]))  # (N, S, S) uint8
     res = T.train_segmentation(
-        model, images, y, epochs=cfg.seg_epochs, batch_size=cfg.seg_batch_size,
-        lr=cfg.seg_lr, optimizer=cfg.seg_optimizer, weight_decay=cfg.seg_weight_decay,
-        scale=(1 - cfg.seg_scale, 1 + cfg.seg_scale), jitter=cfg.jitter, seed=cfg.seed + 2,
+        model, images, y, epochs=cfg.seg_epochs, **cfg.recipe("segmentation").as_dict(),
+        scale=(1 - cfg.seg_scale, 1 + cfg.seg_scale), seed=cfg.seed + 2,
         device=device, checkpoint=d / "checkpoint.pt", tag=key, progress=progress,
         desc=which)
     save_torch(d / "model.pt", dict(state_dict=model.state_dict(), which=which,
@@ -349,7 +349,7 @@ def ensure_masked(run: Run, progress: bool = True, glore: bool = True) -> dict[s
                                    pseudo_dir=pseudo_dir, num_classes=cfg.num_classes,
                                    strict=True, progress=progress)
         summary = make_labels(inputs, d / "labels", device=cfg.device, progress=progress,
-                              kernel=kernel, ratio=cfg.min_label_ratio)
+                              kernel=kernel, ratio=cfg.rule_params().ratio)
         masked = [read_label_png(d / "labels" / f"{n}.png", "masked label") for n in names]
         preds = [read_label_png(pred_dir / f"{n}.png", "round-1 prediction") for n in names]
         pseudo = [read_label_png(pseudo_dir / f"{n}.png", "pseudo label") for n in names]
