@@ -128,8 +128,8 @@ class _Workspace:
     and returns them on free), and first-touch page faults then cost more than the
     arithmetic: half the time of `nsrom bench labels` on the 2-core build machine (55k faults
     for 2000 images of 96 x 96, measured with getrusage). So the scratch tensors of a call
-    are views into buffers that each thread keeps per device and reuses; a function's result
-    is always a new tensor. At most WORKSPACE_MAX_BYTES are kept (larger requests get plain
+    are views into buffers that, inside a scratch_memory() block, the thread keeps per device
+    and reuses; a function's result is always a new tensor. At most WORKSPACE_MAX_BYTES are kept (larger requests get plain
     tensors). Other devices have a caching allocator: there, get() just allocates.
     """
 
