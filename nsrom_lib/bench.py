@@ -235,18 +235,30 @@ def _pseudo_rows(x, t, lists, ref_out, outs, bs, timed) -> tuple[list[dict], np.
         out = timed(L.pseudo_labels, outs[1], [s[k] for k in keys], bs)
         return torch.index_select(out, 0, back, out=outs[2])  # back to list order
 
+    def pseudo_fast() -> torch.Tensor:
+        from nsrom_lib.labels import _fast
+
+        with _fast.scratch_memory():
+            return timed(_fast.pseudo_labels, outs[1], [t[k] for k in keys], bs)
+
     fns = dict(
         ref=pseudo_ref,
         bat=lambda: timed(L.pseudo_labels, outs[0], [t[k] for k in keys], bs),
         sorted=pseudo_sorted,
     )
-    fns["bat"](), fns["sorted"]()  # warm-up (allocator, CUDA context)
+    if x["fast"]:
+        fns["fast"] = pseudo_fast
+    for k in fns:  # warm-up (allocator, CUDA context)
+        if k != "ref":
+            fns[k]()
     res = _best_times(fns, x["repeats"])
     ref = res["ref"][2]
     rows = [
         _row("pseudo (BE+POM+1%)", N, res["ref"], res["bat"], ref),
         _row("  same, by class count", N, res["ref"], res["sorted"], ref),
     ]
+    if x["fast"]:
+        rows.append(_row("  same, labels._fast", N, res["ref"], res["fast"], ref))
     return rows, ref
 
 
@@ -281,10 +293,12 @@ def bench_labels(
     repeats: int = 3,
     threads: int | None = 1,
     inputs: dict[str, Any] | None = None,
+    fast: bool = False,
 ) -> dict[str, Any]:
     """Time batched vs per-image label functions on the same inputs; outputs asserted identical.
 
     batch_size: images per batched call (None: DEFAULT_BATCH_SIZES, per stage).
+    fast: add a row for the opt-in fast path of the pseudo labels (labels._fast).
     threads: torch CPU threads for the batched path (None or 0: torch's setting); the numpy
     reference runs on one. Returns {rows: [{stage, images, ref_img_s, batched_img_s, ratio,
     cpu_ratio, identical}], device, batch_size (the pseudo stage's), batch_sizes, threads,
@@ -298,7 +312,7 @@ def bench_labels(
     dev = resolve_device(device)
     sizes = {k: batch_size or v for k, v in DEFAULT_BATCH_SIZES.items()}
     x = dict(inputs if inputs is not None else load_bench_inputs(run_dir, profile, limit))
-    x["repeats"] = repeats
+    x["repeats"], x["fast"] = repeats, fast
     N, C = x["present"].shape
     H, W = x["sal"].shape[1:]
     lists = [np.nonzero(p)[0].tolist() for p in x["present"]]
