@@ -455,6 +455,60 @@ class _BEPass(NamedTuple):
     cam_at: torch.Tensor | None  # uint8: the CAM of the winning class (where win), if asked
 
 
+def _be_slots(
+    oa: torch.Tensor,
+    lay: _Layout,
+    th: _BECodes,
+    ws: _Workspace,
+    m1: torch.Tensor,
+    raw: torch.Tensor | None,
+    cam: torch.Tensor | None,
+    cam_at: torch.Tensor | None,
+    small: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """_be_pass's loop over slots 1.. (slot 0 is in m1 already): keeps m1 (in place), raw (the
+    highest raw code, if given) and cam_at (the winner's CAM, if given) up to date, and
+    returns m2 (None: no conflict possible, or one class only) and lab (None: one class)."""
+    na, N = m1.shape
+    kmax, z = len(lay.rows), th.z
+    conflicts = th.t_cf <= 255
+    shape = (na, N)
+    m2 = lab = None
+    lab0 = lay.lab[lay.block(0)]  # (na, 1) label of slot 0
+    for j in range(1, kmax):
+        nj, blk = lay.rows[j], lay.block(j)
+        e = oa[blk]  # (nj, N) raw codes of slot j
+        if raw is not None:
+            torch.maximum(raw[:nj], e, out=raw[:nj])
+        if z > 0:
+            e.clamp_min_(z)
+        m1p = m1[:nj]
+        gt = torch.gt(e, m1p, out=ws.get("gt", (nj, N)))  # 0/1 uint8 (see _ge01)
+        if conflicts:
+            if m2 is None:
+                m2 = ws.get("m2", shape).zero_()  # one class only: no second
+                torch.minimum(m1p, e, out=m2[:nj])
+            else:
+                m2p = m2[:nj]
+                torch.maximum(m2p, torch.minimum(m1p, e, out=ws.get("t0", (nj, N))), out=m2p)
+        torch.maximum(m1p, e, out=m1p)
+        # the label of the best: += (label of slot j - label) where slot j wins (wraps: exact)
+        if lab is None:  # slot 1 over slot 0: lab0 + gt * (lab1 - lab0), lab1 > lab0
+            lab = ws.get("lab", shape)  # rows nj.. (one class): lab0, written with win below
+            _rows_affine(gt, lay.lab[blk] - lab0[:nj], lab0[:nj], lab[:nj], small)
+        else:
+            labp = lab[:nj]
+            labp.addcmul_(torch.sub(lay.lab[blk], labp, out=ws.get("t0", (nj, N))), gt)
+        if cam is not None:
+            cp = cam_at[:nj]
+            if j == 1:  # cam of slot 0, or of slot 1 where it wins
+                c0 = cam[lay.block(0)][:nj]
+                torch.addcmul(c0, torch.sub(cam[blk], c0, out=ws.get("t0", (nj, N))), gt, out=cp)
+            else:
+                cp.addcmul_(torch.sub(cam[blk], cp, out=ws.get("t0", (nj, N))), gt)
+    return m2, lab
+
+
 def _be_pass(
     s: torch.Tensor,
     oa: torch.Tensor,
@@ -492,37 +546,7 @@ def _be_pass(
         cam_at = ws.get("cam_at", shape)
         n1 = lay.rows[1] if kmax > 1 else 0  # rows below n1 are written with slot 1 below
         cam_at[n1:].copy_(cam[lay.block(0)][n1:])
-    for j in range(1, kmax):
-        nj, blk = lay.rows[j], lay.block(j)
-        e = oa[blk]  # (nj, N) raw codes of slot j
-        if att_raw:
-            torch.maximum(raw[:nj], e, out=raw[:nj])
-        if z > 0:
-            e.clamp_min_(z)
-        m1p = m1[:nj]
-        gt = torch.gt(e, m1p, out=ws.get("gt", (nj, N)))  # 0/1 uint8 (see _ge01)
-        if conflicts:
-            if m2 is None:
-                m2 = ws.get("m2", shape).zero_()  # one class only: no second
-                torch.minimum(m1p, e, out=m2[:nj])
-            else:
-                m2p = m2[:nj]
-                torch.maximum(m2p, torch.minimum(m1p, e, out=ws.get("t0", (nj, N))), out=m2p)
-        torch.maximum(m1p, e, out=m1p)
-        # the label of the best: += (label of slot j - label) where slot j wins (wraps: exact)
-        if lab is None:  # slot 1 over slot 0: lab0 + gt * (lab1 - lab0), lab1 > lab0
-            lab = ws.get("lab", shape)  # rows nj.. (one class): lab0, written with win below
-            _rows_affine(gt, lay.lab[blk] - lab0[:nj], lab0[:nj], lab[:nj], small)
-        else:
-            labp = lab[:nj]
-            labp.addcmul_(torch.sub(lay.lab[blk], labp, out=ws.get("t0", (nj, N))), gt)
-        if cam is not None:
-            cp = cam_at[:nj]
-            if j == 1:  # cam of slot 0, or of slot 1 where it wins
-                c0 = cam[lay.block(0)][:nj]
-                torch.addcmul(c0, torch.sub(cam[blk], c0, out=ws.get("t0", (nj, N))), gt, out=cp)
-            else:
-                cp.addcmul_(torch.sub(cam[blk], cp, out=ws.get("t0", (nj, N))), gt)
+    m2, lab = _be_slots(oa, lay, th, ws, m1, raw, cam, cam_at, small)
     # §3.3: two or more channels above conflict: the second highest of the classes' codes
     # and the background's (>= t_cf where it is above conflict, below t_cf elsewhere)
     conf = None
@@ -902,6 +926,62 @@ def _potential(
 # ----------------------------------------------------------------------------------------
 
 
+def _gather_active(
+    sal_seg: torch.Tensor,
+    oa: torch.Tensor,
+    cam: torch.Tensor,
+    lay: _Layout,
+    th: _BECodes,
+    ws: _Workspace,
+    idx: torch.Tensor | None,
+    order: np.ndarray | None,
+    merged: bool,
+    m1: torch.Tensor | None,
+):
+    """The active segments' rows for _pseudo_fused's BE pass, and m1 (see there).
+
+    sal_seg: (n * Q, L) saliency segments, batch order; idx: (S,) the active segments of the
+    sorted images (None: all). Returns lay_a (the layout of the gathered pair segments),
+    s_a, oa_a, cam_a (their rows), img (S,) numpy (each segment's sorted image), seg_b (S,)
+    numpy (its row in sal_seg) and m1 (na, N), the highest listed code of every pixel.
+    """
+    na, kmax, z = lay.na, len(lay.rows), th.z
+    L = sal_seg.shape[1]
+    Q = oa.shape[1] // L
+    dev = sal_seg.device
+    # i: (S,) the active segments of the sorted images (all of them when idx is None); img:
+    # their sorted image; seg_b: the same segments in the batch (same image, same place)
+    i = np.arange(na * Q) if idx is None else idx.cpu().numpy()
+    S = i.size
+    # per image counts of active segments (i is sorted), then repeats: no (S,) division
+    per_img = np.diff(np.searchsorted(i, np.arange(na + 1) * Q))  # (na,)
+    img = np.repeat(np.arange(na), per_img)
+    seg_b = i if order is None else i + np.repeat((order[:na] - np.arange(na)) * Q, per_img)
+    s_a = _take_rows(sal_seg, seg_b, ws.get("s_a", (S, L)))
+    if idx is None:
+        rows = tuple(r * Q for r in lay.rows)
+        oa_a, cam_a = oa.view(-1, L), cam.view(-1, L)
+        lab_a = lay.lab.repeat_interleave(Q, dim=0)
+    else:
+        rows = tuple(np.searchsorted(i, np.asarray(lay.rows) * Q).tolist())  # of images < rows[j]
+        gidx = np.concatenate([i[:rj] + lay.starts[j] * Q for j, rj in enumerate(rows)])
+        pair = np.concatenate([img[:rj] + lay.starts[j] for j, rj in enumerate(rows)])
+        oa_a = _take_rows(oa.view(-1, L), gidx, ws.get("oa_a", (len(gidx), L)))
+        cam_a = _take_rows(cam.view(-1, L), gidx, ws.get("cam_a", (len(gidx), L)))
+        lab_a = lay.lab.view(-1).index_select(0, torch.from_numpy(pair).to(dev))[:, None]
+        # oa is not read again: m1, the highest listed code, in place in its first block (the
+        # floor z only matters for thresholds at or below z: never t_att when merged)
+        m1 = oa[lay.block(0)]
+        for j in range(1, kmax):
+            torch.maximum(m1[: lay.rows[j]], oa[lay.block(j)], out=m1[: lay.rows[j]])
+        if not merged and z > 0:
+            m1.clamp_min_(z)
+    empty = lab_a.new_empty(0)
+    starts = tuple(sum(rows[:j]) for j in range(kmax))
+    lay_a = _Layout(None, None, rows, starts, empty, empty, empty, lab_a)
+    return lay_a, s_a, oa_a, cam_a, img, seg_b, m1
+
+
 def _pseudo_fused(
     sal: torch.Tensor,
     oa: torch.Tensor,
@@ -931,15 +1011,10 @@ def _pseudo_fused(
     na, kmax, z = lay.na, len(lay.rows), th.z
     L = _segment_len(N)
     Q = N // L
-    dev = sal.device
     sal_seg = sal.reshape(n * Q, L)
     # the index arithmetic on (S,) segment lists runs in numpy on the host: a few dozen
     # microseconds less per op than torch's on arrays of this size
     order = None if lay.order is None else lay.order.cpu().numpy()  # (n,)
-
-    def to_dev(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a)).to(dev)
-
     # the shortcut needs: the background above conflict at sal 0, no saliency cause at 0, att
     # on codes above the floor, a class code that can beat the background somewhere
     short = L < N and th.s_cf >= 0 and th.t_bg >= 1 and not 0 < th.t_att <= z and z < 255
@@ -960,36 +1035,10 @@ def _pseudo_fused(
             m1 = torch.clamp(oa[lay.block(0)], min=z, out=ws.get("m1", (na, N)))
             for j in range(1, kmax):
                 torch.maximum(m1[: lay.rows[j]], oa[lay.block(j)], out=m1[: lay.rows[j]])
-    # i: (S,) the active segments of the sorted images (all of them when idx is None); img:
-    # their sorted image; seg_b: the same segments in the batch (same image, same place)
-    i = np.arange(na * Q) if idx is None else idx.cpu().numpy()
-    S = i.size
-    # per image counts of active segments (i is sorted), then repeats: no (S,) division
-    per_img = np.diff(np.searchsorted(i, np.arange(na + 1) * Q))  # (na,)
-    img = np.repeat(np.arange(na), per_img)
-    seg_b = i if order is None else i + np.repeat((order[:na] - np.arange(na)) * Q, per_img)
-    s_a = _take_rows(sal_seg, seg_b, ws.get("s_a", (S, L)))
-    if idx is None:
-        rows = tuple(r * Q for r in lay.rows)
-        oa_a, cam_a = oa.view(-1, L), cam.view(-1, L)
-        lab_a = lay.lab.repeat_interleave(Q, dim=0)
-    else:
-        rows = tuple(np.searchsorted(i, np.asarray(lay.rows) * Q).tolist())  # of images < rows[j]
-        gidx = np.concatenate([i[:rj] + lay.starts[j] * Q for j, rj in enumerate(rows)])
-        pair = np.concatenate([img[:rj] + lay.starts[j] for j, rj in enumerate(rows)])
-        oa_a = _take_rows(oa.view(-1, L), gidx, ws.get("oa_a", (len(gidx), L)))
-        cam_a = _take_rows(cam.view(-1, L), gidx, ws.get("cam_a", (len(gidx), L)))
-        lab_a = lay.lab.view(-1).index_select(0, to_dev(pair))[:, None]
-        # oa is not read again: m1, the highest listed code, in place in its first block (the
-        # floor z only matters for thresholds at or below z: never t_att when merged)
-        m1 = oa[lay.block(0)]
-        for j in range(1, kmax):
-            torch.maximum(m1[: lay.rows[j]], oa[lay.block(j)], out=m1[: lay.rows[j]])
-        if not merged and z > 0:
-            m1.clamp_min_(z)
-    empty = lab_a.new_empty(0)
-    starts = tuple(sum(rows[:j]) for j in range(kmax))
-    lay_a = _Layout(None, None, rows, starts, empty, empty, empty, lab_a)
+    lay_a, s_a, oa_a, cam_a, img, seg_b, m1 = _gather_active(
+        sal_seg, oa, cam, lay, th, ws, idx, order, merged, m1
+    )
+    S = len(seg_b)
     p = _be_pass(s_a, oa_a, lay_a, th, ws, cam=cam_a, att=not merged)
     # §4 on BE's label: the class pixels are those a class wins without a conflict (p.label)
     counts = _class_counts(p.label, p.cam_at, img, na, C + 1, ws)  # (na * (C + 1), 256)
@@ -1000,7 +1049,15 @@ def _pseudo_fused(
     listed = _listed_np(n_in, lay)
     acc = _ge01(m1, th.t_att, ws.get("pot", (na, N))) if merged else None
     pot = _potential(cam, lay, below, ws, acc)  # (na, N) 0/1: a potential object
-    # the rows: the sorted images' segments, then the gathered ones
+    src = _fused_rows(sal, lay, th, ws, p, m1, pot, idx, S, merged, short)
+    return src, seg_b, listed
+
+
+def _fused_rows(sal, lay, th, ws, p, m1, pot, idx, S, merged, short) -> torch.Tensor:
+    """_pseudo_fused's result rows: the sorted images' Q segments, then the S active ones."""
+    n, N = sal.shape
+    na, L = lay.na, _segment_len(N)
+    Q = N // L
     src = ws.get("src", (n * Q + S, L))
     full = src[: n * Q].view(n, N)
     if merged:  # §3.3 / §3.5 at sal 0: 255 where m1 >= t_att; §4: or a potential object
@@ -1015,7 +1072,7 @@ def _pseudo_fused(
         pot_a = _take_rows(pot_a, idx, ws.get("t0", (S, L)))
     p.cause.bitwise_or_(pot_a)  # §4: potential objects become 255 as §3.5's causes do
     _be_assemble(p, p.cause, src[n * Q :])
-    return src, seg_b, listed
+    return src
 
 
 def pseudo_labels(
