@@ -176,14 +176,14 @@ def background_extraction(
     n_high.index_add_(0, b, (score > conflict32).int())
     unlisted = C - present.sum(dim=1, keepdim=True)  # (B, 1)
     n_high += unlisted * (0 > conflict32)
-    label[n_high >= 2] = IGNORE
+    label.masked_fill_(n_high >= 2, IGNORE)
 
     # §3.5: a background pixel with sal >= bg or some listed a_c > att (float64) -> 255;
     # a_c > att  <=>  raw value >= first_raw_above(a, att)
     above_att = (oa >= first_raw_above(a, att)).int()  # (P, N)
     high_att = torch.zeros((B, N), dtype=torch.int32, device=dev).index_add_(0, b, above_att)
     cause = at_least(sal.reshape(B, N), bg) | (high_att > 0)
-    label[(label == 0) & cause] = IGNORE
+    label.masked_fill_((label == 0) & cause, IGNORE)
     return label.reshape(B, H, W)
 
 
