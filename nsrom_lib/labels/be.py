@@ -156,7 +156,8 @@ def background_extraction(
     # §3.1: channel c+1 = a_c cast to float32; §3.2: every score below fg becomes 0
     score_of = a.float()
     score_of = torch.where(score_of < fg32, 0.0, score_of)  # (P, 256)
-    score = score_of.gather(1, oa.long())  # (P, N) float32
+    raw = oa.long()  # (P, N) int64: the raw values as indices
+    score = score_of.gather(1, raw)  # (P, N) float32
     bg_score = background_scores(sal.reshape(B, N), fg32)  # (B, N) float32
 
     # §3.4: argmax over the channels, ties to the lowest. Among each image's classes: the
@@ -180,7 +181,7 @@ def background_extraction(
 
     # §3.5: a background pixel with sal >= bg or some listed a_c > att (float64) -> 255;
     # a_c > att  <=>  raw value >= first_raw_above(a, att)
-    above_att = (oa >= first_raw_above(a, att)).int()  # (P, N)
+    above_att = (raw >= first_raw_above(a, att)).int()  # (P, N)
     high_att = torch.zeros((B, N), dtype=torch.int32, device=dev).index_add_(0, b, above_att)
     cause = at_least(sal.reshape(B, N), bg) | (high_att > 0)
     label.masked_fill_((label == 0) & cause, IGNORE)

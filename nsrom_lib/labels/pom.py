@@ -110,17 +110,16 @@ def pseudo_label_ref(
 # ----------------------------------------------------------------------------------------
 
 
-def histograms(maps: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
-    """Counts of each raw value 0..255 per map: (P, N) uint8 -> (P, 256) int64.
+def histograms(raw: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+    """Counts of each raw value 0..255 per map: (P, N) int64 raw values -> (P, 256) int64.
 
     where: (P, N) bool, the pixels to count (None: all). The others go to a spare bin 256,
     dropped at the end.
     """
-    raw = maps.long()  # (P, N)
     if where is not None:
         raw = torch.where(where, raw, 256)
-    one = torch.ones((1, 1), dtype=torch.int64, device=maps.device).expand_as(raw)
-    counts = torch.zeros((maps.shape[0], 257), dtype=torch.int64, device=maps.device)
+    one = torch.ones((1, 1), dtype=torch.int64, device=raw.device).expand_as(raw)
+    counts = torch.zeros((raw.shape[0], 257), dtype=torch.int64, device=raw.device)
     return counts.scatter_add_(1, raw, one)[:, :256]
 
 
@@ -151,9 +150,10 @@ def _pair_thresholds(
     depends on how many pixels hold each raw value, so histograms replace the sorting.
     """
     values = value_table(cam)  # (P, 256)
+    raw = cam.long()  # (P, N) int64
     in_class = label[b] == (c + 1)[:, None]  # (P, N): the pixels labelled with the class
-    counts_in = histograms(cam, in_class)  # (P, 256)
-    counts_all = histograms(cam)  # (P, 256)
+    counts_in = histograms(raw, in_class)  # (P, 256)
+    counts_all = histograms(raw)  # (P, 256)
     # §4 MED: the class's pixels have a non-zero CAM sum (one value above 0) -> their median
     use_median = (counts_in * (values > 0)).sum(dim=1) > 0
     t_median = median_of_counts(counts_in, values)
