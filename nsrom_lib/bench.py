@@ -199,6 +199,94 @@ def _row(stage: str, n: int, ref: tuple, got: tuple, expected: np.ndarray) -> di
     )
 
 
+def _chunked(fn, out, tensors, bs: int, threads: int | None, sync) -> Any:
+    """fn over batches of `bs` images of the (N, ...) tensors, written into out (N, H, W)."""
+    import torch
+
+    from nsrom_lib.labels import torch_threads
+
+    N = out.shape[0]
+    with torch_threads(threads), torch.inference_mode():
+        for i in range(0, N, bs):
+            out[i : i + bs] = fn(*(a[i : i + bs] for a in tensors))
+    sync()
+    return out
+
+
+def _pseudo_rows(x, t, lists, ref_out, outs, bs, timed) -> tuple[list[dict], np.ndarray]:
+    """The pseudo-label rows: reference vs batched, in list order and by class count."""
+    import torch
+
+    from nsrom_lib import labels as L
+
+    N, C = x["present"].shape
+
+    def pseudo_ref() -> np.ndarray:
+        for i, cl in enumerate(lists):
+            ref_out[i] = L.pseudo_label_ref(x["sal"][i], x["oa_cam"][i, cl], x["cam"][i, cl], cl, C)
+        return ref_out.copy()
+
+    keys = ("sal", "oa_cam", "cam", "present")
+    # the same, with the images sorted by their number of classes (the order the label
+    # commands batch them in)
+    order = np.argsort(-x["present"].sum(axis=1), kind="stable")
+    back = torch.from_numpy(np.argsort(order)).to(t["sal"].device)
+    order = torch.from_numpy(order).to(t["sal"].device)
+    s = {k: t[k].index_select(0, order) for k in keys}
+
+    def pseudo_sorted() -> torch.Tensor:
+        out = timed(L.pseudo_labels, outs[1], [s[k] for k in keys], bs)
+        return torch.index_select(out, 0, back, out=outs[2])  # back to list order
+
+    def pseudo_fast() -> torch.Tensor:
+        from nsrom_lib.labels import _fast
+
+        with _fast.scratch_memory():
+            return timed(_fast.pseudo_labels, outs[1], [t[k] for k in keys], bs)
+
+    fns = dict(
+        ref=pseudo_ref,
+        bat=lambda: timed(L.pseudo_labels, outs[0], [t[k] for k in keys], bs),
+        sorted=pseudo_sorted,
+    )
+    if x["fast"]:
+        fns["fast"] = pseudo_fast
+    for k in fns:  # warm-up (allocator, CUDA context)
+        if k != "ref":
+            fns[k]()
+    res = _best_times(fns, x["repeats"])
+    ref = res["ref"][2]
+    rows = [
+        _row("pseudo (BE+POM+1%)", N, res["ref"], res["bat"], ref),
+        _row("  same, by class count", N, res["ref"], res["sorted"], ref),
+    ]
+    if x["fast"]:
+        rows.append(_row("  same, labels._fast", N, res["ref"], res["fast"], ref))
+    return rows, ref
+
+
+def _masked_row(x, t, lists, ref_out, outs, bs, timed, pseudo_np: np.ndarray) -> dict:
+    """The NSRM row: reference vs batched, on the pseudo labels just computed."""
+    import torch
+
+    from nsrom_lib import labels as L
+
+    t = dict(t, pseudo=torch.from_numpy(pseudo_np).to(t["sal"].device))
+
+    def masked_ref() -> np.ndarray:
+        for i, cl in enumerate(lists):
+            ref_out[i] = L.non_salient_region_masking_ref(
+                x["pred"][i], pseudo_np[i], x["sal"][i], cl
+            )
+        return ref_out.copy()
+
+    args = [t[k] for k in ("pred", "pseudo", "sal", "present")]
+    fns = dict(ref=masked_ref, bat=lambda: timed(L.non_salient_region_masking, outs[0], args, bs))
+    fns["bat"]()
+    res = _best_times(fns, x["repeats"])
+    return _row("masked (NSRM)", len(lists), res["ref"], res["bat"], res["ref"][2])
+
+
 def bench_labels(
     run_dir: str | os.PathLike | None = None,
     profile: str = "default",
@@ -208,10 +296,12 @@ def bench_labels(
     repeats: int = 3,
     threads: int | None = 1,
     inputs: dict[str, Any] | None = None,
+    fast: bool = False,
 ) -> dict[str, Any]:
     """Time batched vs per-image label functions on the same inputs; outputs asserted identical.
 
     batch_size: images per batched call (None: DEFAULT_BATCH_SIZES, per stage).
+    fast: add a row for the opt-in fast path of the pseudo labels (labels._fast).
     threads: torch CPU threads for the batched path (None or 0: torch's setting); the numpy
     reference runs on one. Returns {rows: [{stage, images, ref_img_s, batched_img_s, ratio,
     cpu_ratio, identical}], device, batch_size (the pseudo stage's), batch_sizes, threads,
@@ -220,12 +310,12 @@ def bench_labels(
     """
     import torch
 
-    from nsrom_lib import labels as L
     from nsrom_lib.pipeline import resolve_device
 
     dev = resolve_device(device)
     sizes = {k: batch_size or v for k, v in DEFAULT_BATCH_SIZES.items()}
-    x = inputs if inputs is not None else load_bench_inputs(run_dir, profile, limit)
+    x = dict(inputs if inputs is not None else load_bench_inputs(run_dir, profile, limit))
+    x["repeats"], x["fast"] = repeats, fast
     N, C = x["present"].shape
     H, W = x["sal"].shape[1:]
     lists = [np.nonzero(p)[0].tolist() for p in x["present"]]
@@ -234,75 +324,21 @@ def bench_labels(
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
+    def timed(fn, out, tensors, bs):
+        return _chunked(fn, out, tensors, bs, threads, sync)
+
     # Both versions write their labels into an (N, H, W) array allocated once, so that the
     # timings measure the labels, not the first touch of fresh result memory (page faults:
     # about 10 ms for 2000 x 96 x 96 on the build machine, for either version)
     ref_out = np.empty((N, H, W), np.uint8)
-
-    # --- pseudo: BE + POM + 1% rule
-    def pseudo_ref() -> np.ndarray:
-        for i, cl in enumerate(lists):
-            ref_out[i] = L.pseudo_label_ref(x["sal"][i], x["oa_cam"][i, cl], x["cam"][i, cl], cl, C)
-        return ref_out.copy()
-
+    outs = [torch.empty((N, H, W), dtype=torch.uint8, device=dev) for _ in range(3)]
     t = {
         k: torch.from_numpy(np.ascontiguousarray(x[k])).to(dev)
         for k in ("sal", "oa_cam", "cam", "present", "pred")
     }
-
-    outs = [torch.empty((N, H, W), dtype=torch.uint8, device=dev) for _ in range(3)]
-
-    def chunked(fn, out: torch.Tensor, *tensors: torch.Tensor, bs: int) -> torch.Tensor:
-        """fn over batches of `bs` images of the (N, ...) tensors, into out."""
-        with L.torch_threads(threads), torch.inference_mode():
-            for i in range(0, N, bs):
-                out[i : i + bs] = fn(*(a[i : i + bs] for a in tensors))
-        sync()
-        return out
-
-    def pseudo_batched() -> torch.Tensor:
-        args = (t["sal"], t["oa_cam"], t["cam"], t["present"])
-        return chunked(L.pseudo_labels, outs[0], *args, bs=sizes["pseudo"])
-
-    # the same, with the images sorted by their number of classes: the order the batched
-    # functions put each batch in (labels._Layout), so no batch is permuted
-    order = np.argsort(-x["present"].sum(axis=1), kind="stable")
-    back = torch.from_numpy(np.argsort(order)).to(dev)
-    order = torch.from_numpy(order).to(dev)
-    s = {k: t[k].index_select(0, order) for k in ("sal", "oa_cam", "cam", "present")}
-
-    def pseudo_sorted() -> torch.Tensor:
-        args = (s["sal"], s["oa_cam"], s["cam"], s["present"])
-        out = chunked(L.pseudo_labels, outs[1], *args, bs=sizes["pseudo"])
-        return torch.index_select(out, 0, back, out=outs[2])  # back to list order
-
-    pseudo_batched()  # warm-up (allocator, scratch buffers, CUDA context)
-    pseudo_sorted()
-    res = _best_times(dict(ref=pseudo_ref, bat=pseudo_batched, sorted=pseudo_sorted), repeats)
-    ref = res["ref"][2]
-    rows = [
-        _row("pseudo (BE+POM+1%)", N, res["ref"], res["bat"], ref),
-        _row("  same, by class count", N, res["ref"], res["sorted"], ref),
-    ]
-
-    # --- masked: NSRM on the pseudo labels just computed
-    pseudo_np = ref
-    t["pseudo"] = torch.from_numpy(pseudo_np).to(dev)
-
-    def masked_ref() -> np.ndarray:
-        for i, cl in enumerate(lists):
-            ref_out[i] = L.non_salient_region_masking_ref(
-                x["pred"][i], pseudo_np[i], x["sal"][i], cl
-            )
-        return ref_out.copy()
-
-    def masked_batched() -> torch.Tensor:
-        args = (t["pred"], t["pseudo"], t["sal"], t["present"])
-        return chunked(L.non_salient_region_masking, outs[0], *args, bs=sizes["masked"])
-
-    masked_batched()
-    res = _best_times(dict(ref=masked_ref, bat=masked_batched), repeats)
-    rows.append(_row("masked (NSRM)", N, res["ref"], res["bat"], res["ref"][2]))
+    common = (x, t, lists, ref_out, outs)
+    rows, pseudo_np = _pseudo_rows(*common, sizes["pseudo"], timed)
+    rows.append(_masked_row(*common, sizes["masked"], timed, pseudo_np))
     return dict(
         rows=rows,
         device=str(dev),

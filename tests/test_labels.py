@@ -77,11 +77,16 @@ def test_normalize_matches_formula_and_constant_map_is_zero():
     assert not L.normalize_maps(torch.from_numpy(flat)[None]).any()
 
 
-def test_background_score_lut_is_numpy_float32():
+def test_background_scores_are_numpy_float32():
+    from nsrom_lib.labels.be import background_scores
+
     sal = np.arange(256, dtype=np.uint8).reshape(16, 16)
     expected = 1 - sal.astype(np.float32) / 255
     assert expected.dtype == np.float32
-    np.testing.assert_array_equal(L._sal_scores_lut()[sal], expected)
+    fg_off = torch.tensor(-1.0)  # no floor
+    got = background_scores(torch.from_numpy(sal), fg_off).numpy()
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
 
 
 # ---------------------------------------------------------------------------------------
@@ -286,12 +291,23 @@ def test_min_ratio_rule_on_whole_batch_independently():
     assert (got[0] == 255).all() and (got[1] == labels[1]).all()
 
 
-def test_min_valid_count_matches_float_division():
-    for hw in list(range(1, 400)) + [187500, 166500, 250000]:
-        for ratio in (0.01, 0.0, 0.05, 0.3333, 1.0, 1.5, 1e-9):
-            n = L._min_valid_count(hw, ratio)
-            assert n == 0 or (n - 1) / hw < ratio
-            assert n > hw or n / hw >= ratio
+@pytest.mark.parametrize("H, W", [(1, 1), (3, 7), (10, 10), (13, 29), (96, 96)])
+def test_min_ratio_rule_matches_float_division_at_every_count(H, W):
+    """Images with 0..H * W class pixels, ratios at and next to count / (H * W)."""
+    N = H * W
+    counts = sorted({0, 1, 2, N // 3, N // 2, N - 1, N} & set(range(N + 1)))
+    labels = np.zeros((len(counts), H, W), np.uint8)
+    for i, n in enumerate(counts):
+        labels[i].reshape(-1)[:n] = 1 + i % 3
+    ratios = {0.0, 0.01, 1.0, 1.5, 1e-9, math.nan}
+    for n in counts:
+        if n:
+            ratios |= {n / N, float(np.nextafter(n / N, 0.0)), float(np.nextafter(n / N, 1.0))}
+    for ratio in sorted(ratios):
+        got = L.min_label_ratio_rule(torch.from_numpy(labels), ratio).numpy()
+        for i in range(len(counts)):
+            want = L.min_label_ratio_rule_ref(labels[i], ratio)
+            np.testing.assert_array_equal(got[i], want, err_msg=f"ratio {ratio}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -641,7 +657,7 @@ def test_parity_covers_enough_images():
 
 
 # ---------------------------------------------------------------------------------------
-# The batched fast paths: groups by class count, extreme thresholds, thread control
+# Batches of mixed class counts, extreme thresholds, thread control
 # ---------------------------------------------------------------------------------------
 
 
@@ -725,10 +741,10 @@ def test_torch_threads_restores():
 
 
 # ---------------------------------------------------------------------------------------
-# The uint8 code path (maps that span 0..255 or are constant) and its helpers
+# Maps that span 0..255 or are constant, as the maps stage writes them
 # ---------------------------------------------------------------------------------------
 
-# saliency values around the float32 corrections of the background score (_v_codes' e0)
+# saliency values around the float32 steps of the background score 1 - sal / 255
 SAL_EDGE = [0, 1, 25, 26, 31, 32, 63, 64, 65, 66, 67, 126, 127, 128, 129, 178, 179, 253, 254, 255]
 
 
@@ -750,7 +766,7 @@ def full_range_map(rng: np.random.Generator, H: int, W: int) -> np.ndarray:
 
 def full_range_case(rng, B, H, W, C, kmax=3, mixed=0.0):
     """Like rand_case, with full-range maps (a share `mixed` of images keep rand_map's maps)
-    and saliency that is 0 over large areas (the shortcut of _pseudo_fused)."""
+    and saliency that is 0 over large areas."""
     sal = np.zeros((B, H, W), np.uint8)
     for b in range(B):
         kind = rng.integers(4)
@@ -805,13 +821,13 @@ def _assert_all_stages(sal, oa, cam, present, **kw):
             np.testing.assert_array_equal(thr[b, c], t_ref)
 
 
-# The random parity cases of the batched pseudo labels: test_labels_fast_paths.py,
+# More random parity cases of the batched pseudo labels: test_labels_fast_paths.py,
 # test_pseudo_labels_parity_random.
 
 
 @pytest.mark.parametrize("k", [0, 1, 2, 3, 4])
-def test_fast_path_each_class_count(k):
-    """Every image lists k classes (one slot block each; k = 1: no argmax loop at all)."""
+def test_full_range_each_class_count(k):
+    """Every image lists k classes (k = 0: no pair at all; k = 1: no argmax between classes)."""
     rng = np.random.default_rng(70 + k)
     B, H, W, C = 5, 32, 48, 6
     sal, oa, cam, _ = full_range_case(rng, B, H, W, C)
@@ -838,22 +854,22 @@ def test_fast_path_each_class_count(k):
         dict(bg=float("nan"), pom=0.0, ratio=1.0),
     ],
 )
-def test_fast_path_parity_extreme_thresholds(thr):
+def test_full_range_parity_extreme_thresholds(thr):
     rng = np.random.default_rng(17)
     sal, oa, cam, present = full_range_case(rng, 6, 16, 24, 4)
     _assert_all_stages(sal, oa, cam, present, **thr)
 
 
-def test_fast_path_mixed_with_table_path():
-    """Batches where some images have maps that do not span 0..255 (the table path)."""
+def test_full_range_mixed_with_other_maps():
+    """Batches where some images have maps that do not span 0..255 (any min and max)."""
     for seed, mixed in ((1, 0.3), (2, 0.7), (3, 1.0)):
         rng = np.random.default_rng(seed)
         sal, oa, cam, present = full_range_case(rng, 9, 24, 32, 5, mixed=mixed)
         _assert_all_stages(sal, oa, cam, present)
 
 
-def test_fast_path_many_classes():
-    """Label values above 127 (no int64 word tricks) and more than 127 groups per image."""
+def test_full_range_many_classes():
+    """Label values above 127 and 200 classes."""
     rng = np.random.default_rng(9)
     B, H, W, C = 4, 16, 16, 200
     sal, _, _, _ = full_range_case(rng, B, H, W, 1)
@@ -865,7 +881,7 @@ def test_fast_path_many_classes():
     _assert_all_stages(sal, oa, cam, present)
 
 
-def test_fast_path_on_gt_derived_maps_in_batches():
+def test_full_range_gt_derived_maps_in_batches():
     """The benchmark's kind of inputs, batches in arbitrary and sorted class-count order."""
     from nsrom_lib.bench import gt_derived_maps
 
@@ -878,9 +894,8 @@ def test_fast_path_on_gt_derived_maps_in_batches():
     _assert_all_stages(sal[order], oa[order], cam[order], present[order])
 
 
-def test_results_do_not_share_scratch_memory():
-    """Results are new tensors: later calls (reusing the scratch buffers) leave them alone,
-    in and outside inference mode."""
+def test_results_do_not_share_memory():
+    """Results are new tensors: later calls leave them alone, in and outside inference mode."""
     rng = np.random.default_rng(8)
     sal, oa, cam, present = (torch.from_numpy(x) for x in full_range_case(rng, 5, 16, 16, 3))
     with torch.inference_mode():
@@ -892,73 +907,6 @@ def test_results_do_not_share_scratch_memory():
     L.potential_object_mining(be, cam, present)
     assert torch.equal(first, kept) and torch.equal(be, kept_be)
     assert torch.equal(L.pseudo_labels(sal, oa, cam, present), kept)
-
-
-def test_be_codes_background_code_formula():
-    """V(sal) by uint8 arithmetic equals the exact table for the thresholds one meets, and
-    is never below 254 - sal (the bound the shortcut of _pseudo_fused relies on)."""
-    sal = np.arange(256)
-    for fg in (0.3, 0.0, 0.1, 0.5, 0.95, 1.0, -0.2):
-        th = L._be_codes(fg, 0.9, 32.0, 0.8)
-        assert th is not None and th.v_formula
-        assert (th.v_table.astype(int) >= 254 - sal).all()
-        s = torch.arange(256, dtype=torch.uint8)[None]
-        got = L._v_codes(s, th, L._Workspace(torch.device("cpu")))
-        np.testing.assert_array_equal(got[0].numpy(), th.v_table)
-
-
-def test_first_above_and_median_match_tables():
-    rng = np.random.default_rng(2)
-    P = 400
-    lo = rng.integers(0, 256, size=P)
-    d = np.minimum(rng.integers(0, 256, size=P), 255 - lo)
-    table = np.arange(256)[None, :] / (d[:, None] + 1e-8)  # normalised value of lo + p
-    # thresholds: exact table values, midpoints, random, NaN, negative, huge
-    x = np.where(
-        rng.random(P) < 0.5,
-        table[np.arange(P), rng.integers(0, 256, size=P)],
-        rng.uniform(-0.1, 1.1, size=P),
-    )
-    x[:10] = np.nan
-    x[10:20] = (table[np.arange(10, 20), 3] + table[np.arange(10, 20), 4]) / 2
-    x[20:25] = 1e9
-    got = L._first_above(lo, d, x)
-    expected = np.array(
-        [
-            256 if np.isnan(x[i]) else min(lo[i] + int((table[i] <= x[i]).sum()), 256)
-            for i in range(P)
-        ]
-    )
-    np.testing.assert_array_equal(got, expected)
-    # medians from cumulative histograms: numpy's median of the expanded values
-    counts = rng.integers(0, 3, size=(P, 256)) * (rng.random((P, 256)) < 0.05)
-    for i in range(P):
-        counts[i, : lo[i]] = 0
-        counts[i, lo[i] + d[i] + 1 :] = 0
-    cum = np.cumsum(counts, axis=1)
-    med = L._median_of_cum(cum, np.zeros(P, np.int64), cum[:, -1], lo, d)
-    for i in range(P):
-        vals = np.repeat(np.arange(256), counts[i])
-        ref = np.median(table[i, vals - lo[i]]) if vals.size else np.nan
-        np.testing.assert_array_equal(med[i], ref)
-
-
-def test_segments_any_and_word_helpers():
-    rng = np.random.default_rng(1)
-    for L_ in (1, 3, 16, 20, 24, 32, 40, 48, 56, 60, 64, 25, 17, 9216):
-        x = torch.from_numpy((rng.random((50, L_)) < 0.02) * rng.integers(1, 256, (50, L_)))
-        x = x.to(torch.uint8)
-        assert torch.equal(L._segments_any(x), (x != 0).any(dim=1))
-    x01 = torch.from_numpy(rng.integers(0, 2, (30, 32)).astype(np.uint8))
-    d = torch.from_numpy(rng.integers(1, 100, (30, 1)).astype(np.uint8))
-    base = torch.from_numpy(rng.integers(0, 27, (30, 1)).astype(np.uint8))
-    out = torch.empty_like(x01)
-    L._rows_affine(x01, d, base, out, small=True)
-    assert torch.equal(out, base + x01 * d)
-    L._rows_affine(x01, d, None, out, small=True)
-    assert torch.equal(out, x01 * d)
-    y = torch.from_numpy(rng.integers(0, 100, (30, 32)).astype(np.int16))
-    assert torch.equal(L._add_rows_(y.clone(), base), y + base.to(torch.int16))
 
 
 def test_empty_batch_and_non_contiguous_inputs():

@@ -1,12 +1,13 @@
-"""Exact agreement of the faster batched label code paths with the per-image references.
+"""The opt-in fast path (nsrom_lib.labels._fast): the same labels as the readable version.
 
-The batched BE + POM path (labels._pseudo_fused and its helpers) takes shortcuts whose
-results must stay bit for bit those of the `*_ref` functions: row gathers through numpy
-(_take_rows), the six-pass background code (_v_codes with _BECodes.v_cap), the conflict
-folded into the argmax winner, histograms over pieces of 8 pixels, medians on rows laid end to
-end (_median_flat) and the 1% rule counted from the pairs (_listed). Randomised cases over
-image sizes (segments of 16, 24, 40 px and none), 1 to 3 classes, conflicts and ties, absent
-classes, flat maps, tiny objects and the 1% rule's boundary.
+``_fast.pseudo_labels`` takes shortcuts whose results must stay bit for bit those of
+``pseudo_labels`` and of the ``*_ref`` functions: row gathers through numpy (_take_rows,
+_put_rows), the six-pass background code (_v_codes with _BECodes.v_cap), histograms over
+pieces of 8 pixels, medians on rows laid end to end (_median_flat) and the 1% rule counted
+from the pairs (_listed_np). Randomised cases over image sizes (segments of 16, 24, 40 px
+and none), 1 to 4 classes, conflicts and ties, absent classes, flat maps, tiny objects and
+the 1% rule's boundary; each also checks the readable batched functions against the
+references.
 """
 
 from __future__ import annotations
@@ -19,6 +20,19 @@ import torch
 from test_labels import _assert_all_stages, full_range_case, random_thresholds
 
 from nsrom_lib import labels as L
+from nsrom_lib.labels import _fast as F
+
+
+def _assert_stages_and_fast(sal, oa, cam, present, **kw):
+    """The readable batched stages equal the references, and the fast path equals them."""
+    _assert_all_stages(sal, oa, cam, present, **kw)
+    t = [torch.from_numpy(np.ascontiguousarray(x)) for x in (sal, oa, cam, present)]
+    want = L.pseudo_labels(*t, **kw)
+    with F.scratch_memory():
+        got = F.pseudo_labels(*t, **kw)
+        again = F.pseudo_labels(*t, **kw)  # the buffers of the first call, reused
+    assert torch.equal(got, want) and torch.equal(again, want)
+
 
 # ---------------------------------------------------------------------------------------
 # Helpers
@@ -35,19 +49,19 @@ def test_take_rows_matches_index_select(L_, dtype):
         idx = rng.integers(0, R, size=k)
         want = src.index_select(0, torch.from_numpy(idx))
         for index in (idx, torch.from_numpy(idx)):
-            assert torch.equal(L._take_rows(src, index), want)
+            assert torch.equal(F._take_rows(src, index), want)
             out = torch.empty((k, L_), dtype=dtype)
-            got = L._take_rows(src, index, out)
+            got = F._take_rows(src, index, out)
             assert got.data_ptr() == out.data_ptr() and torch.equal(out, want)
     # non-contiguous rows: the torch fallback
     wide = torch.from_numpy(rng.integers(0, 200, (R, 2 * L_))).to(dtype)[:, ::2]
     idx = rng.integers(0, R, size=50)
-    assert torch.equal(L._take_rows(wide, idx), wide[torch.from_numpy(idx)])
+    assert torch.equal(F._take_rows(wide, idx), wide[torch.from_numpy(idx)])
 
 
 def test_take_rows_result_is_new_memory():
     src = torch.arange(64, dtype=torch.uint8).view(8, 8)
-    got = L._take_rows(src, np.array([1, 1, 7]))
+    got = F._take_rows(src, np.array([1, 1, 7]))
     src.zero_()
     assert got[:, 0].tolist() == [8, 8, 56]
 
@@ -62,23 +76,43 @@ def test_v_codes_short_arithmetic_equals_table():
     """Whenever _be_codes picks the short arithmetic (v_cap >= 0), it equals the exact table
     for every saliency value, and so does the long one; fg = 0.3 (the default) takes it."""
     s = torch.arange(256, dtype=torch.uint8)[None]
-    ws = L._Workspace(torch.device("cpu"))
+    ws = F._Workspace(torch.device("cpu"))
     taken = 0
     for fg in FG_GRID:
         for conflict in (0.9, 0.2, 1.5):
-            th = L._be_codes(fg, conflict, 32.0, 0.8)
+            th = F._be_codes(fg, conflict, 32.0, 0.8)
             if th is None:
                 continue
-            got = L._v_codes(s, th, ws)[0].numpy()
+            # never below 254 - sal: the bound the saliency-free shortcut relies on
+            assert (th.v_table.astype(int) >= 254 - np.arange(256)).all()
+            got = F._v_codes(s, th, ws)[0].numpy()
             np.testing.assert_array_equal(got, th.v_table, err_msg=f"fg {fg}")
             if th.v_cap >= 0:
                 taken += 1
                 assert th.v_cap <= 191
-                np.testing.assert_array_equal(L._v_short_np(np.arange(256), th.v_cap), th.v_table)
-                long = L._v_codes(s, th._replace(v_cap=-1), ws)[0].numpy()
+                np.testing.assert_array_equal(F._v_short_np(np.arange(256), th.v_cap), th.v_table)
+                long = F._v_codes(s, th._replace(v_cap=-1), ws)[0].numpy()
                 np.testing.assert_array_equal(long, th.v_table)
     assert taken > 50
-    assert L._be_codes(0.3, 0.9, 32.0, 0.8).v_cap == 178
+    assert F._be_codes(0.3, 0.9, 32.0, 0.8).v_cap == 178
+
+
+def test_segments_any_and_word_helpers():
+    rng = np.random.default_rng(1)
+    for L_ in (1, 3, 16, 20, 24, 32, 40, 48, 56, 60, 64, 25, 17, 9216):
+        x = torch.from_numpy((rng.random((50, L_)) < 0.02) * rng.integers(1, 256, (50, L_)))
+        x = x.to(torch.uint8)
+        assert torch.equal(F._segments_any(x), (x != 0).any(dim=1))
+    x01 = torch.from_numpy(rng.integers(0, 2, (30, 32)).astype(np.uint8))
+    d = torch.from_numpy(rng.integers(1, 100, (30, 1)).astype(np.uint8))
+    base = torch.from_numpy(rng.integers(0, 27, (30, 1)).astype(np.uint8))
+    out = torch.empty_like(x01)
+    F._rows_affine(x01, d, base, out, small=True)
+    assert torch.equal(out, base + x01 * d)
+    F._rows_affine(x01, d, None, out, small=True)
+    assert torch.equal(out, x01 * d)
+    y = torch.from_numpy(rng.integers(0, 100, (30, 32)).astype(np.int16))
+    assert torch.equal(F._add_rows_(y.clone(), base), y + base.to(torch.int16))
 
 
 def test_median_flat_matches_numpy_median_with_offsets():
@@ -101,7 +135,7 @@ def test_median_flat_matches_numpy_median_with_offsets():
     base = np.maximum(base, skipped)  # ranks start at or above the skipped pixels
     base = np.minimum(base, total)
     n = total - base
-    got = L._median_flat(flat, start, base, n, lo, d)
+    got = F._median_flat(flat, start, base, n, lo, d)
     table = np.arange(256)[None, :] / (d[:, None] + 1e-8)
     for i in range(P):
         vals = np.concatenate([np.full(skipped[i], -1), np.repeat(np.arange(256), counts[i])])
@@ -117,19 +151,11 @@ def test_first_above_scalar_nan_and_extremes():
     d = np.minimum(rng.integers(0, 256, size=P), 255 - lo)
     table = np.arange(256)[None, :] / (d[:, None] + 1e-8)
     for x in (0.3, 0.0, -0.5, 1.0, 1e12, -1e12, math.nan, 0.2509803921568627):
-        got = L._first_above(lo, d, x)
+        got = F._first_above(lo, d, x)
         want = [
             256 if math.isnan(x) else min(lo[i] + int((table[i] <= x).sum()), 256) for i in range(P)
         ]
         np.testing.assert_array_equal(got, want, err_msg=f"x = {x}")
-
-
-@pytest.mark.parametrize(
-    "N, L_",
-    [(9216, 16), (120, 24), (200, 40), (544, 16), (4096, 16), (13 * 11, 13 * 11), (1, 1)],
-)
-def test_segment_lengths(N, L_):
-    assert L._segment_len(N) == L_
 
 
 # ---------------------------------------------------------------------------------------
@@ -181,7 +207,7 @@ def test_pseudo_labels_parity_random(regime, seed):
     if p["pom"]:
         kw["pom"] = float(rng.choice(p["pom"]))
     kw["ratio"] = float(rng.choice(p["ratio"]))
-    _assert_all_stages(sal, oa, cam, present, **kw)
+    _assert_stages_and_fast(sal, oa, cam, present, **kw)
 
 
 def _object_scene(rng, B, H, W, C, side):
@@ -230,7 +256,7 @@ def test_tiny_objects_and_the_one_percent_rule(side):
             if m > 0:
                 ratios |= {m / N, np.nextafter(m / N, 0.0), np.nextafter(m / N, 1.0)}
     for ratio in sorted(ratios):
-        _assert_all_stages(sal, oa, cam, present, ratio=float(ratio))
+        _assert_stages_and_fast(sal, oa, cam, present, ratio=float(ratio))
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -245,7 +271,7 @@ def test_thresholds_around_the_codes(seed):
         fg = float(np.nextafter(fg, rng.choice([0.0, 2.0])))
         kw = dict(fg=fg, conflict=conflict, att=att, bg=float(rng.integers(0, 257)))
         kw["pom"] = float(rng.choice([0.3, codes[rng.integers(256)]]))
-        _assert_all_stages(sal, oa, cam, present, **kw)
+        _assert_stages_and_fast(sal, oa, cam, present, **kw)
 
 
 def test_batches_sorted_unsorted_and_no_classes():
@@ -253,9 +279,9 @@ def test_batches_sorted_unsorted_and_no_classes():
     rng = np.random.default_rng(77)
     sal, oa, cam, present = full_range_case(rng, 16, 32, 48, 5, kmax=3)
     present[::5] = False
-    _assert_all_stages(sal, oa, cam, present)
+    _assert_stages_and_fast(sal, oa, cam, present)
     order = np.argsort(-present.sum(axis=1), kind="stable")
-    _assert_all_stages(sal[order], oa[order], cam[order], present[order])
+    _assert_stages_and_fast(sal[order], oa[order], cam[order], present[order])
 
 
 # ---------------------------------------------------------------------------------------
@@ -274,7 +300,7 @@ def test_put_rows_matches_indexing(L_, dtype):
         idx = rng.permutation(R)[:k]
         want = dst.clone()
         want[torch.from_numpy(idx)] = src
-        got = L._put_rows(dst, idx, src)
+        got = F._put_rows(dst, idx, src)
         assert got.data_ptr() == dst.data_ptr() and torch.equal(dst, want)
     # non-contiguous rows: the torch fallback
     wide = torch.from_numpy(rng.integers(0, 200, (R, 2 * L_))).to(dtype)
@@ -283,7 +309,7 @@ def test_put_rows_matches_indexing(L_, dtype):
     src = torch.from_numpy(rng.integers(0, 200, (5, L_))).to(dtype)
     want = dst.clone()
     want[torch.from_numpy(idx)] = src
-    L._put_rows(dst, idx, src)
+    F._put_rows(dst, idx, src)
     assert torch.equal(dst, want)
 
 
@@ -295,7 +321,7 @@ def test_first_above_nan_entries_and_listed_counts():
     lo = rng.integers(0, 256, size=P)
     d = np.minimum(rng.integers(0, 256, size=P), 255 - lo)
     x = rng.choice([0.3, 0.0, 1.0, -1.0, math.nan, 0.5], size=P)
-    got = L._first_above(lo, d, x)
+    got = F._first_above(lo, d, x)
     table = np.arange(256)[None, :] / (d[:, None] + 1e-8)
     want = [
         256 if math.isnan(x[i]) else min(lo[i] + int((table[i] <= x[i]).sum()), 256)
@@ -304,11 +330,11 @@ def test_first_above_nan_entries_and_listed_counts():
     np.testing.assert_array_equal(got, want)
     assert got.dtype == np.int64
     present = torch.from_numpy(rng.random((40, 6)) < 0.4)
-    lay = L._layout(present)
+    lay = F._layout(present)
     n_in = rng.integers(0, 96 * 96 + 1, size=lay.r.numel())
     want = np.zeros(lay.na, np.int64)
     np.add.at(want, lay.r.numpy(), n_in)
-    got = L._listed_np(n_in, lay)
+    got = F._listed_np(n_in, lay)
     assert got.dtype == np.int64
     np.testing.assert_array_equal(got, want)
 
@@ -332,9 +358,9 @@ def test_pseudo_labels_all_none_and_some_segments_active(seed):
     if seed >= 4:
         present[rng.integers(B)] = False
     kw = dict(ratio=float(rng.choice([0.0, 0.01, 0.2])))
-    _assert_all_stages(sal, oa, cam, present, **kw)
+    _assert_stages_and_fast(sal, oa, cam, present, **kw)
     order = np.argsort(-present.sum(axis=1), kind="stable")
-    _assert_all_stages(sal[order], oa[order], cam[order], present[order], **kw)
+    _assert_stages_and_fast(sal[order], oa[order], cam[order], present[order], **kw)
 
 
 def test_pseudo_labels_result_is_new_memory():
@@ -347,10 +373,24 @@ def test_pseudo_labels_result_is_new_memory():
             order = np.argsort(-args[3].sum(axis=1), kind="stable")
             args = tuple(a[order] for a in args)
         t = [torch.from_numpy(np.ascontiguousarray(a)) for a in args]
-        first = L.pseudo_labels(*t)
+        first = F.pseudo_labels(*t)
         keep = first.clone()
         other = [
             torch.from_numpy(np.ascontiguousarray(a)) for a in full_range_case(rng, 6, 16, 32, 3)
         ]
-        L.pseudo_labels(*other)
+        F.pseudo_labels(*other)
         assert torch.equal(first, keep)
+
+
+def test_scratch_memory_is_kept_inside_the_block_and_freed_on_exit():
+    dev = torch.device("cpu")
+    assert F._workspace(dev) is not F._workspace(dev)  # outside a block: one per call
+    with F.scratch_memory():
+        ws = F._workspace(dev)
+        with F.scratch_memory():  # nested: the same buffers
+            assert F._workspace(dev) is ws
+        args = full_range_case(np.random.default_rng(3), 4, 16, 32, 3)
+        F.pseudo_labels(*(torch.from_numpy(a) for a in args))
+        assert ws.nbytes > 0 and F._workspace(dev) is ws
+    assert F._active.by_device is None  # freed
+    assert F._workspace(dev) is not ws
