@@ -10,6 +10,8 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from nsrom_lib.params import RULE
+
 #: The ignore label value; 0 is the background, c + 1 the foreground class c.
 IGNORE = 255
 
@@ -169,7 +171,7 @@ def _min_valid_count(num_pixels: int, ratio: float) -> int:
     return n
 
 
-def min_label_ratio_rule_ref(label: np.ndarray, ratio: float = 0.01) -> np.ndarray:
+def min_label_ratio_rule_ref(label: np.ndarray, ratio: float = RULE.ratio) -> np.ndarray:
     """The 1% rule: a label with fewer than ratio * H * W pixels in 1..254 becomes all 255.
 
     label: (H, W) uint8. Returns a new (H, W) uint8 label.
@@ -183,7 +185,7 @@ def min_label_ratio_rule_ref(label: np.ndarray, ratio: float = 0.01) -> np.ndarr
     return label.copy()
 
 
-def min_label_ratio_rule(label: torch.Tensor, ratio: float = 0.01) -> torch.Tensor:
+def min_label_ratio_rule(label: torch.Tensor, ratio: float = RULE.ratio) -> torch.Tensor:
     """The 1% rule for a batch: each label with fewer than ratio * H * W pixels in 1..254 -> all 255.
 
     label: (B, H, W) uint8. Returns (B, H, W) uint8, equal to min_label_ratio_rule_ref per image.

@@ -53,6 +53,7 @@ from nsrom_lib.labels._common import (
     _check_u8_tensor,
     _min_valid_count,
 )
+from nsrom_lib.params import BE, POM, RULE
 
 __all__ = ["pseudo_labels", "scratch_memory"]
 
@@ -1080,12 +1081,12 @@ def pseudo_labels(
     oa_cam: torch.Tensor,
     cam: torch.Tensor,
     present: torch.Tensor,
-    fg: float = 0.3,
-    conflict: float = 0.9,
-    bg: float = 32,
-    att: float = 0.8,
-    pom: float = 0.3,
-    ratio: float = 0.01,
+    fg: float = BE.fg,
+    conflict: float = BE.conflict,
+    bg: float = BE.bg,
+    att: float = BE.att,
+    pom: float = POM.pom,
+    ratio: float = RULE.ratio,
 ) -> torch.Tensor:
     """POM pseudo labels as pom.pseudo_labels (same arguments, same labels), faster on a CPU.
 

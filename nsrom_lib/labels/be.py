@@ -26,6 +26,7 @@ from nsrom_lib.labels._common import (
     normalize_map_ref,
     value_table,
 )
+from nsrom_lib.params import BE, RULE
 
 # ----------------------------------------------------------------------------------------
 # One image, numpy (the specification)
@@ -37,10 +38,10 @@ def background_extraction_ref(
     oa_cams: MapsLike,
     classes: Sequence[int],
     num_classes: int,
-    fg: float = 0.3,
-    conflict: float = 0.9,
-    bg: float = 32,
-    att: float = 0.8,
+    fg: float = BE.fg,
+    conflict: float = BE.conflict,
+    bg: float = BE.bg,
+    att: float = BE.att,
 ) -> np.ndarray:
     """Background extraction (docs/method.md §3) on one image: the initial label, without the 1% rule.
 
@@ -87,11 +88,11 @@ def initial_label_ref(
     oa_cams: MapsLike,
     classes: Sequence[int],
     num_classes: int,
-    fg: float = 0.3,
-    conflict: float = 0.9,
-    bg: float = 32,
-    att: float = 0.8,
-    ratio: float = 0.01,
+    fg: float = BE.fg,
+    conflict: float = BE.conflict,
+    bg: float = BE.bg,
+    att: float = BE.att,
+    ratio: float = RULE.ratio,
 ) -> np.ndarray:
     """The initial label of one image: BE then the 1% rule. Arguments as background_extraction_ref."""
     label = background_extraction_ref(sal, oa_cams, classes, num_classes, fg, conflict, bg, att)
@@ -122,10 +123,10 @@ def background_extraction(
     sal: torch.Tensor,
     oa_cam: torch.Tensor,
     present: torch.Tensor,
-    fg: float = 0.3,
-    conflict: float = 0.9,
-    bg: float = 32,
-    att: float = 0.8,
+    fg: float = BE.fg,
+    conflict: float = BE.conflict,
+    bg: float = BE.bg,
+    att: float = BE.att,
 ) -> torch.Tensor:
     """Background extraction (docs/method.md §3) for a batch; no 1% rule (see initial_labels).
 
@@ -192,11 +193,11 @@ def initial_labels(
     sal: torch.Tensor,
     oa_cam: torch.Tensor,
     present: torch.Tensor,
-    fg: float = 0.3,
-    conflict: float = 0.9,
-    bg: float = 32,
-    att: float = 0.8,
-    ratio: float = 0.01,
+    fg: float = BE.fg,
+    conflict: float = BE.conflict,
+    bg: float = BE.bg,
+    att: float = BE.att,
+    ratio: float = RULE.ratio,
 ) -> torch.Tensor:
     """Initial labels: BE then the 1% rule. Arguments as background_extraction; (B, H, W) uint8."""
     label = background_extraction(sal, oa_cam, present, fg, conflict, bg, att)

@@ -21,13 +21,14 @@ from nsrom_lib.labels._common import (
     min_label_ratio_rule,
     min_label_ratio_rule_ref,
 )
+from nsrom_lib.params import NSRM, RULE
 
 # ----------------------------------------------------------------------------------------
 # One image, numpy (the specification)
 # ----------------------------------------------------------------------------------------
 
 
-def box_dilation_ref(mask: np.ndarray, kernel: int = 30) -> np.ndarray:
+def box_dilation_ref(mask: np.ndarray, kernel: int = NSRM.kernel) -> np.ndarray:
     """Dilate a binary mask with a kernel x kernel box, OpenCV's default anchor (k // 2, k // 2).
 
     mask: (H, W) bool. Returns (H, W) bool with
@@ -51,8 +52,8 @@ def non_salient_region_masking_ref(
     pseudo: np.ndarray,
     sal: np.ndarray,
     classes: Sequence[int],
-    kernel: int = 30,
-    ratio: float = 0.01,
+    kernel: int = NSRM.kernel,
+    ratio: float = RULE.ratio,
 ) -> np.ndarray:
     """Non-salient region masking (docs/method.md §6) on one image, 1% rule included.
 
@@ -103,7 +104,7 @@ def _window_any(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
     return x.narrow(dim, 0, n) | x.narrow(dim, k - w, n)
 
 
-def box_dilation(mask: torch.Tensor, kernel: int = 30) -> torch.Tensor:
+def box_dilation(mask: torch.Tensor, kernel: int = NSRM.kernel) -> torch.Tensor:
     """Dilate binary masks with a kernel x kernel box, anchor (k // 2, k // 2), as box_dilation_ref.
 
     mask: (B, H, W) bool (or 0/1 uint8). Returns (B, H, W) of the same dtype: a pixel reaches
@@ -129,8 +130,8 @@ def non_salient_region_masking(
     pseudo: torch.Tensor,
     sal: torch.Tensor,
     present: torch.Tensor,
-    kernel: int = 30,
-    ratio: float = 0.01,
+    kernel: int = NSRM.kernel,
+    ratio: float = RULE.ratio,
 ) -> torch.Tensor:
     """Non-salient region masking (docs/method.md §6) for a batch, 1% rule included.
 

@@ -28,13 +28,14 @@ from nsrom_lib.labels._common import (
     value_table,
 )
 from nsrom_lib.labels.be import background_extraction, background_extraction_ref
+from nsrom_lib.params import BE, POM, RULE
 
 # ----------------------------------------------------------------------------------------
 # One image, numpy (the specification)
 # ----------------------------------------------------------------------------------------
 
 
-def pom_threshold_ref(cam: np.ndarray, in_class: np.ndarray, pom: float = 0.3) -> float:
+def pom_threshold_ref(cam: np.ndarray, in_class: np.ndarray, pom: float = POM.pom) -> float:
     """The class-adaptive POM threshold T_c (docs/method.md §4) of one class on one image.
 
     cam: (H, W) float64, the class's normalised CAM (normalize_map_ref).
@@ -56,7 +57,7 @@ def pom_threshold_ref(cam: np.ndarray, in_class: np.ndarray, pom: float = 0.3) -
 
 
 def potential_object_mining_ref(
-    label: np.ndarray, cams: MapsLike, classes: Sequence[int], pom: float = 0.3
+    label: np.ndarray, cams: MapsLike, classes: Sequence[int], pom: float = POM.pom
 ) -> np.ndarray:
     """Potential object mining (docs/method.md §4) on one image, without the 1% rule.
 
@@ -88,12 +89,12 @@ def pseudo_label_ref(
     cams: MapsLike,
     classes: Sequence[int],
     num_classes: int,
-    fg: float = 0.3,
-    conflict: float = 0.9,
-    bg: float = 32,
-    att: float = 0.8,
-    pom: float = 0.3,
-    ratio: float = 0.01,
+    fg: float = BE.fg,
+    conflict: float = BE.conflict,
+    bg: float = BE.bg,
+    att: float = BE.att,
+    pom: float = POM.pom,
+    ratio: float = RULE.ratio,
 ) -> np.ndarray:
     """The POM pseudo label of one image: BE, then POM, then the 1% rule.
 
@@ -175,7 +176,7 @@ def _check_pom_inputs(label: torch.Tensor, cam: torch.Tensor, present: torch.Ten
 
 
 def pom_thresholds(
-    label: torch.Tensor, cam: torch.Tensor, present: torch.Tensor, pom: float = 0.3
+    label: torch.Tensor, cam: torch.Tensor, present: torch.Tensor, pom: float = POM.pom
 ) -> torch.Tensor:
     """The POM thresholds T_c (docs/method.md §4) of every (image, class), as pom_threshold_ref.
 
@@ -194,7 +195,7 @@ def pom_thresholds(
 
 
 def potential_object_mining(
-    label: torch.Tensor, cam: torch.Tensor, present: torch.Tensor, pom: float = 0.3
+    label: torch.Tensor, cam: torch.Tensor, present: torch.Tensor, pom: float = POM.pom
 ) -> torch.Tensor:
     """Potential object mining (docs/method.md §4) for a batch; no 1% rule (see pseudo_labels).
 
@@ -226,12 +227,12 @@ def pseudo_labels(
     oa_cam: torch.Tensor,
     cam: torch.Tensor,
     present: torch.Tensor,
-    fg: float = 0.3,
-    conflict: float = 0.9,
-    bg: float = 32,
-    att: float = 0.8,
-    pom: float = 0.3,
-    ratio: float = 0.01,
+    fg: float = BE.fg,
+    conflict: float = BE.conflict,
+    bg: float = BE.bg,
+    att: float = BE.att,
+    pom: float = POM.pom,
+    ratio: float = RULE.ratio,
 ) -> torch.Tensor:
     """POM pseudo labels: BE, then POM, then the 1% rule.
 
