@@ -27,6 +27,7 @@ from nsrom_lib.params import (
     TrainRecipe,
     bounds,
     describe,
+    span,
 )
 
 __all__ = ["RunConfig", "PROFILES", "ConfigError", "make_config", "parse_set", "parse_overrides",
@@ -330,7 +331,8 @@ def _check_ranges(cfg: RunConfig) -> None:
             lo, hi = bounds(*f.metadata["param"])
             value = getattr(cfg, f.name)
             need((lo is None or value >= lo) and (hi is None or value <= hi), f.name,
-                 f"use a value in {lo}..{hi} ({describe(*f.metadata['param'])})")
+                 f"use a value in {span(*f.metadata['param'])} "
+                 f"({describe(*f.metadata['param'])})")
     need(not cfg.pretrained or cfg.backbone == "vgg16", "pretrained",
          "ImageNet weights exist for backbone='vgg16' only; use pretrained=false with 'small'")
     need(cfg.backbone != "vgg16" or cfg.output_stride == 8, "output_stride",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["BEParams", "POMParams", "RuleParams", "NSRMParams", "TrainRecipe", "setting",
-           "bounds", "describe", "BE", "POM", "RULE", "NSRM", "RECIPE"]
+           "bounds", "span", "describe", "BE", "POM", "RULE", "NSRM", "RECIPE"]
 
 
 def setting(default: Any, lo: float | None = None, hi: float | None = None, doc: str = "",
@@ -54,15 +54,25 @@ def _check(owner: str, f: dataclasses.Field, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{owner}.{f.name}={value!r}: expected a number (default {f.default!r}).")
     if not math.isfinite(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
-        span = f"{'-inf' if lo is None else lo}..{'inf' if hi is None else hi}"
-        raise ValueError(f"{owner}.{f.name}={value!r}: use a value in {span} "
+        raise ValueError(f"{owner}.{f.name}={value!r}: use a value in {_span(lo, hi)} "
                          f"(default {f.default!r}).")
+
+
+def _span(lo: float | None, hi: float | None) -> str:
+    """An inclusive range as text: "[0, 1]", "[1, inf)"."""
+    return (f"{'(-inf' if lo is None else f'[{lo:g}'}, "
+            f"{'inf)' if hi is None else f'{hi:g}]'}")
 
 
 def bounds(params: type | object, name: str) -> tuple[float | None, float | None]:
     """The inclusive range (lo, hi) of field `name` of a parameter class; None: unbounded."""
     meta = {f.name: f.metadata for f in dataclasses.fields(params)}[name]
     return meta["lo"], meta["hi"]
+
+
+def span(params: type | object, name: str) -> str:
+    """The inclusive range of field `name` as text, e.g. "[0, 1]"."""
+    return _span(*bounds(params, name))
 
 
 def describe(params: type | object, name: str) -> str:
