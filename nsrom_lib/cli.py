@@ -331,18 +331,21 @@ def _label_option_problem(args) -> str | None:
 
 
 def _cmd_labels(args) -> int:
-    from nsrom_lib.data.maps_io import load_label_inputs
-    from nsrom_lib.label_folders import make_labels
+    from nsrom_lib.data.maps_io import load_label_inputs  # no torch: loaded meanwhile
+    from nsrom_lib.label_folders import make_labels, warm_up
 
     problem = _label_option_problem(args)
     if problem:
         return _fail(problem)
-    from nsrom_lib.pipeline import resolve_device
+    if args.device in ("auto", "cpu"):
+        warm_up()
+    else:  # a device string to check before any file is read
+        from nsrom_lib.pipeline import resolve_device
 
-    try:
-        resolve_device(args.device)
-    except RuntimeError as e:
-        return _fail(f"--device {args.device}: {e}")
+        try:
+            resolve_device(args.device)
+        except RuntimeError as e:
+            return _fail(f"--device {args.device}: {e}")
     common = dict(num_classes=args.num_classes, strict=args.strict, progress=not args.quiet)
     t0 = time.perf_counter()
     if args.labels_command == "pseudo":

@@ -12,7 +12,9 @@ The labels are the same whatever the number of workers or the batch size.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,16 +23,10 @@ from typing import Any
 import numpy as np
 
 from nsrom_lib.data.label_defaults import MASKED_DEFAULTS, PSEUDO_DEFAULTS
-from nsrom_lib.data.maps_io import (
-    LabelBatch,
-    LabelInputs,
-    plan_batches,
-    read_batch,
-    write_labels,
-)
+from nsrom_lib.data.maps_io import LabelBatch, LabelInputs, plan_batches, read_batch, write_labels
 from nsrom_lib.parallel import OrderedMap, default_workers
 
-__all__ = ["make_labels", "label_params", "compute_batch"]
+__all__ = ["make_labels", "label_params", "compute_batch", "read_ahead", "warm_up"]
 
 
 def label_params(mode: str, thresholds: dict[str, float]) -> dict[str, float]:
@@ -70,23 +66,47 @@ def compute_batch(batch: LabelBatch, mode: str, params: dict[str, float], device
 
 def _label_stream(
     inputs: LabelInputs,
+    batches: Iterator[LabelBatch],
     params: dict[str, float],
-    batch_size: int,
     device: Any,
     on_batch: Callable[[int], None] | None,
     workers: int = 1,
 ) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, label) pairs in batch order; each batch read and computed by one of `workers`."""
+    """(name, label) pairs in batch order; the batches computed by `workers` threads."""
 
-    def work(chunk) -> tuple[list[str], np.ndarray]:
-        batch = read_batch(inputs, chunk)
+    def work(batch: LabelBatch) -> tuple[list[str], np.ndarray]:
         return batch.names, compute_batch(batch, inputs.mode, params, device)
 
-    with OrderedMap(work, plan_batches(inputs, batch_size), workers, name="nsrom-label") as done:
+    with OrderedMap(work, batches, workers, name="nsrom-label") as done:
         for names, out in done:
             yield from zip(names, out, strict=True)
             if on_batch is not None:
                 on_batch(len(names))
+
+
+def read_ahead(inputs: LabelInputs, batch_size: int = 32, workers: int = 1) -> OrderedMap:
+    """The batches of `inputs` (`plan_batches`), decoded by `workers` threads from now on, up
+    to 4 * workers batches ahead of the consumer (`close` it if it is not consumed)."""
+    return OrderedMap(lambda chunk: read_batch(inputs, chunk), plan_batches(inputs, batch_size),
+                      workers, ahead=4 * workers, name="nsrom-read")  # fmt: skip
+
+
+def warm_up() -> threading.Thread:
+    """Start importing torch and the label math in a background thread, and return it.
+
+    Importing torch takes a second or more of one core; the `labels` commands check their
+    inputs and decode the first batches meanwhile (they need no torch). A failed import is
+    left for the real import to report.
+    """
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            import nsrom_lib.labels  # noqa: F401  (imports torch)
+            import nsrom_lib.pipeline  # noqa: F401
+
+    t = threading.Thread(target=load, name="nsrom-import", daemon=True)
+    t.start()
+    return t
 
 
 def make_labels(
@@ -106,27 +126,30 @@ def make_labels(
     (defaults: PSEUDO_DEFAULTS / MASKED_DEFAULTS, the reference's). Nothing is written unless
     every label is computed. threads: torch CPU threads of each batch's computation (None:
     torch's setting; 1 is fastest, the workers use the cores, see labels.torch_threads).
-    workers: threads that read and compute batches, and threads that encode the PNGs (default:
-    the CPU cores, at most 8; 1: everything in this thread; on CUDA batches are computed one
-    at a time). Returns a summary: images, ignore_share, seconds, images_per_s, missing_maps,
-    sizes, device, workers.
+    workers: threads that decode, compute and encode batches (default: the CPU cores, at most
+    8; 1: everything in this thread; on CUDA batches are computed one at a time). Returns a
+    summary: images, ignore_share, seconds, images_per_s, missing_maps, sizes, device, workers.
     """
-    from nsrom_lib.labels import torch_threads
-    from nsrom_lib.pipeline import resolve_device
-    from nsrom_lib.progress import progress_bar as tqdm
-
     params = label_params(inputs.mode, thresholds)
-    dev = resolve_device(device)
     workers = default_workers() if workers is None else max(1, int(workers))
-    compute_workers = workers if dev.type == "cpu" else 1
     t0 = time.perf_counter()
-    with (
-        torch_threads(threads),
-        tqdm(total=len(inputs.entries), desc=f"{inputs.mode} labels", unit="img",
-             disable=not progress) as bar,
-    ):  # fmt: skip
-        stream = _label_stream(inputs, params, batch_size, dev, bar.update, compute_workers)
-        stats = write_labels(out_dir, stream, workers=workers)
+    batches = read_ahead(inputs, batch_size, workers)  # decoding starts before torch is loaded
+    try:
+        from nsrom_lib.labels import torch_threads
+        from nsrom_lib.pipeline import resolve_device
+        from nsrom_lib.progress import progress_bar as tqdm
+
+        dev = resolve_device(device)
+        compute_workers = workers if dev.type == "cpu" else 1
+        with (
+            torch_threads(threads),
+            tqdm(total=len(inputs.entries), desc=f"{inputs.mode} labels", unit="img",
+                 disable=not progress) as bar,
+        ):  # fmt: skip
+            stream = _label_stream(inputs, batches, params, dev, bar.update, compute_workers)
+            stats = write_labels(out_dir, stream, workers=workers)
+    finally:
+        batches.close()
     seconds = time.perf_counter() - t0
     return dict(
         mode=inputs.mode,

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from nsrom_lib.data.cls_list import read_cls_list
 from nsrom_lib.data.io import (
     DataError,
     atomic_write_bytes,
@@ -53,7 +54,6 @@ from nsrom_lib.data.io import (
     write_error,
 )
 from nsrom_lib.data.label_defaults import MASKED_DEFAULTS, PSEUDO_DEFAULTS
-from nsrom_lib.data.voc import read_cls_list
 from nsrom_lib.parallel import OrderedMap, default_workers
 
 __all__ = [
