@@ -191,12 +191,15 @@ def _check_official(official: Path) -> dict[str, Path]:
 
 
 def _check_python(python: str) -> None:
-    code = "import cv2, numpy, PIL"
-    r = subprocess.run([python, "-c", code], capture_output=True, text=True)
-    if r.returncode != 0:
+    try:
+        r = subprocess.run([python, "-c", "import cv2, numpy, PIL"], capture_output=True,
+                           text=True)  # fmt: skip
+        why = r.stderr.strip().splitlines()[-1] if r.returncode and r.stderr.strip() else None
+    except OSError as e:
+        r, why = None, e.strerror or str(e)
+    if r is None or r.returncode != 0:
         raise RuntimeError(
-            f"--official-python {python} cannot import cv2, numpy and PIL "
-            f"({r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}); "
+            f"--official-python {python} cannot import cv2, numpy and PIL ({why}); "
             "make one: python3 -m venv /tmp/offvenv && /tmp/offvenv/bin/pip install numpy "
             "opencv-python-headless pillow, then pass --official-python /tmp/offvenv/bin/python"
         )
@@ -349,8 +352,10 @@ def bench_official(
             "pseudo": compare_folders(tree / "pseudo_labels", tree / "ours_pseudo"),
             "masked": compare_folders(tree / "masked_labels", tree / "ours_masked"),
         }
-        if keep is not None:
+        if keep is not None:  # the tree, and the predictions (outside it) as keep/pred
             shutil.copytree(tree, keep, symlinks=True)
+            if link is not None:
+                shutil.copytree(pred, Path(keep) / "pred")
     finally:
         if link is not None:
             link.unlink()
@@ -432,7 +437,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed repeats of each (default 3)")
     p.add_argument("--official-python", default=None,
                    help="Python with numpy, opencv-python-headless, pillow (default: this one)")
-    p.add_argument("--keep", default=None, help="copy the scratch tree to this new folder")
+    p.add_argument("--keep", default=None,
+                   help="copy the scratch tree (inputs and outputs) to this new folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
     p.add_argument("--json", action="store_true", help="print JSON only")
     return p  # fmt: skip
