@@ -385,7 +385,7 @@ def _result(official, cases, size, repeats, times, summaries, agree) -> dict[str
             ours_labels_s=statistics.median(x["seconds"] for x in s),
             ours_startup_s=statistics.median(
                 x["wall"] - x["check_seconds"] - x["seconds"] for x in s),
-            workers=s[0]["workers"], agree=agree[stage],
+            workers=s[0].get("workers", 1), agree=agree[stage],
         ))  # fmt: skip
     return dict(official=str(official), official_commit=_official_commit(official), cases=cases,
                 size=f"{size[0]}x{size[1]}", repeats=repeats, cpu=cpu_model(),
