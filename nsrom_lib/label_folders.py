@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -100,9 +101,16 @@ def warm_up() -> threading.Thread:
     """
 
     def load() -> None:
-        with contextlib.suppress(Exception):
-            import nsrom_lib.labels  # noqa: F401  (imports torch)
-            import nsrom_lib.pipeline  # noqa: F401
+        # The import holds the GIL nearly all the time; a short switch interval lets the
+        # decoding threads (which need it only between files) take turns with it.
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, 0.0005))
+        try:
+            with contextlib.suppress(Exception):
+                import nsrom_lib.labels  # noqa: F401  (imports torch)
+                import nsrom_lib.pipeline  # noqa: F401
+        finally:
+            sys.setswitchinterval(interval)
 
     t = threading.Thread(target=load, name="nsrom-import", daemon=True)
     t.start()
