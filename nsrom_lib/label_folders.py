@@ -117,6 +117,15 @@ def warm_up() -> threading.Thread:
     return t
 
 
+def _bar(progress: bool, total: int, mode: str):
+    """A progress bar over the images, or a context holding None (no tqdm import) if off."""
+    if not progress:
+        return contextlib.nullcontext(None)
+    from nsrom_lib.progress import progress_bar as tqdm
+
+    return tqdm(total=total, desc=f"{mode} labels", unit="img")
+
+
 def make_labels(
     inputs: LabelInputs,
     out_dir: str | os.PathLike,
@@ -145,16 +154,12 @@ def make_labels(
     try:
         from nsrom_lib.labels import torch_threads
         from nsrom_lib.pipeline import resolve_device
-        from nsrom_lib.progress import progress_bar as tqdm
 
         dev = resolve_device(device)
         compute_workers = workers if dev.type == "cpu" else 1
-        with (
-            torch_threads(threads),
-            tqdm(total=len(inputs.entries), desc=f"{inputs.mode} labels", unit="img",
-                 disable=not progress) as bar,
-        ):  # fmt: skip
-            stream = _label_stream(inputs, batches, params, dev, bar.update, compute_workers)
+        with torch_threads(threads), _bar(progress, len(inputs.entries), inputs.mode) as bar:
+            update = None if bar is None else bar.update
+            stream = _label_stream(inputs, batches, params, dev, update, compute_workers)
             stats = write_labels(out_dir, stream, workers=workers)
     finally:
         batches.close()

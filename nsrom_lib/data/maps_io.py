@@ -347,14 +347,15 @@ def load_label_inputs(
         raise DataError(f"{list_path} lists no image: write one 'name c1 c2 ...' line per image.")
     dirs = _folders(mode, saliency_dir, oacam_dir, cam_dir, pred_dir, pseudo_dir)
 
-    from nsrom_lib.progress import progress_bar as tqdm
+    items: Iterable[tuple[str, list[int]]] = labels.items()
+    if progress:
+        from nsrom_lib.progress import progress_bar as tqdm
 
+        items = tqdm(items, desc="checking inputs", unit="img", leave=False)
     entries: list[ImageEntry] = []
     problems: list[str] = []
     missing: list[Path] = []
-    for name, classes in tqdm(
-        labels.items(), desc="checking inputs", unit="img", disable=not progress, leave=False
-    ):
+    for name, classes in items:
         entry = _check_entry(name, classes, dirs, problems, missing)
         if entry is not None:
             entries.append(entry)
