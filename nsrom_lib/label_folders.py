@@ -27,7 +27,17 @@ from nsrom_lib.data.label_defaults import MASKED_DEFAULTS, PSEUDO_DEFAULTS
 from nsrom_lib.data.maps_io import LabelBatch, LabelInputs, plan_batches, read_batch, write_labels
 from nsrom_lib.parallel import OrderedMap, default_workers
 
-__all__ = ["make_labels", "label_params", "compute_batch", "read_ahead", "warm_up"]
+__all__ = [
+    "BATCH_PIXELS",
+    "make_labels",
+    "label_params",
+    "compute_batch",
+    "read_ahead",
+    "warm_up",
+]
+
+#: Pixels a batch holds at most, per mode (None: only --batch-size counts).
+BATCH_PIXELS: dict[str, int | None] = {"pseudo": None, "masked": None}
 
 
 def label_params(mode: str, thresholds: dict[str, float]) -> dict[str, float]:
@@ -85,11 +95,14 @@ def _label_stream(
                 on_batch(len(names))
 
 
-def read_ahead(inputs: LabelInputs, batch_size: int = 32, workers: int = 1) -> OrderedMap:
+def read_ahead(
+    inputs: LabelInputs, batch_size: int = 32, workers: int = 1, max_pixels: int | None = None
+) -> OrderedMap:
     """The batches of `inputs` (`plan_batches`), decoded by `workers` threads from now on, up
     to 4 * workers batches ahead of the consumer (`close` it if it is not consumed)."""
-    return OrderedMap(lambda chunk: read_batch(inputs, chunk), plan_batches(inputs, batch_size),
-                      workers, ahead=4 * workers, name="nsrom-read")  # fmt: skip
+    plan = plan_batches(inputs, batch_size, max_pixels)
+    return OrderedMap(lambda chunk: read_batch(inputs, chunk), plan, workers, ahead=4 * workers,
+                      name="nsrom-read")  # fmt: skip
 
 
 def warm_up() -> threading.Thread:
@@ -134,6 +147,7 @@ def make_labels(
     device: str = "auto",
     threads: int | None = 1,
     workers: int | None = None,
+    max_pixels: int | None = -1,
     progress: bool = True,
     **thresholds: float,
 ) -> dict[str, Any]:
@@ -144,13 +158,17 @@ def make_labels(
     every label is computed. threads: torch CPU threads of each batch's computation (None:
     torch's setting; 1 is fastest, the workers use the cores, see labels.torch_threads).
     workers: threads that decode, compute and encode batches (default: the CPU cores, at most
-    8; 1: everything in this thread; on CUDA batches are computed one at a time). Returns a
-    summary: images, ignore_share, seconds, images_per_s, missing_maps, sizes, device, workers.
+    8; 1: everything in this thread; on CUDA batches are computed one at a time).
+    max_pixels: pixels a batch holds at most besides `batch_size` images (-1: BATCH_PIXELS of
+    the mode; None: no limit). Returns a summary: images, ignore_share, seconds, images_per_s,
+    missing_maps, sizes, device, workers.
     """
     params = label_params(inputs.mode, thresholds)
     workers = default_workers() if workers is None else max(1, int(workers))
     t0 = time.perf_counter()
-    batches = read_ahead(inputs, batch_size, workers)  # decoding starts before torch is loaded
+    if max_pixels == -1:
+        max_pixels = BATCH_PIXELS[inputs.mode]
+    batches = read_ahead(inputs, batch_size, workers, max_pixels)  # starts before torch loads
     try:
         from nsrom_lib.labels import torch_threads
         from nsrom_lib.pipeline import resolve_device

@@ -388,22 +388,26 @@ def _read_label(path: Path, size: tuple[int, int], num_classes: int, what: str) 
     return lab
 
 
-def plan_batches(inputs: LabelInputs, batch_size: int = 32) -> list[list[ImageEntry]]:
+def plan_batches(
+    inputs: LabelInputs, batch_size: int = 32, max_pixels: int | None = None
+) -> list[list[ImageEntry]]:
     """The entries in batches of at most `batch_size` images of one size (nothing is read).
 
     Within a size, images that list the same number of classes go together (list order
     otherwise): the batched label functions then work on one (n, k, HW) stack per batch.
+    max_pixels: a batch also holds at most this many pixels (at least one image), so that
+    large images come in smaller batches.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     groups: dict[tuple[int, int, int], list[ImageEntry]] = {}
     for e in inputs.entries:
         groups.setdefault((*e.size, len(e.classes)), []).append(e)
-    return [
-        group[i : i + batch_size]
-        for group in groups.values()
-        for i in range(0, len(group), batch_size)
-    ]
+    plan = []
+    for (H, W, _), group in groups.items():
+        n = batch_size if max_pixels is None else max(1, min(batch_size, max_pixels // (H * W)))
+        plan += [group[i : i + n] for i in range(0, len(group), n)]
+    return plan
 
 
 def read_batch(inputs: LabelInputs, chunk: list[ImageEntry]) -> LabelBatch:
