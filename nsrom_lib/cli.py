@@ -16,8 +16,11 @@
       time the batched label functions against the per-image references
 
 Parsing and `--help` import no torch; each command imports what it needs.
-Exit status: 0 done; 2 bad input (a bad option, configuration or input file: one line naming
-it and the fix, nothing written); 1 a failed write (disk full, read-only) or a failed run.
+Exit status: 0 done; 2 bad input (a bad option, configuration or input file, a missing
+device: one `nsrom: error: ...` line on stderr naming it and the fix, nothing written); 1 a
+failed write (disk full, read-only) or a failed run; 130 interrupted (Ctrl-C; finished stages
+are kept). `nsrom --debug ...` shows the traceback instead of the one line; an unexpected
+error always shows it.
 """
 
 from __future__ import annotations
@@ -35,8 +38,18 @@ from nsrom_lib.data.label_defaults import MASKED_DEFAULTS, PSEUDO_DEFAULTS  # no
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nsrom", description=__doc__.split("\n\n")[0])
+    p.add_argument("--debug", action="store_true",
+                   help="show the full traceback of an error instead of its one-line message")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_data(sub)
+    _add_labels(sub)
+    _add_compare(sub)
+    _add_bench(sub)
+    return p
 
+
+def _add_run(sub) -> None:
     r = sub.add_parser("run", help="execute the numbered notebooks with papermill")
     r.add_argument("--profile", default="default", help="smoke, quick, default, gpu or voc")
     r.add_argument("--run-dir", default=None, help="run folder (default: runs/<profile>)")
@@ -45,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--only", default=None,
                    help="comma-separated notebook numbers to run, e.g. 00,02")
 
+
+def _add_data(sub) -> None:
     d = sub.add_parser("data", help="datasets")
     dsub = d.add_subparsers(dest="data_command", required=True)
     s = dsub.add_parser("synthvoc", help="write the SynthVOC benchmark")
@@ -60,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--num-classes", type=int, default=None)
     st.add_argument("--json", action="store_true", help="print JSON only")
 
+
+def _add_labels(sub) -> None:
     lab = sub.add_parser("labels", help="pseudo / masked labels from official-format folders")
     lsub = lab.add_subparsers(dest="labels_command", required=True)
     ps = lsub.add_parser("pseudo", help="BE + POM pseudo labels (docs/method.md §3, §4)",
@@ -71,16 +88,13 @@ def _parser() -> argparse.ArgumentParser:
     ps.add_argument("--oacam", required=True, help="folder of {name}_{cls}.png OA-CAMs (BE)")
     ps.add_argument("--cam", required=True, help="folder of {name}_{cls}.png CAMs (POM)")
     ps.add_argument("--out", required=True, help="output folder of label PNGs")
-    ps.add_argument("--fg", type=float, default=PSEUDO_DEFAULTS["fg"],
-                    help="BE score floor (default %(default)s)")
-    ps.add_argument("--conflict", type=float, default=PSEUDO_DEFAULTS["conflict"],
-                    help="BE: two channels above this -> ignore (default %(default)s)")
-    ps.add_argument("--bg", type=float, default=PSEUDO_DEFAULTS["bg"],
-                    help="BE: background with saliency >= bg -> ignore, 0..255 (default %(default)s)")
-    ps.add_argument("--att", type=float, default=PSEUDO_DEFAULTS["att"],
-                    help="BE: background with an OA-CAM > att -> ignore (default %(default)s)")
-    ps.add_argument("--pom", type=float, default=PSEUDO_DEFAULTS["pom"],
-                    help="POM: top-quartile floor (default %(default)s)")
+    for flag, what in (("fg", "BE score floor"),
+                       ("conflict", "BE: two channels above this -> ignore"),
+                       ("bg", "BE: background with saliency >= bg -> ignore, 0..255"),
+                       ("att", "BE: background with an OA-CAM > att -> ignore"),
+                       ("pom", "POM: top-quartile floor")):  # fmt: skip
+        ps.add_argument(f"--{flag}", type=float, default=PSEUDO_DEFAULTS[flag],
+                        help=f"{what} (default %(default)s)")
     _common_label_args(ps, PSEUDO_DEFAULTS)
 
     ms = lsub.add_parser("masked", help="NSRM masked pseudo labels (docs/method.md §6)",
@@ -95,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="dilation kernel size (default %(default)s)")
     _common_label_args(ms, MASKED_DEFAULTS)
 
+
+def _add_compare(sub) -> None:
     c = sub.add_parser("compare", help="finished runs side by side (seeds, variants)",
                        description="The ablation of several finished runs in one table: val mIoU "
                        "of every model per run with mean and range, the gain of each step, and "
@@ -102,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run folders")
     c.add_argument("--json", action="store_true", help="print JSON only")
 
+
+def _add_bench(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks: everything, or `bench labels`",
                        description="Without a sub-command: label throughput (batched vs reference), "
                        "classifier and segmentation training and inference throughput, peak "
@@ -132,7 +150,6 @@ def _parser() -> argparse.ArgumentParser:
                     help="torch threads for the batched path (default 1, as the numpy reference; "
                     "0: torch's default)")
     bl.add_argument("--json", action="store_true", help="print JSON only")
-    return p
 
 
 def _common_label_args(p: argparse.ArgumentParser, defaults: dict[str, float]) -> None:
@@ -145,7 +162,11 @@ def _common_label_args(p: argparse.ArgumentParser, defaults: dict[str, float]) -
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1, fastest on a shared CPU; 0: torch's default)")
+                   help="torch CPU threads per batch (default 1, fastest: the workers use the "
+                   "cores; 0: torch's default)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="threads that read, compute and write batches in parallel (default: the "
+                   "CPU cores, at most 8; 1: no threads)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -163,20 +184,19 @@ def _cmd_run(args) -> int:
         available = [nb.name[:2] for nb in notebooks]
         notebooks = [nb for nb in notebooks if nb.name[:2] in wanted]
         if not notebooks:
-            print(f"error: --only {args.only}: no notebook with those numbers; "
-                  f"choose among {','.join(available)}", file=sys.stderr)
-            return 2
+            return _fail(f"--only {args.only}: no notebook with those numbers; "
+                         f"choose among {','.join(available)}")
     problem = _run_preflight(cfg, run_dir)
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+        return _fail(problem)
     print(f"nsrom run: profile {args.profile}, {len(notebooks)} notebook(s) -> {run_dir}")
     t0 = time.perf_counter()
     try:
         done = run_notebooks(run_dir, args.profile, overrides, notebooks=notebooks)
     except Exception as e:  # papermill's error carries the failing cell
         name = type(e).__name__
-        print(f"\nerror: the run stopped ({name}): {str(e).strip()[:2000]}", file=sys.stderr)
+        print(f"\nnsrom: error: the run stopped ({name}): {str(e).strip()[:2000]}",
+              file=sys.stderr)
         print(f"executed copies so far are in {run_dir / 'notebooks'}", file=sys.stderr)
         return 1
     total = time.perf_counter() - t0
@@ -272,8 +292,7 @@ def _cmd_stats(args) -> int:
     from nsrom_lib.data.voc import read_class_names
 
     if args.num_classes is not None and not 1 <= args.num_classes <= 254:
-        print(f"error: --num-classes must be in 1..254, got {args.num_classes}", file=sys.stderr)
-        return 2
+        return _fail(f"--num-classes must be in 1..254, got {args.num_classes}")
     num_classes = args.num_classes or len(read_class_names(args.root))
     # per-image arrays: the split may mix image sizes (PASCAL VOC does)
     arrays = load_split_arrays(args.root, args.split, stack=False, num_classes=num_classes)
@@ -297,6 +316,10 @@ def _label_option_problem(args) -> str | None:
                 "PASCAL VOC has 20")
     if args.threads < 0:
         return f"--threads must be >= 0 (0: torch's default), got {args.threads}"
+    if args.workers is not None and args.workers < 1:
+        return f"--workers must be >= 1, got {args.workers}"
+    if args.labels_command == "masked" and args.kernel < 1:
+        return f"--kernel must be >= 1, got {args.kernel}"
     ranges = [("--min-ratio", args.min_ratio, 1)]
     if args.labels_command == "pseudo":
         ranges += [("--fg", args.fg, 1), ("--conflict", args.conflict, 1), ("--att", args.att, 1),
@@ -308,19 +331,21 @@ def _label_option_problem(args) -> str | None:
 
 
 def _cmd_labels(args) -> int:
-    from nsrom_lib.data.maps_io import load_label_inputs, make_labels
+    from nsrom_lib.data.maps_io import load_label_inputs  # no torch: loaded meanwhile
+    from nsrom_lib.label_folders import make_labels, warm_up
 
     problem = _label_option_problem(args)
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    from nsrom_lib.pipeline import resolve_device
+        return _fail(problem)
+    if args.device in ("auto", "cpu"):
+        warm_up()
+    else:  # a device string to check before any file is read
+        from nsrom_lib.pipeline import resolve_device
 
-    try:
-        resolve_device(args.device)
-    except RuntimeError as e:
-        print(f"error: --device {args.device}: {e}", file=sys.stderr)
-        return 2
+        try:
+            resolve_device(args.device)
+        except RuntimeError as e:
+            return _fail(f"--device {args.device}: {e}")
     common = dict(num_classes=args.num_classes, strict=args.strict, progress=not args.quiet)
     t0 = time.perf_counter()
     if args.labels_command == "pseudo":
@@ -329,15 +354,13 @@ def _cmd_labels(args) -> int:
         params = dict(fg=args.fg, conflict=args.conflict, bg=args.bg, att=args.att,
                       pom=args.pom, ratio=args.min_ratio)
     else:
-        if args.kernel < 1:
-            print(f"error: --kernel must be >= 1, got {args.kernel}", file=sys.stderr)
-            return 2
         inputs = load_label_inputs(args.list, args.saliency, pred_dir=args.pred,
                                    pseudo_dir=args.pseudo, **common)
         params = dict(kernel=args.kernel, ratio=args.min_ratio)
     check_seconds = time.perf_counter() - t0
     summary = make_labels(inputs, args.out, batch_size=args.batch_size, device=args.device,
-                          threads=args.threads or None, progress=not args.quiet, **params)
+                          threads=args.threads or None, workers=args.workers,
+                          progress=not args.quiet, **params)
     summary["check_seconds"] = check_seconds
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -346,7 +369,8 @@ def _cmd_labels(args) -> int:
     print(f"{summary['mode']} labels: {summary['images']} images written to {summary['out_dir']}")
     print(f"  ignore pixels     {100 * summary['ignore_share']:.1f}%")
     print(f"  time              {summary['seconds']:.2f} s ({summary['images_per_s']:.1f} images/s, "
-          f"{summary['device']}), after {check_seconds:.2f} s checking the inputs")
+          f"{summary['device']}, {summary['workers']} workers), after {check_seconds:.2f} s "
+          "checking the inputs")
     print(f"  image sizes       {sizes}")
     if summary["missing_maps"]:
         print(f"  missing maps      {summary['missing_maps']} (treated as constant maps)")
@@ -378,36 +402,62 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _fail(message: str, status: int = 2) -> int:
+    """Print `message` as one `nsrom: error: ...` line on stderr; return the exit status."""
+    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else "unknown error"
+    for line in lines[1:]:  # a listed message ("...:\n  a\n  b") becomes "...: a; b"
+        text += (" " if text.endswith(":") else "; ") + line
+    print(f"nsrom: error: {text}", file=sys.stderr)
+    return status
+
+
+def _dispatch(args) -> int:
+    if args.command == "run":
+        return _cmd_run(args)
+    if args.command == "data" and args.data_command == "synthvoc":
+        return _cmd_synthvoc(args)
+    if args.command == "data" and args.data_command == "stats":
+        return _cmd_stats(args)
+    if args.command == "labels":
+        return _cmd_labels(args)
+    if args.command == "bench":
+        return _cmd_bench(args)
+    if args.command == "compare":
+        return _cmd_compare(args)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Expected errors (bad input or configuration, a missing file, a missing
+    device, Ctrl-C) print one line and exit 2 (130 for Ctrl-C); a failed write exits 1; any
+    other exception keeps its traceback. `--debug` shows the traceback of every error."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from nsrom_lib.config import ConfigError
-    from nsrom_lib.data.io import DataError
+    from nsrom_lib.data.io import WriteError
 
     try:
-        if args.command == "run":
-            return _cmd_run(args)
-        if args.command == "data" and args.data_command == "synthvoc":
-            return _cmd_synthvoc(args)
-        if args.command == "data" and args.data_command == "stats":
-            return _cmd_stats(args)
-        if args.command == "labels":
-            return _cmd_labels(args)
-        if args.command == "bench":
-            return _cmd_bench(args)
-        if args.command == "compare":
-            return _cmd_compare(args)
-    except (ConfigError, DataError, FileNotFoundError, PermissionError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _dispatch(args)
     except BrokenPipeError:  # the reader left early (`nsrom compare ... | head`): not a failure
         # stdout -> devnull, so that the interpreter's last flush does not fail a second time
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except OSError as e:  # a failed write (disk full, read-only, a file in the way): names the file
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        return _fail("interrupted; the stages that finished are kept (a label folder is written "
+                     "whole or not at all): run the same command again to go on", 130)
+    except OSError as e:
+        if args.debug:
+            raise
+        if isinstance(e, FileNotFoundError | PermissionError) and not isinstance(e, WriteError):
+            return _fail(str(e))  # a missing or unreadable input
+        return _fail(str(e), 1)  # a failed write (disk full, read-only, a file in the way)
+    except (ConfigError, ValueError, RuntimeError) as e:  # DataError is a ValueError
+        if args.debug:
+            raise
+        return _fail(str(e))
 
 
 if __name__ == "__main__":

@@ -61,11 +61,11 @@ def _check(ds_or_call, *fragments: str, exc=DataError) -> str:
 
 
 def _cli_fails(capsys, args: list[str], *fragments: str, rc: int = 2) -> str:
-    """`nsrom args` exits with `rc` and one `error:` line on stderr holding every fragment."""
+    """`nsrom args` exits with `rc` and one `nsrom: error:` line on stderr holding every fragment."""
     capsys.readouterr()
     assert cli.main(args) == rc
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "Traceback" not in err, err
+    assert err.startswith("nsrom: error:") and "\n" not in err and "Traceback" not in err, err
     for f in fragments:
         assert f in err, f"{f!r} not in: {err}"
     return err

@@ -427,3 +427,167 @@ def test_bench_labels_json_and_run_maps(tmp_path, capsys):
     assert cli.main([*args[:-1], "--run-dir", str(run.dir)]) == 0
     out = capsys.readouterr().out
     assert f"run {run.dir}" in out and "NO" not in out
+
+
+# ----------------------------------------------------------------------------- errors: one line
+
+
+def test_bad_label_folder_is_one_line_and_exit_2(folders, capsys):
+    tmp, data = folders
+    for name in data["names"][:3]:  # several problems: still one line, every file named
+        (tmp / "sal" / f"{name}.png").unlink()
+    assert cli.main(pseudo_args(tmp)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nsrom: error: 3 problem(s)") and err.count("\n") == 1, err
+    assert all(f"{n}.png" in err for n in data["names"][:3]) and "Traceback" not in err
+    args = pseudo_args(tmp)
+    args[args.index("--oacam") + 1] = str(tmp / "nope")
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nsrom: error: OA-CAM folder not found") and err.count("\n") == 1
+    assert written(tmp / "out") == []
+
+
+def test_debug_shows_the_traceback(folders):
+    tmp, data = folders
+    _break(tmp, data, "missing saliency")
+    r = subprocess.run(
+        [sys.executable, "-m", "nsrom_lib", "--debug", *pseudo_args(tmp)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert r.returncode != 0 and "Traceback" in r.stderr and "DataError" in r.stderr
+    assert f"{data['names'][1]}.png" in r.stderr and "nsrom: error:" not in r.stderr
+    assert written(tmp / "out") == []
+
+
+def test_interrupt_exits_130_and_unexpected_errors_keep_their_traceback(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_dispatch", interrupted)
+    assert cli.main(["compare", "x"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("nsrom: error: interrupted") and "kept" in err and err.count("\n") == 1
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["--debug", "compare", "x"])
+
+    def bug(args):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(cli, "_dispatch", bug)
+    with pytest.raises(TypeError, match="a bug"):
+        cli.main(["compare", "x"])
+
+
+def test_damaged_pixel_data_is_found_before_anything_is_written(folders, capsys):
+    """The check reads headers only; a map cut after its header fails when decoded, and the
+    labels already computed are dropped with the staging folder."""
+    tmp, data = folders
+    name = data["names"][-1]
+    p = tmp / "cam" / f"{name}_{data['classes'][name][0]}.png"
+    p.write_bytes(p.read_bytes()[:60])
+    assert load_label_inputs(tmp / "list.txt", tmp / "sal", oacam_dir=tmp / "oacam",
+                             cam_dir=tmp / "cam", num_classes=C).entries  # fmt: skip
+    assert cli.main(pseudo_args(tmp, "out", "--batch-size", "1", "--workers", "2")) == 2
+    err = capsys.readouterr().err
+    assert p.name in err and "corrupt or truncated" in err
+    assert written(tmp / "out") == [] and not list(tmp.rglob(".staging-*"))
+
+
+# ----------------------------------------------------------------------------- workers, layering
+
+
+def test_workers_and_batch_size_do_not_change_the_files(folders):
+    tmp, data = folders
+    assert cli.main(pseudo_args(tmp, "w1", "--workers", "1", "--batch-size", "32")) == 0
+    assert cli.main(pseudo_args(tmp, "w3", "--workers", "3", "--batch-size", "1")) == 0
+    for name in data["names"]:
+        one = (tmp / "w1" / f"{name}.png").read_bytes()
+        assert one == (tmp / "w3" / f"{name}.png").read_bytes()
+        save_label_png(tmp / "ref.png", ref_pseudo(data, name))
+        assert one == (tmp / "ref.png").read_bytes()  # the bytes save_label_png writes
+
+
+def test_ordered_map_keeps_order_raises_in_turn_and_stops():
+    import threading
+    import time
+
+    from nsrom_lib.parallel import OrderedMap
+
+    def slow(i: int) -> int:
+        time.sleep(0.001 * (i % 3))
+        if i == 7:
+            raise ValueError("item 7")
+        return i * i
+
+    for workers in (1, 3):
+        got = []
+        with pytest.raises(ValueError, match="item 7"), OrderedMap(slow, range(20), workers) as m:
+            for x in m:
+                got.append(x)
+        assert got == [i * i for i in range(7)]
+    started = []
+    lock = threading.Lock()
+
+    def note(i: int) -> int:
+        with lock:
+            started.append(i)
+        return i
+
+    m = OrderedMap(note, range(1000), workers=2, ahead=4)
+    assert next(m) == 0
+    m.close()
+    assert len(started) <= 6  # bounded: at most `ahead` in flight, nothing after close
+    assert list(OrderedMap(note, [], workers=2)) == []
+
+
+def test_data_layer_does_not_import_the_label_math():
+    """nsrom_lib/data/ imports neither nsrom_lib.labels nor nsrom_lib.pipeline, and the label
+    folders' reader loads no torch (it checks inputs while torch loads)."""
+    import ast
+
+    for path in sorted((ROOT / "nsrom_lib" / "data").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            mods = []
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                mods = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for m in mods:
+                bad = m in ("nsrom_lib.labels", "nsrom_lib.pipeline") or m.startswith(
+                    ("nsrom_lib.labels.", "nsrom_lib.pipeline.")
+                )
+                assert not bad, f"{path.name} imports {m}"
+    code = ("import sys\nimport nsrom_lib.data.maps_io, nsrom_lib.label_folders\n"
+            "bad = [m for m in ('torch', 'nsrom_lib.labels', 'nsrom_lib.pipeline') if m in sys.modules]\n"
+            "assert not bad, bad\n"
+            "from nsrom_lib.data.maps_io import make_labels\n"
+            "from nsrom_lib import label_folders\n"
+            "assert make_labels is label_folders.make_labels\n")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+
+
+def test_header_check_reads_pillow_modes(tmp_path):
+    """The 33-byte header check agrees with Pillow on size and mode for every PNG kind."""
+    from nsrom_lib.data.maps_io import _ihdr
+
+    rng = np.random.default_rng(0)
+    cases = {
+        "L": rng.integers(0, 256, (5, 7), dtype=np.uint8),
+        "RGB": rng.integers(0, 256, (5, 7, 3), dtype=np.uint8),
+        "RGBA": rng.integers(0, 256, (5, 7, 4), dtype=np.uint8),
+        "LA": rng.integers(0, 256, (5, 7, 2), dtype=np.uint8),
+        "I;16": rng.integers(0, 65535, (5, 7), dtype=np.uint16),
+    }
+    for mode, arr in cases.items():
+        p = tmp_path / f"{mode.replace(';', '')}.png"
+        Image.fromarray(arr).save(p)
+        with Image.open(p) as im:
+            assert _ihdr(p) == ((5, 7), im.mode), mode
+    save_label_png(tmp_path / "p.png", np.zeros((3, 4), np.uint8))
+    Image.new("1", (4, 3)).save(tmp_path / "1.png")
+    assert _ihdr(tmp_path / "p.png") == ((3, 4), "P") and _ihdr(tmp_path / "1.png") == ((3, 4), "1")
+    (tmp_path / "x.png").write_bytes(b"not a png")
+    assert _ihdr(tmp_path / "x.png") is None

@@ -10,29 +10,33 @@ The folders the public NSROM / OAA code reads and writes (docs/method.md §2–�
     PSEUDO_DIR/{name}.png         POM pseudo label, palette or gray label PNG (NSRM, §6)
     OUT_DIR/{name}.png            output: VOC-palette PNG, 0 bg, c + 1 class c, 255 ignore
 
-Validation comes first and reads every file's header and checks its PNG chunks
-(`load_label_inputs`): a missing saliency / prediction / pseudo-label file, a map whose size
-differs from the saliency map, a class id out of range or an unreadable PNG is a `DataError`
-that names the file(s), before anything is computed. A per-class map that is missing is
-treated as the reference does, as a constant map (which normalises to zeros), and listed; with
-`strict=True` it is an error too. Labels are then computed batch by batch, images grouped by
-size (`iter_batches`, `make_labels`), and written by `write_labels` into a staging folder
-inside OUT_DIR that is moved into place only when every label is done: a run that fails at
-any point leaves OUT_DIR as it was.
+Validation comes first and reads every file's header (`load_label_inputs`: signature and
+IHDR, 33 bytes a file): a missing saliency / prediction / pseudo-label file, a map whose size
+differs from the saliency map, a class id out of range, a file that is not an 8-bit PNG is a
+`DataError` that names the file(s), before anything is computed; pixel data damaged further
+into a file is found when the file is decoded, still before anything is written. A per-class
+map that is missing is treated as the reference does, as a constant map (which normalises to
+zeros), and listed; with `strict=True` it is an error too. The images are then read batch by
+batch, grouped by size (`plan_batches`, `read_batch`, `iter_batches`), and their labels are
+written by `write_labels` into a staging folder inside OUT_DIR that is moved into place only
+when every label is done: a run that fails at any point leaves OUT_DIR as it was.
 
-The `pseudo` stage of a run can use the same functions on the run's `maps/oacam` and
-`maps/cam` folders.
+This module reads and writes files only; `nsrom_lib.label_folders.make_labels` computes the
+labels between the two (the `labels` commands), and the `pseudo` stage of a run uses the same
+functions on the run's `maps/oacam` and `maps/cam` folders.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import shutil
+import struct
 import tempfile
-import time
-from collections.abc import Callable, Iterable, Iterator
+import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,15 +44,17 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from nsrom_lib.data.cls_list import read_cls_list
 from nsrom_lib.data.io import (
     DataError,
+    atomic_write_bytes,
     read_gray_png,
     read_label_png,
-    save_label_png,
+    voc_palette,
     write_error,
 )
 from nsrom_lib.data.label_defaults import MASKED_DEFAULTS, PSEUDO_DEFAULTS
-from nsrom_lib.data.voc import read_cls_list
+from nsrom_lib.parallel import OrderedMap, default_workers
 
 __all__ = [
     "PSEUDO_DEFAULTS",
@@ -58,14 +64,18 @@ __all__ = [
     "LabelInputs",
     "LabelBatch",
     "load_label_inputs",
+    "plan_batches",
+    "read_batch",
     "iter_batches",
+    "encode_label_png",
     "write_labels",
-    "make_labels",
 ]
 
 log = logging.getLogger(__name__)
 
 IGNORE = 255
+
+_PALETTE = voc_palette()
 
 _MAX_LISTED = 12  # problems named in one error message
 
@@ -120,22 +130,60 @@ class LabelBatch:
 _MAP_MODES = ("L", "P", "1", "LA", "RGB", "RGBA", "PA")
 _LABEL_MODES = ("L", "P")
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: (bit depth, colour type) of an IHDR chunk -> the mode Pillow opens the PNG in.
+_PNG_MODES = {
+    (1, 0): "1", (2, 0): "L", (4, 0): "L", (8, 0): "L", (16, 0): "I;16",
+    (8, 2): "RGB", (16, 2): "RGB",
+    (1, 3): "P", (2, 3): "P", (4, 3): "P", (8, 3): "P",
+    (8, 4): "LA", (16, 4): "LA",
+    (8, 6): "RGBA", (16, 6): "RGBA",
+}  # fmt: skip
+
+
+def _ihdr(path: Path) -> tuple[tuple[int, int], str] | None:
+    """((H, W), Pillow mode) from a PNG's signature and IHDR chunk (33 bytes), or None.
+
+    None: not a well-formed PNG start (the caller asks Pillow for the reason). Raises OSError
+    if the file cannot be opened (FileNotFoundError if it does not exist).
+    """
+    with open(path, "rb") as f:
+        head = f.read(33)
+    if len(head) < 33 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    length, w, h, depth, colour = struct.unpack(">I4xIIBB", head[8:26])
+    crc = struct.unpack(">I", head[29:33])[0]
+    if length != 13 or zlib.crc32(head[12:29]) != crc or not w or not h:
+        return None
+    mode = _PNG_MODES.get((depth, colour))
+    return None if mode is None else ((h, w), mode)
+
 
 def _png_header(path: Path, label: bool = False) -> tuple[tuple[int, int] | None, str | None]:
-    """((H, W), None) for a readable PNG (header read, chunks and checksums verified), or (None, why).
+    """((H, W), None) for a PNG whose header is sound and whose mode fits, or (None, why).
 
+    Reads the first 33 bytes only (signature and IHDR, its checksum verified); a file whose
+    pixel data is damaged further on is found when it is decoded (read_gray_png /
+    read_label_png raise a DataError naming it), before anything is written. A file that
+    does not start like a PNG is handed to Pillow for the reason.
     label: the file is a label PNG (8-bit palette or gray), else a gray map (8-bit, or RGB).
     """
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            mode = im.mode
-            im.verify()  # walks every chunk and checks its CRC: truncated files fail here
-    except (UnidentifiedImageError, OSError, SyntaxError, EOFError, ValueError) as e:
-        return (
-            None,
-            f"{path}: unreadable image ({e}); the file is corrupt or truncated, regenerate it",
-        )
+        head = _ihdr(path)
+    except OSError as e:
+        return None, f"{path}: cannot be read ({e.strerror or e})"
+    if head is None:
+        try:
+            with Image.open(path) as im:
+                (w, h), mode = im.size, im.mode
+                im.verify()
+            head = (h, w), mode
+        except (UnidentifiedImageError, OSError, SyntaxError, EOFError, ValueError) as e:
+            return (
+                None,
+                f"{path}: unreadable image ({e}); the file is corrupt or truncated, regenerate it",
+            )
+    size, mode = head
     if label and mode not in _LABEL_MODES:
         return None, (
             f"{path}: label PNG of mode {mode!r}; labels must be 8-bit palette (P) or gray (L) "
@@ -146,7 +194,7 @@ def _png_header(path: Path, label: bool = False) -> tuple[tuple[int, int] | None
             f"{path}: map of mode {mode!r} (more than 8 bits); maps must be 8-bit gray PNGs "
             "with values 0..255: rescale to 0..255 and save as 8-bit gray"
         )
-    return (h, w), None
+    return size, None
 
 
 def _dir(path: str | os.PathLike, what: str, flag: str, problems: list[str]) -> Path:
@@ -158,26 +206,8 @@ def _dir(path: str | os.PathLike, what: str, flag: str, problems: list[str]) -> 
     return p
 
 
-def load_label_inputs(
-    list_path: str | os.PathLike,
-    saliency_dir: str | os.PathLike,
-    *,
-    oacam_dir: str | os.PathLike | None = None,
-    cam_dir: str | os.PathLike | None = None,
-    pred_dir: str | os.PathLike | None = None,
-    pseudo_dir: str | os.PathLike | None = None,
-    num_classes: int = 20,
-    strict: bool = False,
-    progress: bool = False,
-) -> LabelInputs:
-    """Validate official-format folders and list what every image needs; reads no pixels.
-
-    Pass oacam_dir and cam_dir for the pseudo labels (BE + POM), pred_dir and pseudo_dir for the
-    masked labels (NSRM). Every file is checked (exists, PNG readable to its last chunk, size
-    equal to the saliency map's); all problems are gathered into one DataError naming the files.
-    A missing per-class map is listed in `missing_maps` and later read as a constant map (as the
-    reference does), or is an error with strict=True.
-    """
+def _mode_of(oacam_dir, cam_dir, pred_dir, pseudo_dir, num_classes: int) -> str:
+    """The mode ("pseudo" or "masked") the passed folders ask for; ValueError if they mix."""
     pseudo_mode = oacam_dir is not None or cam_dir is not None
     masked_mode = pred_dir is not None or pseudo_dir is not None
     if (
@@ -190,79 +220,87 @@ def load_label_inputs(
         )
     if not 1 <= num_classes <= 254:
         raise ValueError(f"num_classes={num_classes} must be in 1..254")
-    mode = "pseudo" if pseudo_mode else "masked"
-    labels = read_cls_list(list_path, num_classes)  # DataError names file:line for bad ids
-    if not labels:
-        raise DataError(f"{list_path} lists no image: write one 'name c1 c2 ...' line per image.")
+    return "pseudo" if pseudo_mode else "masked"
 
+
+@dataclass
+class _Folders:
+    """The input folders of one call, checked to exist."""
+
+    sal: Path
+    maps: dict[str, Path]  # "oacam", "cam" -> folder (pseudo labels)
+    labels: dict[str, Path]  # "pred", "pseudo" -> folder (masked labels)
+
+
+def _folders(mode: str, saliency_dir, oacam_dir, cam_dir, pred_dir, pseudo_dir) -> _Folders:
     problems: list[str] = []
-    sal_dir = _dir(saliency_dir, "saliency", "--saliency", problems)
+    sal = _dir(saliency_dir, "saliency", "--saliency", problems)
     if mode == "pseudo":
-        map_dirs = {
+        maps = {
             "oacam": _dir(oacam_dir, "OA-CAM", "--oacam", problems),
             "cam": _dir(cam_dir, "CAM", "--cam", problems),
         }
-        label_dirs: dict[str, Path] = {}
+        labels: dict[str, Path] = {}
     else:
-        map_dirs = {}
-        label_dirs = {
+        maps = {}
+        labels = {
             "pred": _dir(pred_dir, "prediction", "--pred", problems),
             "pseudo": _dir(pseudo_dir, "pseudo-label", "--pseudo", problems),
         }
     if problems:
         raise DataError("; ".join(problems) + ". Nothing was written.")
+    return _Folders(sal, maps, labels)
 
-    from nsrom_lib.progress import progress_bar as tqdm
 
-    entries: list[ImageEntry] = []
-    missing: list[Path] = []
-    for name, classes in tqdm(
-        labels.items(), desc="checking inputs", unit="img", disable=not progress, leave=False
-    ):
-        sal_path = sal_dir / f"{name}.png"
-        if not sal_path.is_file():
-            problems.append(f"saliency map not found: {sal_path}")
-            continue
-        size, why = _png_header(sal_path)
-        if size is None:
+def _check_entry(
+    name: str, classes: list[int], dirs: _Folders, problems: list[str], missing: list[Path]
+) -> ImageEntry | None:
+    """One listed image's entry, its files' headers checked; problems and missing maps appended."""
+    sal_path = dirs.sal / f"{name}.png"
+    size, why = _png_header(sal_path)
+    if size is None:
+        exists = sal_path.is_file()
+        problems.append(why if exists else f"saliency map not found: {sal_path}")
+        return None
+    entry = ImageEntry(name, classes, size, sal_path)
+
+    def check(path: Path, what: str) -> bool:
+        """False if the file does not exist; a problem is noted if it is bad."""
+        got, why = _png_header(path, label=what == "label")
+        if got is None and not path.is_file():
+            return False
+        if got is None:
             problems.append(why)
-            continue
-        entry = ImageEntry(name, classes, size, sal_path)
+        elif got != size:
+            problems.append(
+                f"{path}: {what} of size {got[0]}x{got[1]} (HxW), but the saliency "
+                f"map {sal_path.name} is {size[0]}x{size[1]}; maps must have the image's size"
+            )
+        return True
 
-        def check(
-            path: Path, what: str, size: tuple[int, int] = size, sal_path: Path = sal_path
-        ) -> None:
-            got, why = _png_header(path, label=what == "label")
-            if got is None:
-                problems.append(why)
-            elif got != size:
-                problems.append(
-                    f"{path}: {what} of size {got[0]}x{got[1]} (HxW), but the saliency "
-                    f"map {sal_path.name} is {size[0]}x{size[1]}; maps must have the image's size"
-                )
-
-        for kind, d in map_dirs.items():
-            entry.maps[kind] = {}
-            for c in classes:
-                p = d / f"{name}_{c}.png"
-                if p.is_file():
-                    check(p, f"{kind} map")
-                    entry.maps[kind][c] = p
-                else:
-                    missing.append(p)
-                    entry.maps[kind][c] = None
-        for kind, d in label_dirs.items():
-            p = d / f"{name}.png"
-            if not p.is_file():
-                what = "prediction" if kind == "pred" else "pseudo label"
-                problems.append(f"{what} not found: {p}")
+    for kind, d in dirs.maps.items():
+        entry.maps[kind] = {}
+        for c in classes:
+            p = d / f"{name}_{c}.png"
+            if check(p, f"{kind} map"):
+                entry.maps[kind][c] = p
             else:
-                check(p, "label")
-                entry.labels[kind] = p
-        entries.append(entry)
+                missing.append(p)
+                entry.maps[kind][c] = None
+    for kind, d in dirs.labels.items():
+        p = d / f"{name}.png"
+        if check(p, "label"):
+            entry.labels[kind] = p
+        else:
+            what = "prediction" if kind == "pred" else "pseudo label"
+            problems.append(f"{what} not found: {p}")
+    return entry
 
+
+def _report(list_path, problems: list[str], missing: list[Path], strict: bool) -> None:
+    """Raise one DataError for every problem (missing maps too with strict), or warn of them."""
     if strict and missing:
-        problems += [f"per-class map not found (--strict): {p}" for p in missing]
+        problems = problems + [f"per-class map not found (--strict): {p}" for p in missing]
     if problems:
         shown = "\n  ".join(problems[:_MAX_LISTED])
         more = (
@@ -280,6 +318,48 @@ def load_label_inputs(
             len(missing),
             shown,
         )
+
+
+def load_label_inputs(
+    list_path: str | os.PathLike,
+    saliency_dir: str | os.PathLike,
+    *,
+    oacam_dir: str | os.PathLike | None = None,
+    cam_dir: str | os.PathLike | None = None,
+    pred_dir: str | os.PathLike | None = None,
+    pseudo_dir: str | os.PathLike | None = None,
+    num_classes: int = 20,
+    strict: bool = False,
+    progress: bool = False,
+) -> LabelInputs:
+    """Validate official-format folders and list what every image needs; reads no pixels.
+
+    Pass oacam_dir and cam_dir for the pseudo labels (BE + POM), pred_dir and pseudo_dir for the
+    masked labels (NSRM). Every file is checked (exists, is a PNG whose header is sound, has a
+    mode that fits and the saliency map's size); all problems are gathered into one DataError
+    naming the files. Damaged pixel data further into a file is found when it is read, before
+    anything is written. A missing per-class map is listed in `missing_maps` and later read as
+    a constant map (as the reference does), or is an error with strict=True.
+    """
+    mode = _mode_of(oacam_dir, cam_dir, pred_dir, pseudo_dir, num_classes)
+    labels = read_cls_list(list_path, num_classes)  # DataError names file:line for bad ids
+    if not labels:
+        raise DataError(f"{list_path} lists no image: write one 'name c1 c2 ...' line per image.")
+    dirs = _folders(mode, saliency_dir, oacam_dir, cam_dir, pred_dir, pseudo_dir)
+
+    items: Iterable[tuple[str, list[int]]] = labels.items()
+    if progress:
+        from nsrom_lib.progress import progress_bar as tqdm
+
+        items = tqdm(items, desc="checking inputs", unit="img", leave=False)
+    entries: list[ImageEntry] = []
+    problems: list[str] = []
+    missing: list[Path] = []
+    for name, classes in items:
+        entry = _check_entry(name, classes, dirs, problems, missing)
+        if entry is not None:
+            entries.append(entry)
+    _report(list_path, problems, missing, strict)
     return LabelInputs(mode, num_classes, entries, missing)
 
 
@@ -308,89 +388,137 @@ def _read_label(path: Path, size: tuple[int, int], num_classes: int, what: str) 
     return lab
 
 
-def iter_batches(inputs: LabelInputs, batch_size: int = 32) -> Iterator[LabelBatch]:
-    """Read the images in batches of at most `batch_size` images of one size.
+def plan_batches(
+    inputs: LabelInputs, batch_size: int = 32, max_pixels: int | None = None
+) -> list[list[ImageEntry]]:
+    """The entries in batches of at most `batch_size` images of one size (nothing is read).
 
     Within a size, images that list the same number of classes go together (list order
     otherwise): the batched label functions then work on one (n, k, HW) stack per batch.
+    max_pixels: a batch also holds at most this many pixels (at least one image), so that
+    large images come in smaller batches.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     groups: dict[tuple[int, int, int], list[ImageEntry]] = {}
     for e in inputs.entries:
         groups.setdefault((*e.size, len(e.classes)), []).append(e)
-    C = inputs.num_classes
+    plan = []
     for (H, W, _), group in groups.items():
-        size = (H, W)
-        for i in range(0, len(group), batch_size):
-            chunk = group[i : i + batch_size]
-            B = len(chunk)
-            present = np.zeros((B, C), bool)
-            sal = np.empty((B, H, W), np.uint8)
-            batch = LabelBatch([e.name for e in chunk], present, sal)
-            for b, e in enumerate(chunk):
-                present[b, e.classes] = True
-                sal[b] = _read_map(e.saliency, size)
-            if inputs.mode == "pseudo":
-                batch.oa_cam = np.zeros((B, C, H, W), np.uint8)  # (B, C, H, W)
-                batch.cam = np.zeros((B, C, H, W), np.uint8)  # (B, C, H, W)
-                for b, e in enumerate(chunk):
-                    for c in e.classes:
-                        batch.oa_cam[b, c] = _read_map(e.maps["oacam"][c], size)
-                        batch.cam[b, c] = _read_map(e.maps["cam"][c], size)
-            else:
-                batch.pred = np.stack(
-                    [_read_label(e.labels["pred"], size, C, "prediction") for e in chunk]
-                )  # (B, H, W)
-                batch.pseudo = np.stack(
-                    [_read_label(e.labels["pseudo"], size, C, "pseudo label") for e in chunk]
-                )  # (B, H, W)
-            yield batch
+        n = batch_size if max_pixels is None else max(1, min(batch_size, max_pixels // (H * W)))
+        plan += [group[i : i + n] for i in range(0, len(group), n)]
+    return plan
+
+
+def read_batch(inputs: LabelInputs, chunk: list[ImageEntry]) -> LabelBatch:
+    """Read one planned batch (same-size entries) into arrays (safe to call from threads)."""
+    H, W = size = chunk[0].size
+    B, C = len(chunk), inputs.num_classes
+    present = np.zeros((B, C), bool)
+    sal = np.empty((B, H, W), np.uint8)
+    batch = LabelBatch([e.name for e in chunk], present, sal)
+    for b, e in enumerate(chunk):
+        present[b, e.classes] = True
+        sal[b] = _read_map(e.saliency, size)
+    if inputs.mode == "pseudo":
+        # zeros for absent classes: np.zeros maps untouched pages lazily, so they cost nothing
+        batch.oa_cam = np.zeros((B, C, H, W), np.uint8)
+        batch.cam = np.zeros((B, C, H, W), np.uint8)
+        for b, e in enumerate(chunk):
+            for c in e.classes:
+                batch.oa_cam[b, c] = _read_map(e.maps["oacam"][c], size)
+                batch.cam[b, c] = _read_map(e.maps["cam"][c], size)
+    else:
+        batch.pred = np.empty((B, H, W), np.uint8)
+        batch.pseudo = np.empty((B, H, W), np.uint8)
+        for b, e in enumerate(chunk):
+            batch.pred[b] = _read_label(e.labels["pred"], size, C, "prediction")
+            batch.pseudo[b] = _read_label(e.labels["pseudo"], size, C, "pseudo label")
+    return batch
+
+
+def iter_batches(
+    inputs: LabelInputs, batch_size: int = 32, workers: int = 1
+) -> Iterator[LabelBatch]:
+    """Read the images in batches of at most `batch_size` images of one size (`plan_batches`).
+
+    workers > 1: batches are decoded ahead by that many threads (PNG decoding releases the
+    GIL), still handed out in order.
+    """
+    with OrderedMap(lambda chunk: read_batch(inputs, chunk), plan_batches(inputs, batch_size),
+                    workers, name="nsrom-read") as batches:  # fmt: skip
+        yield from batches
 
 
 # ----------------------------------------------------------------------------- writing
 
 
+def encode_label_png(label: np.ndarray) -> bytes:
+    """The bytes `save_label_png` writes for an (H, W) uint8 label (VOC palette, Pillow's
+    default zlib level 6, as the official scripts' `Image.save`)."""
+    h, w = label.shape
+    img = Image.frombytes("P", (w, h), np.ascontiguousarray(label, dtype=np.uint8).tobytes())
+    img.putpalette(_PALETTE)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _encode(item: tuple[str, np.ndarray]) -> tuple[str, bytes, int, int]:
+    """(name, PNG bytes, pixels, ignore pixels) of one (name, label) pair."""
+    name, label = item
+    label = np.asarray(label)
+    if label.dtype != np.uint8 or label.ndim != 2:
+        raise ValueError(f"label of {name!r} must be (H, W) uint8, got {label.shape} {label.dtype}")
+    return name, encode_label_png(label), label.size, int(np.count_nonzero(label == IGNORE))
+
+
+def _staging(out: Path) -> Path:
+    """A fresh staging folder inside out (created); staging folders of killed calls removed."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.glob(".staging-*"):  # left by a process that was killed while writing
+            shutil.rmtree(old, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    except OSError as e:
+        raise write_error(out, e, "the output folder") from e
+
+
 def write_labels(
-    out_dir: str | os.PathLike, labels: Iterable[tuple[str, np.ndarray]]
+    out_dir: str | os.PathLike,
+    labels: Iterable[tuple[str, np.ndarray]],
+    workers: int | None = None,
 ) -> dict[str, int]:
     """Write (name, (H, W) uint8 label) pairs as OUT_DIR/{name}.png (VOC palette), all or nothing.
 
     Labels go to a staging folder inside out_dir and are moved into place only after the last
     one is written (each move is atomic): if `labels` raises (validation or compute error),
     out_dir is left as it was; staging folders of a killed earlier call are removed first.
-    Returns counts: images, pixels, ignore (pixels equal to 255).
+    workers: threads that encode the PNGs (zlib releases the GIL; default: the CPU cores, at
+    most 8); the files are written in order by the calling thread. Returns counts: images,
+    pixels, ignore (pixels equal to 255).
     """
     from nsrom_lib.faults import crash_point
 
     out = Path(out_dir)
     created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        for old in out.glob(".staging-*"):  # left by a process that was killed while writing
-            shutil.rmtree(old, ignore_errors=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
-    except OSError as e:
-        raise write_error(out, e, "the output folder") from e
+    staging = _staging(out)
     stats = dict(images=0, pixels=0, ignore=0)
     names: list[str] = []
     done = False
+    workers = default_workers() if workers is None else workers
     try:
-        for name, label in labels:
-            label = np.asarray(label)
-            if label.dtype != np.uint8 or label.ndim != 2:
-                raise ValueError(
-                    f"label of {name!r} must be (H, W) uint8, got {label.shape} {label.dtype}"
-                )
-            try:
-                save_label_png(staging / f"{name}.png", label)
-            except OSError as e:
-                raise write_error(out / f"{name}.png", e, "the label") from e
-            names.append(name)
-            stats["images"] += 1
-            stats["pixels"] += label.size
-            stats["ignore"] += int((label == IGNORE).sum())
-            crash_point("label", stats["images"])  # tests: a SIGKILL in the middle of writing
+        with OrderedMap(_encode, labels, workers, name="nsrom-encode") as encoded:
+            for name, data, pixels, ignore in encoded:
+                try:
+                    atomic_write_bytes(staging / f"{name}.png", data)
+                except OSError as e:
+                    raise write_error(out / f"{name}.png", e, "the label") from e
+                names.append(name)
+                stats["images"] += 1
+                stats["pixels"] += pixels
+                stats["ignore"] += ignore
+                crash_point("label", stats["images"])  # tests: a SIGKILL in the middle of writing
         for name in names:
             os.replace(staging / f"{name}.png", out / f"{name}.png")
         done = True
@@ -402,104 +530,11 @@ def write_labels(
     return stats
 
 
-# ----------------------------------------------------------------------------- compute
+def __getattr__(name: str) -> Any:
+    # `make_labels` computes labels, so it lives above the data layer (nsrom_lib.label_folders);
+    # the old import path keeps working, resolved only when asked for.
+    if name == "make_labels":
+        from nsrom_lib.label_folders import make_labels
 
-
-def _label_stream(
-    inputs: LabelInputs,
-    params: dict[str, float],
-    batch_size: int,
-    device: Any,
-    on_batch: Callable[[int], None] | None,
-) -> Iterator[tuple[str, np.ndarray]]:
-    import torch
-
-    from nsrom_lib import labels as L
-
-    for batch in iter_batches(inputs, batch_size):
-        present = torch.from_numpy(batch.present).to(device)
-        sal = torch.from_numpy(batch.sal).to(device)
-        with torch.inference_mode():
-            if inputs.mode == "pseudo":
-                out = L.pseudo_labels(
-                    sal,
-                    torch.from_numpy(batch.oa_cam).to(device),
-                    torch.from_numpy(batch.cam).to(device),
-                    present,
-                    **params,
-                )
-            else:
-                kernel = int(params["kernel"])
-                out = L.non_salient_region_masking(
-                    torch.from_numpy(batch.pred).to(device),
-                    torch.from_numpy(batch.pseudo).to(device),
-                    sal,
-                    present,
-                    kernel=kernel,
-                    ratio=params["ratio"],
-                )
-        out = out.cpu().numpy()
-        yield from zip(batch.names, out, strict=True)
-        if on_batch is not None:
-            on_batch(len(batch.names))
-
-
-def make_labels(
-    inputs: LabelInputs,
-    out_dir: str | os.PathLike,
-    *,
-    batch_size: int = 32,
-    device: str = "auto",
-    threads: int | None = 1,
-    progress: bool = True,
-    **thresholds: float,
-) -> dict[str, Any]:
-    """Compute the pseudo (BE + POM + 1% rule) or masked (NSRM) labels of `inputs` and write them.
-
-    thresholds: for "pseudo" fg, conflict, bg, att, pom, ratio; for "masked" kernel, ratio
-    (defaults: PSEUDO_DEFAULTS / MASKED_DEFAULTS, the reference's). Nothing is written unless
-    every label is computed. threads: torch CPU threads while computing (None: torch's
-    setting; 1 is fastest on a busy machine, see labels.torch_threads). Returns a summary: images, ignore_share, seconds, images_per_s,
-    missing_maps, sizes, device.
-    """
-    from nsrom_lib.labels import torch_threads
-    from nsrom_lib.pipeline import resolve_device
-    from nsrom_lib.progress import progress_bar as tqdm
-
-    defaults = PSEUDO_DEFAULTS if inputs.mode == "pseudo" else MASKED_DEFAULTS
-    unknown = set(thresholds) - set(defaults)
-    if unknown:
-        raise ValueError(
-            f"unknown threshold(s) {sorted(unknown)} for {inputs.mode} labels; "
-            f"known: {sorted(defaults)}"
-        )
-    params = {**defaults, **thresholds}
-    if inputs.mode == "masked" and (
-        int(params["kernel"]) != params["kernel"] or params["kernel"] < 1
-    ):
-        raise ValueError(f"kernel must be a positive integer, got {params['kernel']}")
-    dev = resolve_device(device)
-    t0 = time.perf_counter()
-    with (
-        torch_threads(threads),
-        tqdm(
-            total=len(inputs.entries),
-            desc=f"{inputs.mode} labels",
-            unit="img",
-            disable=not progress,
-        ) as bar,
-    ):
-        stats = write_labels(out_dir, _label_stream(inputs, params, batch_size, dev, bar.update))
-    seconds = time.perf_counter() - t0
-    return dict(
-        mode=inputs.mode,
-        images=stats["images"],
-        ignore_share=stats["ignore"] / max(stats["pixels"], 1),
-        seconds=seconds,
-        images_per_s=stats["images"] / seconds if seconds > 0 else float("inf"),
-        missing_maps=len(inputs.missing_maps),
-        sizes={f"{h}x{w}": n for (h, w), n in inputs.sizes.items()},
-        device=str(dev),
-        params=params,
-        out_dir=str(Path(out_dir)),
-    )
+        return make_labels
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

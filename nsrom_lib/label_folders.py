@@ -1,0 +1,197 @@
+"""Pseudo / masked labels of official-format folders: read, compute, write (the `labels` CLI).
+
+`make_labels` joins the data layer (`nsrom_lib.data.maps_io`: validated inputs, batches of one
+image size, an all-or-nothing writer) and the label math (`nsrom_lib.labels.pseudo_labels`,
+`non_salient_region_masking`; docs/method.md §3, §4, §6), and runs them as a pipeline over
+`workers` threads (`nsrom_lib.parallel.OrderedMap`): each batch is decoded and computed by one
+thread while others decode and compute the next batches, and the finished labels are encoded
+to PNG by another set of threads. PNG decoding and encoding, torch and numpy release the GIL,
+so the threads use the CPU cores; torch itself runs single-threaded per batch (`threads`).
+The labels are the same whatever the number of workers or the batch size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nsrom_lib.data.label_defaults import MASKED_DEFAULTS, PSEUDO_DEFAULTS
+from nsrom_lib.data.maps_io import LabelBatch, LabelInputs, plan_batches, read_batch, write_labels
+from nsrom_lib.parallel import OrderedMap, default_workers
+
+__all__ = [
+    "BATCH_PIXELS",
+    "make_labels",
+    "label_params",
+    "compute_batch",
+    "read_ahead",
+    "warm_up",
+]
+
+#: Pixels a batch holds at most, per mode (None: only --batch-size counts).
+BATCH_PIXELS: dict[str, int | None] = {"pseudo": None, "masked": None}
+
+
+def label_params(mode: str, thresholds: dict[str, float]) -> dict[str, float]:
+    """The defaults of `mode` ("pseudo" / "masked") updated by `thresholds`, checked."""
+    defaults = PSEUDO_DEFAULTS if mode == "pseudo" else MASKED_DEFAULTS
+    unknown = set(thresholds) - set(defaults)
+    if unknown:
+        raise ValueError(
+            f"unknown threshold(s) {sorted(unknown)} for {mode} labels; known: {sorted(defaults)}"
+        )
+    params = {**defaults, **thresholds}
+    if mode == "masked" and (int(params["kernel"]) != params["kernel"] or params["kernel"] < 1):
+        raise ValueError(f"kernel must be a positive integer, got {params['kernel']}")
+    return params
+
+
+def compute_batch(batch: LabelBatch, mode: str, params: dict[str, float], device) -> np.ndarray:
+    """(B, H, W) uint8 labels of one batch: BE + POM + 1% rule, or NSRM (+ 1% rule)."""
+    import torch
+
+    from nsrom_lib.labels import non_salient_region_masking, pseudo_labels
+
+    def t(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(x).to(device)
+
+    with torch.inference_mode():
+        if mode == "pseudo":
+            out = pseudo_labels(t(batch.sal), t(batch.oa_cam), t(batch.cam), t(batch.present),
+                                **params)  # fmt: skip
+        else:
+            out = non_salient_region_masking(
+                t(batch.pred), t(batch.pseudo), t(batch.sal), t(batch.present),
+                kernel=int(params["kernel"]), ratio=params["ratio"],
+            )  # fmt: skip
+    return out.cpu().numpy()
+
+
+def _label_stream(
+    inputs: LabelInputs,
+    batches: Iterator[LabelBatch],
+    params: dict[str, float],
+    device: Any,
+    on_batch: Callable[[int], None] | None,
+    workers: int = 1,
+) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, label) pairs in batch order; the batches computed by `workers` threads."""
+
+    def work(batch: LabelBatch) -> tuple[list[str], np.ndarray]:
+        return batch.names, compute_batch(batch, inputs.mode, params, device)
+
+    with OrderedMap(work, batches, workers, name="nsrom-label") as done:
+        for names, out in done:
+            yield from zip(names, out, strict=True)
+            if on_batch is not None:
+                on_batch(len(names))
+
+
+def read_ahead(
+    inputs: LabelInputs, batch_size: int = 32, workers: int = 1, max_pixels: int | None = None
+) -> OrderedMap:
+    """The batches of `inputs` (`plan_batches`), decoded by `workers` threads from now on, up
+    to 4 * workers batches ahead of the consumer (`close` it if it is not consumed)."""
+    plan = plan_batches(inputs, batch_size, max_pixels)
+    return OrderedMap(lambda chunk: read_batch(inputs, chunk), plan, workers, ahead=4 * workers,
+                      name="nsrom-read")  # fmt: skip
+
+
+def warm_up() -> threading.Thread:
+    """Start importing torch and the label math in a background thread, and return it.
+
+    Importing torch takes a second or more of one core; the `labels` commands check their
+    inputs and decode the first batches meanwhile (they need no torch). A failed import is
+    left for the real import to report.
+    """
+
+    def load() -> None:
+        # The import holds the GIL nearly all the time; a short switch interval lets the
+        # decoding threads (which need it only between files) take turns with it.
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, 0.0005))
+        try:
+            with contextlib.suppress(Exception):
+                import nsrom_lib.labels  # noqa: F401  (imports torch)
+                import nsrom_lib.pipeline  # noqa: F401
+        finally:
+            sys.setswitchinterval(interval)
+
+    t = threading.Thread(target=load, name="nsrom-import", daemon=True)
+    t.start()
+    return t
+
+
+def _bar(progress: bool, total: int, mode: str):
+    """A progress bar over the images, or a context holding None (no tqdm import) if off."""
+    if not progress:
+        return contextlib.nullcontext(None)
+    from nsrom_lib.progress import progress_bar as tqdm
+
+    return tqdm(total=total, desc=f"{mode} labels", unit="img")
+
+
+def make_labels(
+    inputs: LabelInputs,
+    out_dir: str | os.PathLike,
+    *,
+    batch_size: int = 32,
+    device: str = "auto",
+    threads: int | None = 1,
+    workers: int | None = None,
+    max_pixels: int | None = -1,
+    progress: bool = True,
+    **thresholds: float,
+) -> dict[str, Any]:
+    """Compute the pseudo (BE + POM + 1% rule) or masked (NSRM) labels of `inputs` and write them.
+
+    thresholds: for "pseudo" fg, conflict, bg, att, pom, ratio; for "masked" kernel, ratio
+    (defaults: PSEUDO_DEFAULTS / MASKED_DEFAULTS, the reference's). Nothing is written unless
+    every label is computed. threads: torch CPU threads of each batch's computation (None:
+    torch's setting; 1 is fastest, the workers use the cores, see labels.torch_threads).
+    workers: threads that decode, compute and encode batches (default: the CPU cores, at most
+    8; 1: everything in this thread; on CUDA batches are computed one at a time).
+    max_pixels: pixels a batch holds at most besides `batch_size` images (-1: BATCH_PIXELS of
+    the mode; None: no limit). Returns a summary: images, ignore_share, seconds, images_per_s,
+    missing_maps, sizes, device, workers.
+    """
+    params = label_params(inputs.mode, thresholds)
+    workers = default_workers() if workers is None else max(1, int(workers))
+    t0 = time.perf_counter()
+    if max_pixels == -1:
+        max_pixels = BATCH_PIXELS[inputs.mode]
+    batches = read_ahead(inputs, batch_size, workers, max_pixels)  # starts before torch loads
+    try:
+        from nsrom_lib.labels import torch_threads
+        from nsrom_lib.pipeline import resolve_device
+
+        dev = resolve_device(device)
+        compute_workers = workers if dev.type == "cpu" else 1
+        with torch_threads(threads), _bar(progress, len(inputs.entries), inputs.mode) as bar:
+            update = None if bar is None else bar.update
+            stream = _label_stream(inputs, batches, params, dev, update, compute_workers)
+            stats = write_labels(out_dir, stream, workers=workers)
+    finally:
+        batches.close()
+    seconds = time.perf_counter() - t0
+    return dict(
+        mode=inputs.mode,
+        images=stats["images"],
+        ignore_share=stats["ignore"] / max(stats["pixels"], 1),
+        seconds=seconds,
+        images_per_s=stats["images"] / seconds if seconds > 0 else float("inf"),
+        missing_maps=len(inputs.missing_maps),
+        sizes={f"{h}x{w}": n for (h, w), n in inputs.sizes.items()},
+        device=str(dev),
+        workers=workers,
+        params=params,
+        out_dir=str(Path(out_dir)),
+    )
