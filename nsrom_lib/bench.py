@@ -310,7 +310,7 @@ def bench_labels(
     """
     import torch
 
-    from nsrom_lib.pipeline import resolve_device
+    from nsrom_lib.device import resolve_device
 
     dev = resolve_device(device)
     sizes = {k: batch_size or v for k, v in DEFAULT_BATCH_SIZES.items()}

@@ -234,7 +234,7 @@ def _run_preflight(cfg, run_dir: Path) -> str | None:
         return (f"data_root {cfg.data_root} does not exist. Point --set data_root=... at a "
                 "VOC-layout folder (see data/README.md), or leave it unset for SynthVOC.")
     if cfg.device != "auto":
-        from nsrom_lib.pipeline import resolve_device
+        from nsrom_lib.device import resolve_device
 
         try:
             resolve_device(cfg.device)
@@ -340,7 +340,7 @@ def _cmd_labels(args) -> int:
     if args.device in ("auto", "cpu"):
         warm_up()
     else:  # a device string to check before any file is read
-        from nsrom_lib.pipeline import resolve_device
+        from nsrom_lib.device import resolve_device
 
         try:
             resolve_device(args.device)

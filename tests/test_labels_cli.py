@@ -560,10 +560,7 @@ def test_data_layer_does_not_import_the_label_math():
                 assert not bad, f"{path.name} imports {m}"
     code = ("import sys\nimport nsrom_lib.data.maps_io, nsrom_lib.label_folders\n"
             "bad = [m for m in ('torch', 'nsrom_lib.labels', 'nsrom_lib.pipeline') if m in sys.modules]\n"
-            "assert not bad, bad\n"
-            "from nsrom_lib.data.maps_io import make_labels\n"
-            "from nsrom_lib import label_folders\n"
-            "assert make_labels is label_folders.make_labels\n")  # fmt: skip
+            "assert not bad, bad\n")  # fmt: skip
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                        timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr

@@ -94,7 +94,8 @@ def test_labels_equal_the_references(smoke):
 
 
 def test_pseudo_labels_equal_the_cli_code(smoke, tmp_path):
-    from nsrom_lib.data.maps_io import load_label_inputs, make_labels
+    from nsrom_lib.data.maps_io import load_label_inputs
+    from nsrom_lib.label_folders import make_labels
 
     run, _ = smoke
     inputs = load_label_inputs(

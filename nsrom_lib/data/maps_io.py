@@ -39,7 +39,6 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -529,12 +528,3 @@ def write_labels(
                 out.rmdir()
     return stats
 
-
-def __getattr__(name: str) -> Any:
-    # `make_labels` computes labels, so it lives above the data layer (nsrom_lib.label_folders);
-    # the old import path keeps working, resolved only when asked for.
-    if name == "make_labels":
-        from nsrom_lib.label_folders import make_labels
-
-        return make_labels
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,7 @@ Every public name is re-exported here, so `from nsrom_lib.pipeline import open_r
 ensure_classifier` works as before the split.
 """
 
-from nsrom_lib.pipeline.device import cpu_model, machine_info, resolve_device
+from nsrom_lib.device import cpu_model, machine_info, resolve_device
 from nsrom_lib.pipeline.notebooks import (
     WIDGET_MIME,
     execute_notebook,

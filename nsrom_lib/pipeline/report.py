@@ -14,7 +14,7 @@ from typing import Any
 from nsrom_lib.config import RunConfig
 from nsrom_lib.data.io import DataError, atomic_path, atomic_write_text
 from nsrom_lib.data.voc import read_class_names
-from nsrom_lib.pipeline.device import cpu_model, resolve_device
+from nsrom_lib.device import cpu_model, resolve_device
 from nsrom_lib.pipeline.run import STAGES, Run
 from nsrom_lib.pipeline.stages.data import ensure_data
 from nsrom_lib.pipeline.stages.results import LABEL_ROWS, RESULT_ROWS, compute_results

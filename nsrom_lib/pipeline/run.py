@@ -34,7 +34,7 @@ from nsrom_lib.config import (
 )
 from nsrom_lib.data.io import atomic_write_json
 from nsrom_lib.data.synthvoc import SynthVOCConfig
-from nsrom_lib.pipeline.device import machine_info
+from nsrom_lib.device import machine_info
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,13 @@ import torch
 from nsrom_lib import train as T
 from nsrom_lib.data.io import atomic_path, read_label_png
 from nsrom_lib.data.voc import gt_mask_dir, read_instances
+from nsrom_lib.device import resolve_device
 from nsrom_lib.metrics import (
     instance_background_share,
     instance_recall,
     label_quality,
 )
 from nsrom_lib.metrics import map_quality as _map_quality_of
-from nsrom_lib.pipeline.device import resolve_device
 from nsrom_lib.pipeline.run import Run
 
 __all__ = ["training_context", "save_torch", "load_torch", "history_metrics",

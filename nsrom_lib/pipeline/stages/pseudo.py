@@ -19,7 +19,7 @@ from nsrom_lib.data.io import read_label_png
 from nsrom_lib.data.maps_io import iter_batches, load_label_inputs, write_labels
 from nsrom_lib.data.stats import explorer_inputs, load_split_arrays
 from nsrom_lib.data.voc import VOCSegDataset, read_split, write_cls_list
-from nsrom_lib.pipeline.device import resolve_device
+from nsrom_lib.device import resolve_device
 from nsrom_lib.pipeline.run import Run, variant_stage
 from nsrom_lib.pipeline.stages.classifier import ensure_maps, load_maps
 from nsrom_lib.pipeline.stages.common import label_metrics, load_ground_truth

@@ -2,7 +2,7 @@
 baselines and non-salient region masking.
 
 The training loop is `nsrom_lib.train`, the masking `nsrom_lib.labels` through the CLI's code
-(`maps_io.make_labels`).
+(`label_folders.make_labels`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from nsrom_lib import train as T
 from nsrom_lib.config import RunConfig
 from nsrom_lib.crf import crf_params_for, require_densecrf
 from nsrom_lib.data.io import DataError, atomic_write_json, read_label_png
-from nsrom_lib.data.maps_io import load_label_inputs, make_labels, write_labels
+from nsrom_lib.data.maps_io import load_label_inputs, write_labels
 from nsrom_lib.data.voc import VOCSegDataset, read_split, write_cls_list
+from nsrom_lib.label_folders import make_labels
 from nsrom_lib.metrics import confusion_matrix, instance_recall, iou_from_confusion
 from nsrom_lib.models.segmentation import DeepLabV2
 from nsrom_lib.params import NSRM
