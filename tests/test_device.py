@@ -39,8 +39,8 @@ def test_training_and_inference_take_a_device():
 def test_cuda_only_paths_are_no_ops_on_cpu():
     cpu = torch.device("cpu")
     t = torch.zeros(2, 3)
-    assert T._pinned(t, cpu) is t
-    with T._autocast(cpu):
+    assert T.pinned(t, cpu) is t
+    with T.autocast(cpu):
         y = torch.nn.Linear(3, 2)(t)
     assert y.dtype == torch.float32
 
