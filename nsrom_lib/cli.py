@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from nsrom_lib.data.label_defaults import MASKED_DEFAULTS, PSEUDO_DEFAULTS  # no torch
+from nsrom_lib.params import BEParams, NSRMParams, POMParams, RuleParams, bounds  # no torch
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -318,15 +319,20 @@ def _label_option_problem(args) -> str | None:
         return f"--threads must be >= 0 (0: torch's default), got {args.threads}"
     if args.workers is not None and args.workers < 1:
         return f"--workers must be >= 1, got {args.workers}"
-    if args.labels_command == "masked" and args.kernel < 1:
-        return f"--kernel must be >= 1, got {args.kernel}"
-    ranges = [("--min-ratio", args.min_ratio, 1)]
-    if args.labels_command == "pseudo":
-        ranges += [("--fg", args.fg, 1), ("--conflict", args.conflict, 1), ("--att", args.att, 1),
-                   ("--pom", args.pom, 1), ("--bg", args.bg, 256)]
-    for flag, value, hi in ranges:
-        if math.isnan(value) or not 0 <= value <= hi:
-            return f"{flag} must be in 0..{hi}, got {value}"
+    # the ranges of nsrom_lib.params, the ones the run configuration checks too
+    options = [("--min-ratio", args.min_ratio, RuleParams, "ratio")]
+    if args.labels_command == "masked":
+        options += [("--kernel", args.kernel, NSRMParams, "kernel")]
+    else:
+        options += [("--fg", args.fg, BEParams, "fg"), ("--conflict", args.conflict, BEParams,
+                     "conflict"), ("--att", args.att, BEParams, "att"),
+                    ("--pom", args.pom, POMParams, "pom"), ("--bg", args.bg, BEParams, "bg")]
+    for flag, value, params, name in options:
+        lo, hi = bounds(params, name)
+        if math.isnan(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
+            if hi is None:
+                return f"{flag} must be >= {lo:g}, got {value}"
+            return f"{flag} must be in {lo:g}..{hi:g}, got {value}"
     return None
 
 
