@@ -26,6 +26,7 @@ error always shows it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -337,14 +338,19 @@ def _label_option_problem(args) -> str | None:
 
 
 def _cmd_labels(args) -> int:
-    from nsrom_lib.data.maps_io import load_label_inputs  # no torch: loaded meanwhile
-    from nsrom_lib.label_folders import make_labels, warm_up
+    from nsrom_lib.label_folders import warm_up, worker_pool  # no torch: the workers load it
 
     problem = _label_option_problem(args)
     if problem:
         return _fail(problem)
+    pool = None
     if args.device in ("auto", "cpu"):
-        warm_up()
+        if args.workers != 1:
+            # worker processes, started before anything else so that they load torch while
+            # this process checks the inputs (a GPU, if "auto" finds one, computes here)
+            pool = worker_pool(args.workers, args.threads or None)
+        if pool is None:
+            warm_up()
     else:  # a device string to check before any file is read
         from nsrom_lib.device import resolve_device
 
@@ -352,6 +358,15 @@ def _cmd_labels(args) -> int:
             resolve_device(args.device)
         except RuntimeError as e:
             return _fail(f"--device {args.device}: {e}")
+    with pool or contextlib.nullcontext():
+        return _labels_with(args, pool)
+
+
+def _labels_with(args, pool) -> int:
+    """`labels pseudo|masked` once the workers (or the warm-up) are started."""
+    from nsrom_lib.data.maps_io import load_label_inputs
+    from nsrom_lib.label_folders import make_labels
+
     common = dict(num_classes=args.num_classes, strict=args.strict, progress=not args.quiet)
     t0 = time.perf_counter()
     if args.labels_command == "pseudo":
@@ -366,16 +381,17 @@ def _cmd_labels(args) -> int:
     check_seconds = time.perf_counter() - t0
     summary = make_labels(inputs, args.out, batch_size=args.batch_size, device=args.device,
                           threads=args.threads or None, workers=args.workers,
-                          progress=not args.quiet, **params)
+                          progress=not args.quiet, pool=pool, **params)
     summary["check_seconds"] = check_seconds
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     sizes = ", ".join(f"{k} x{n}" for k, n in summary["sizes"].items())
+    kind = "worker processes" if summary["processes"] else "workers"
     print(f"{summary['mode']} labels: {summary['images']} images written to {summary['out_dir']}")
     print(f"  ignore pixels     {100 * summary['ignore_share']:.1f}%")
     print(f"  time              {summary['seconds']:.2f} s ({summary['images_per_s']:.1f} images/s, "
-          f"{summary['device']}, {summary['workers']} workers), after {check_seconds:.2f} s "
+          f"{summary['device']}, {summary['workers']} {kind}), after {check_seconds:.2f} s "
           "checking the inputs")
     print(f"  image sizes       {sizes}")
     if summary["missing_maps"]:

@@ -67,7 +67,9 @@ __all__ = [
     "read_batch",
     "iter_batches",
     "encode_label_png",
+    "encode_label",
     "write_labels",
+    "write_encoded",
 ]
 
 log = logging.getLogger(__name__)
@@ -463,8 +465,9 @@ def encode_label_png(label: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _encode(item: tuple[str, np.ndarray]) -> tuple[str, bytes, int, int]:
-    """(name, PNG bytes, pixels, ignore pixels) of one (name, label) pair."""
+def encode_label(item: tuple[str, np.ndarray]) -> tuple[str, bytes, int, int]:
+    """(name, PNG bytes, pixels, ignore pixels) of one (name, label) pair: what
+    `write_encoded` writes."""
     name, label = item
     label = np.asarray(label)
     if label.dtype != np.uint8 or label.ndim != 2:
@@ -490,12 +493,25 @@ def write_labels(
 ) -> dict[str, int]:
     """Write (name, (H, W) uint8 label) pairs as OUT_DIR/{name}.png (VOC palette), all or nothing.
 
-    Labels go to a staging folder inside out_dir and are moved into place only after the last
-    one is written (each move is atomic): if `labels` raises (validation or compute error),
-    out_dir is left as it was; staging folders of a killed earlier call are removed first.
-    workers: threads that encode the PNGs (zlib releases the GIL; default: the CPU cores, at
-    most 8); the files are written in order by the calling thread. Returns counts: images,
-    pixels, ignore (pixels equal to 255).
+    The pairs are encoded by `workers` threads (zlib releases the GIL; default: the CPU cores,
+    at most 8) and written in order by `write_encoded`. Returns counts: images, pixels, ignore
+    (pixels equal to 255).
+    """
+    workers = default_workers() if workers is None else workers
+    with OrderedMap(encode_label, labels, workers, name="nsrom-encode") as encoded:
+        return write_encoded(out_dir, encoded)
+
+
+def write_encoded(
+    out_dir: str | os.PathLike, encoded: Iterable[tuple[str, bytes, int, int]]
+) -> dict[str, int]:
+    """Write `encode_label` results (name, PNG bytes, pixels, ignore) as OUT_DIR/{name}.png,
+    all or nothing.
+
+    The files go to a staging folder inside out_dir and are moved into place only after the
+    last one is written (each move is atomic): if `encoded` raises (validation or compute
+    error), out_dir is left as it was; staging folders of a killed earlier call are removed
+    first. Returns counts: images, pixels, ignore.
     """
     from nsrom_lib.faults import crash_point
 
@@ -505,19 +521,17 @@ def write_labels(
     stats = dict(images=0, pixels=0, ignore=0)
     names: list[str] = []
     done = False
-    workers = default_workers() if workers is None else workers
     try:
-        with OrderedMap(_encode, labels, workers, name="nsrom-encode") as encoded:
-            for name, data, pixels, ignore in encoded:
-                try:
-                    atomic_write_bytes(staging / f"{name}.png", data)
-                except OSError as e:
-                    raise write_error(out / f"{name}.png", e, "the label") from e
-                names.append(name)
-                stats["images"] += 1
-                stats["pixels"] += pixels
-                stats["ignore"] += ignore
-                crash_point("label", stats["images"])  # tests: a SIGKILL in the middle of writing
+        for name, data, pixels, ignore in encoded:
+            try:
+                atomic_write_bytes(staging / f"{name}.png", data)
+            except OSError as e:
+                raise write_error(out / f"{name}.png", e, "the label") from e
+            names.append(name)
+            stats["images"] += 1
+            stats["pixels"] += pixels
+            stats["ignore"] += ignore
+            crash_point("label", stats["images"])  # tests: a SIGKILL in the middle of writing
         for name in names:
             os.replace(staging / f"{name}.png", out / f"{name}.png")
         done = True
@@ -527,4 +541,3 @@ def write_labels(
             with contextlib.suppress(OSError):
                 out.rmdir()
     return stats
-
