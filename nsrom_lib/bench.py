@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -310,7 +309,7 @@ def bench_labels(
     """
     import torch
 
-    from nsrom_lib.device import resolve_device
+    from nsrom_lib.device import cpu_model, host, resolve_device
 
     dev = resolve_device(device)
     sizes = {k: batch_size or v for k, v in DEFAULT_BATCH_SIZES.items()}
@@ -348,7 +347,8 @@ def bench_labels(
         source=x["source"],
         size=f"{H}x{W}",
         num_classes=C,
-        machine=f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores)",
+        machine=host(),
+        cpu=cpu_model(),
         load_average=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     )
 
@@ -366,10 +366,9 @@ def format_bench(result: dict[str, Any]) -> str:
         f"inputs: {result['source']}; {result['size']} px, {result['num_classes']} classes",
         f"batched: device {result['device']}, batch {_batch_text(result)}, "
         f"{result['threads']} torch thread(s); reference: numpy, one image at a time",
-        f"machine: {result['machine']}, load average {result['load_average']:.2f} "
-        "(shared machines give noisy timings)"
-        if result.get("load_average") is not None
-        else f"machine: {result['machine']}",
+        f"machine: {result['machine']}, CPU {result.get('cpu', '?')}"
+        + (f", load average {result['load_average']:.2f} (shared machines give noisy timings)"
+           if result.get("load_average") is not None else ""),
         "",
         f"{'stage':<24} {'images':>7} {'reference img/s':>16} {'batched img/s':>14} "
         f"{'ratio':>7} {'cpu ratio':>9}  identical",

@@ -98,11 +98,12 @@ def bench_all(profile: str = "default", device: str = "auto", limit: int = 512,
               repeats: int = 3) -> dict[str, Any]:
     """Every measure of the module docstring in one dict (see `format_bench_all`)."""
     from nsrom_lib.bench import bench_labels
+    from nsrom_lib.device import cpu_model, host
     from nsrom_lib.pipeline import default_runs_dir, stage_times
 
     t0 = time.perf_counter()
     result: dict[str, Any] = dict(
-        machine=f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores)",
+        machine=host(), cpu=cpu_model(),
         python=platform.python_version(), load_average=list(os.getloadavg()),
     )
     result["labels"] = bench_labels(profile=profile, device=device, limit=label_limit,
@@ -126,7 +127,7 @@ def format_bench_all(r: dict[str, Any]) -> str:
 
     t = r["training"]
     lines = [
-        f"nsrom bench, profile {r['profile']}, {r['machine']}, device {t['device']}, "
+        f"nsrom bench, profile {r['profile']}, {r['machine']}, CPU {r.get('cpu', '?')}, device {t['device']}, "
         f"{t['threads']} torch threads, load average {r['load_average'][0]:.2f}",
         "",
         format_bench(r["labels"]),

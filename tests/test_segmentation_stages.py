@@ -15,6 +15,7 @@ from nsrom_lib import train as T
 from nsrom_lib.config import ConfigError, make_config
 from nsrom_lib.data.io import read_gray_png
 from nsrom_lib.data.voc import read_cls_list, read_split
+from nsrom_lib.device import cpu_model, describe_machine
 from nsrom_lib.metrics import confusion_matrix, iou_from_confusion
 from nsrom_lib.models.segmentation import DeepLabV2
 from nsrom_lib.pipeline import (
@@ -207,6 +208,9 @@ def test_metrics_json_and_report(smoke_results):
     report = (run.dir / "report.md").read_text()
     assert "profile `smoke`" in report and "round 2 on NSRM labels" in report
     assert f"{m['nsrm_round2']['miou']:.3f}" in report and "`seg2/no_glore`" in report
+    # the machine the results were computed on, from the record; one machine: no Machines section
+    assert f"Machine: {describe_machine(run.record('results'))};" in report
+    assert f"CPU {cpu_model()}" in report and "## Machines" not in report
     assert (run.dir / "results" / "ablation.png").stat().st_size > 1000
 
 

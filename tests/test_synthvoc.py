@@ -98,10 +98,29 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     generate_synthvoc(a, cfg, progress=False, workers=1)
     generate_synthvoc(b, cfg, progress=False, workers=2)
-    assert _digest(a) == _digest(b)
+    files = _digest(a)
+    assert "synthvoc.json" in files and "instances.json" in files and len(files) > 4 * 64
+    assert files == _digest(b)
+    # nothing of the build itself in the metadata: no timing, no folder
+    meta = (a / "synthvoc.json").read_text()
+    assert "seconds" not in meta and str(a) not in meta and str(tmp_path) not in meta
     other = synthvoc_config_for(make_config("smoke", seed=1))
     generate_synthvoc(tmp_path / "c", other, progress=False)
     assert _digest(a) != _digest(tmp_path / "c")
+
+
+def test_generation_time_goes_to_the_data_record(tmp_path, monkeypatch):
+    from nsrom_lib.pipeline import ensure_data, open_run
+
+    monkeypatch.setenv("NSROM_DATA_DIR", str(tmp_path / "data"))
+    run = open_run(tmp_path / "run", "smoke")
+    root = ensure_data(run, progress=False)
+    assert run.record("data")["metrics"]["generate_seconds"] > 0
+    assert "seconds" not in json.loads((root / "synthvoc.json").read_text())
+    # a second run finds the folder complete: nothing generated, nothing timed
+    other = open_run(tmp_path / "run2", "smoke")
+    assert ensure_data(other, progress=False) == root
+    assert other.record("data")["metrics"]["generate_seconds"] == 0.0
 
 
 def test_images_do_not_depend_on_dataset_size():

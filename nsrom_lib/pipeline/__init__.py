@@ -3,7 +3,8 @@
 docs/design.md, "Runs, profiles and devices" and "Module map". The package is split by idea,
 each module importing only those below it:
 
-    device      where a run computes (torch device, machine info)
+    device      (nsrom_lib.device, a leaf below the package) where a run computes: torch
+                device, the machine a record names
     run         the run folder: configuration, stage keys, records, `Run.ensure`
     stages/     one module per stage family: data, classifier (classifier, iam, maps), pseudo,
                 segmentation (seg1, masked, seg2), results; shared helpers in stages/common
@@ -14,7 +15,7 @@ Every public name is re-exported here, so `from nsrom_lib.pipeline import open_r
 ensure_classifier` works as before the split.
 """
 
-from nsrom_lib.device import cpu_model, machine_info, resolve_device
+from nsrom_lib.device import cpu_model, describe_machine, machine_info, resolve_device
 from nsrom_lib.pipeline.notebooks import (
     WIDGET_MIME,
     execute_notebook,
@@ -27,6 +28,7 @@ from nsrom_lib.pipeline.report import (
     label_table,
     load_results,
     results_table,
+    stage_machines,
     stage_status,
     stage_times,
     write_report,
@@ -96,7 +98,7 @@ __all__ = [
     "STAGES", "STAGE_FIELDS", "UPPER_BOUND_FIELDS", "SEG_PREDICT_FIELDS", "WARMUP_STAGE", "Run",
     "open_run", "project_root", "default_data_dir", "default_runs_dir", "dataset_id",
     "synthvoc_config_for", "variant_stage",
-    "resolve_device", "cpu_model", "machine_info",
+    "resolve_device", "cpu_model", "machine_info", "describe_machine",
     "ensure_data",
     "build_classifier", "snapshot_indices", "ensure_warmup", "warm_start", "ensure_classifier",
     "OAA_PROBE_IMAGES", "ensure_iam", "ensure_maps", "load_classifier", "load_iam",
@@ -107,6 +109,6 @@ __all__ = [
     "ensure_segmentation", "load_segmenter", "load_predictions", "ensure_masked", "load_masked",
     "RESULT_ROWS", "LABEL_ROWS", "TARGETS", "results_checks", "compute_results",
     "ensure_results", "load_results", "results_table", "label_table", "stage_times",
-    "write_report", "stage_status",
+    "stage_machines", "write_report", "stage_status",
     "list_notebooks", "WIDGET_MIME", "execute_notebook", "widget_outputs", "run_notebooks",
 ]

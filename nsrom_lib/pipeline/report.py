@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 from nsrom_lib.config import RunConfig
 from nsrom_lib.data.io import DataError, atomic_path, atomic_write_text
 from nsrom_lib.data.voc import read_class_names
-from nsrom_lib.device import cpu_model, resolve_device
+from nsrom_lib.device import MACHINE_FIELDS, describe_machine, resolve_device
 from nsrom_lib.pipeline.run import STAGES, Run
 from nsrom_lib.pipeline.stages.data import ensure_data
 from nsrom_lib.pipeline.stages.results import LABEL_ROWS, RESULT_ROWS, compute_results
@@ -22,7 +21,7 @@ from nsrom_lib.pipeline.stages.segmentation import SEG_MODELS, segmentation_key
 from nsrom_lib.viz import ablation_chart, quality_table
 
 __all__ = ["ensure_results", "load_results", "results_table", "label_table", "stage_times",
-           "write_report", "stage_status"]
+           "stage_machines", "write_report", "stage_status"]
 
 
 def ensure_results(run: Run, progress: bool = True) -> dict[str, Any]:
@@ -73,21 +72,45 @@ def label_table(metrics: dict[str, Any]) -> str:
                                     nonsalient_recall="non-salient recall"))
 
 
-def stage_times(run: Run | str | os.PathLike) -> dict[str, float]:
-    """Wall time of every stage (and variant) with a record in the run (a `Run` or its folder):
-    {stage folder: seconds}, in pipeline order."""
+def _stage_records(run: Run | str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Every readable stage record of the run (a `Run` or its folder): {stage folder: record},
+    in pipeline order."""
     run_dir = run.dir if isinstance(run, Run) else Path(run)
-    out: dict[str, float] = {}
+    out: dict[str, dict[str, Any]] = {}
     for rec_path in sorted(run_dir.glob("**/record.json")):
         rel = rec_path.parent.relative_to(run_dir).as_posix()
         if rel.split("/", 1)[0] not in STAGES:
             continue
         try:
-            out[rel] = float(json.loads(rec_path.read_text()).get("seconds", 0.0))
-        except (json.JSONDecodeError, OSError, ValueError):
+            rec = json.loads(rec_path.read_text())
+        except (OSError, ValueError):  # ValueError: JSONDecodeError, UnicodeDecodeError
             continue
+        if isinstance(rec, dict):
+            out[rel] = rec
     order = {s: i for i, s in enumerate(STAGES)}
     return dict(sorted(out.items(), key=lambda kv: (order[kv[0].split("/")[0]], kv[0])))
+
+
+def stage_times(run: Run | str | os.PathLike) -> dict[str, float]:
+    """Wall time of every stage (and variant) with a record in the run (a `Run` or its folder):
+    {stage folder: seconds}, in pipeline order."""
+    out: dict[str, float] = {}
+    for rel, rec in _stage_records(run).items():
+        try:
+            out[rel] = float(rec.get("seconds", 0.0))
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def stage_machines(run: Run | str | os.PathLike) -> dict[str, list[str]]:
+    """Which stages ran where: {`describe_machine` of a record: its stage folders}, one entry per
+    CPU model, torch build, thread count and GPU (`MACHINE_FIELDS`; the host's name aside)."""
+    groups: dict[tuple, tuple[str, list[str]]] = {}
+    for rel, rec in _stage_records(run).items():
+        sig = tuple(str(rec.get(k)) for k in MACHINE_FIELDS)
+        groups.setdefault(sig, (describe_machine(rec), []))[1].append(rel)
+    return {text: stages for text, stages in groups.values()}
 
 
 def write_report(run: Run, notebooks: list[dict[str, Any]] | None = None) -> Path:
@@ -99,12 +122,13 @@ def write_report(run: Run, notebooks: list[dict[str, Any]] | None = None) -> Pat
     lines = [
         f"# NSROM on {'SynthVOC' if cfg.data_root is None else cfg.data_root}: profile `{cfg.profile}`",
         "",
-        f"Machine: {rec.get('machine', platform.node())}, CPU {rec.get('cpu') or cpu_model()}, "
-        f"torch {rec.get('torch', '?')} with {rec.get('threads', '?')} threads; device "
+        f"Machine: {describe_machine(rec)}; device "
         f"`{resolve_device(cfg.device)}`; results finished {rec.get('finished', '?')}. Run folder "
         f"`{run.dir}`; configuration in `config.json`. Every number below is read from the run's "
-        "stage records and `results/metrics.json`. Another CPU or torch build gives other weakly "
-        "supervised numbers for the same seed (the upper bound barely moves).",
+        "stage records and `results/metrics.json`. The same machine and build give the same numbers "
+        "again; another CPU or torch build gives other weakly supervised numbers for the same seed "
+        "(the fully supervised upper bound moved less than 0.001 between the two CPUs compared so "
+        "far), so compare runs made on one machine.",
         "",
         "## Ablation (validation split)",
         "",
@@ -127,6 +151,14 @@ def write_report(run: Run, notebooks: list[dict[str, Any]] | None = None) -> Pat
     for k in RESULT_ROWS:
         iou = metrics[k].get("iou") or []
         lines.append(f"| {k} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in iou) + " |")
+    machines = stage_machines(run)
+    if len(machines) > 1:  # a resumed run: its numbers mix machines
+        lines += ["", "## Machines", "",
+                  "The stages of this run were computed on more than one machine (CPU model, torch "
+                  "build, threads or GPU), so its weakly supervised numbers need not match a run "
+                  "computed on any one of them:", ""]
+        lines += [f"- {text}: " + ", ".join(f"`{s}`" for s in stages)
+                  for text, stages in machines.items()]
     lines += ["", "## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
     for stage, sec in stage_times(run).items():
         lines.append(f"| `{stage}` | {sec:.1f} |")

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import os
-import platform
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -211,8 +210,7 @@ class Run:
             metrics=metrics,
             seconds=round(seconds, 3),
             finished=time.strftime("%Y-%m-%d %H:%M:%S"),
-            machine=f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores)",
-            **machine_info(),
+            **machine_info(),  # machine, cpu, torch, torch_cuda, threads, gpu: never in the key
             **info,
         )
         atomic_write_json(self.stage_dir(stage) / "record.json", rec)
