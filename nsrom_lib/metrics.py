@@ -432,3 +432,109 @@ def instance_max(
 
 
 __all__ += ["instance_max"]
+
+
+# ----------------------------------------------------------------------------- the gap to the upper bound
+# (the results stage's metrics.json['gap'], notebook 08)
+
+
+def nonsalient_object_masks(
+    masks: Sequence[Any],
+    instance_maps: Sequence[Any],
+    objects: Sequence[Sequence[dict[str, Any]]],
+) -> list[np.ndarray]:
+    """Per image, the pixels of its non-salient GT objects: an (H, W) bool mask.
+
+    The objects are non-salient as `instance_recall(..., salient=False)` counts them: the
+    instances whose metadata flag `salient` is False. Only object pixels count (GT class > 0,
+    not `IGNORE`). masks: (H, W) GT label maps; instance_maps: (H, W), value k = instance k;
+    objects: per image, dicts with `id` and `salient`.
+    """
+    out = []
+    for gt, inst, objs in zip(masks, instance_maps, objects, strict=True):
+        gt, inst = _np(gt), _np(inst)
+        if gt.shape != inst.shape:
+            raise ValueError(f"GT mask {gt.shape} and instance map {inst.shape} differ in size")
+        ids = [o["id"] for o in objs if not bool(o["salient"])]
+        out.append(np.isin(inst, ids) & (gt != 0) & (gt != IGNORE))
+    return out
+
+
+#: The measures of `gap_decomposition`, in the order the report shows them.
+GAP_MEASURES: tuple[str, ...] = (
+    "miou", "miou_nonsalient_void", "nonsalient_share", "nonsalient_as_background",
+    "salient_as_background", "lost_nonsalient", "lost_salient", "background_as_object",
+    "object_false_share",
+)
+
+
+def gap_decomposition(
+    preds: Sequence[Any],
+    gts: Sequence[Any],
+    nonsalient_masks: Sequence[Any] | None,
+    num_classes: int,
+    ignore: int = IGNORE,
+) -> dict[str, float]:
+    """Where one model's val mIoU is lost: on non-salient objects, on salient ones, or elsewhere.
+
+    preds, gts: (H, W) label maps (0 background, c + 1 class c, `ignore` void); nonsalient_masks:
+    per image an (H, W) bool mask of the non-salient object pixels (`nonsalient_object_masks`),
+    or None without instance data (then every measure that needs it is NaN); num_classes: C.
+    *Object pixels* are those with GT in 1..C; *salient* object pixels the object pixels outside
+    the non-salient masks. A pixel predicted `ignore` is predicted neither background nor object.
+    Returns (all fractions, NaN when the denominator is empty):
+      miou: mIoU (`miou`); miou_nonsalient_void: mIoU with the non-salient object pixels set to
+        void in the GT, i.e. not counted at all;
+      nonsalient_share: non-salient object pixels / object pixels;
+      nonsalient_as_background, salient_as_background: share of the non-salient (salient)
+        object pixels predicted background;
+      lost_nonsalient, lost_salient: non-salient (salient) object pixels predicted background /
+        all object pixels (their sum is the share of object pixels predicted background);
+      background_as_object: share of the background pixels predicted as an object class;
+      object_false_share: share of the pixels predicted as an object class (GT not void) whose
+        GT is background or another class.
+    """
+    n_lab = num_classes + 1
+    conf = np.zeros((n_lab, n_lab), np.int64)
+    conf_void = np.zeros((n_lab, n_lab), np.int64)
+    n = dict(obj=0, ns=0, ns_bg=0, s_bg=0, bg=0, bg_obj=0, pred_obj=0, pred_obj_wrong=0)
+    ns_masks = [None] * len(gts) if nonsalient_masks is None else nonsalient_masks
+    for p, g, ns in zip(preds, gts, ns_masks, strict=True):
+        p, g = _np(p).astype(np.int64), _np(g).astype(np.int64)
+        if p.shape != g.shape:
+            raise ValueError(f"prediction {p.shape} and ground truth {g.shape} differ in size")
+        conf += confusion_matrix(p, g, n_lab, ignore)
+        obj = (g != 0) & (g != ignore)
+        ns = np.zeros_like(obj) if ns is None else _np(ns).astype(bool)
+        if ns.shape != g.shape:
+            raise ValueError(f"non-salient mask {ns.shape} and ground truth {g.shape} differ in size")
+        ns = ns & obj
+        conf_void += confusion_matrix(p, np.where(ns, ignore, g), n_lab, ignore)
+        p_bg, p_obj = p == 0, (p != 0) & (p != ignore)
+        n["obj"] += int(obj.sum())
+        n["ns"] += int(ns.sum())
+        n["ns_bg"] += int((ns & p_bg).sum())
+        n["s_bg"] += int((obj & ~ns & p_bg).sum())
+        n["bg"] += int((g == 0).sum())
+        n["bg_obj"] += int(((g == 0) & p_obj).sum())
+        n["pred_obj"] += int((p_obj & (g != ignore)).sum())
+        n["pred_obj_wrong"] += int((p_obj & (g != ignore) & (p != g)).sum())
+
+    def share(a: int, b: int, known: bool = True) -> float:
+        return a / b if b and known else float("nan")
+
+    known = nonsalient_masks is not None
+    return dict(
+        miou=iou_from_confusion(conf)[0],
+        miou_nonsalient_void=iou_from_confusion(conf_void)[0] if known else float("nan"),
+        nonsalient_share=share(n["ns"], n["obj"], known),
+        nonsalient_as_background=share(n["ns_bg"], n["ns"], known),
+        salient_as_background=share(n["s_bg"], n["obj"] - n["ns"], known),
+        lost_nonsalient=share(n["ns_bg"], n["obj"], known),
+        lost_salient=share(n["s_bg"], n["obj"], known),
+        background_as_object=share(n["bg_obj"], n["bg"]),
+        object_false_share=share(n["pred_obj_wrong"], n["pred_obj"]),
+    )
+
+
+__all__ += ["nonsalient_object_masks", "GAP_MEASURES", "gap_decomposition"]

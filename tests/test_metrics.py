@@ -78,3 +78,85 @@ def test_active_share_is_the_mean_active_fraction_of_each_map():
     assert active_share(maps) == pytest.approx((2 / 16 + 3 / 4 + 0) / 3)
     assert active_share(maps, threshold=0.6) == pytest.approx((2 / 16) / 3)
     assert active_share([{}]) != active_share([{}])  # NaN without maps
+
+
+# ----------------------------------------------------------------------------- the gap decomposition
+
+# 2 classes. Row 0: background, background, a salient object of class 1 (2 px); row 1:
+# background, a non-salient object of class 2 (2 px), one void pixel.
+GAP_GT = np.array([[0, 0, 1, 1], [0, 2, 2, 255]])
+GAP_INST = np.array([[0, 0, 1, 1], [0, 2, 2, 0]])
+GAP_OBJS = [[{"id": 1, "class": 0, "salient": True}, {"id": 2, "class": 1, "salient": False}]]
+GAP_PRED = np.array([[0, 1, 1, 0], [0, 0, 2, 0]])
+
+
+def test_nonsalient_object_masks_are_the_non_salient_instances_object_pixels():
+    from nsrom_lib.metrics import nonsalient_object_masks
+
+    (m,) = nonsalient_object_masks([GAP_GT], [GAP_INST], GAP_OBJS)
+    assert m.tolist() == [[False] * 4, [False, True, True, False]]
+    # a void GT pixel inside a non-salient instance is no object pixel
+    gt = GAP_GT.copy()
+    gt[1, 2] = 255
+    assert nonsalient_object_masks([gt], [GAP_INST], GAP_OBJS)[0].sum() == 1
+    # every object flagged salient: nothing is non-salient
+    salient = [[dict(o, salient=True) for o in GAP_OBJS[0]]]
+    assert not nonsalient_object_masks([GAP_GT], [GAP_INST], salient)[0].any()
+    with pytest.raises(ValueError, match="size"):
+        nonsalient_object_masks([GAP_GT], [GAP_INST[:, :3]], GAP_OBJS)
+
+
+def test_gap_decomposition_by_hand():
+    from nsrom_lib.metrics import GAP_MEASURES, gap_decomposition
+
+    ns = [GAP_INST == 2]
+    g = gap_decomposition([GAP_PRED], [GAP_GT], ns, num_classes=2)
+    assert tuple(g) == GAP_MEASURES
+    # confusion (rows GT 0..2, columns prediction), void pixel left out:
+    # [[2, 1, 0], [1, 1, 0], [1, 0, 1]] -> IoU 2/5, 1/3, 1/2
+    assert g["miou"] == pytest.approx((2 / 5 + 1 / 3 + 1 / 2) / 3)
+    assert g["miou"] == pytest.approx(miou([GAP_PRED], [GAP_GT], 3))
+    # non-salient pixels void: [[2, 1, 0], [1, 1, 0], [0, 0, 0]] -> IoU 2/4, 1/3, class 2 absent
+    assert g["miou_nonsalient_void"] == pytest.approx((2 / 4 + 1 / 3) / 2)
+    assert g["nonsalient_share"] == pytest.approx(2 / 4)  # 2 of the 4 object pixels
+    assert g["nonsalient_as_background"] == pytest.approx(1 / 2)  # (1, 1) predicted 0
+    assert g["salient_as_background"] == pytest.approx(1 / 2)  # (0, 3) predicted 0
+    assert g["lost_nonsalient"] == pytest.approx(1 / 4) and g["lost_salient"] == pytest.approx(1 / 4)
+    assert g["background_as_object"] == pytest.approx(1 / 3)  # (0, 1) of the 3 background pixels
+    # predicted object, GT not void: (0, 1) wrong, (0, 2), (1, 2) right; (1, 3) is void
+    assert g["object_false_share"] == pytest.approx(1 / 3)
+
+
+def test_gap_decomposition_counts_a_void_or_ignored_pixel_nowhere():
+    from nsrom_lib.metrics import gap_decomposition
+
+    ns = [GAP_INST == 2]
+    pred = GAP_PRED.copy()
+    pred[1, 1] = 255  # a non-salient pixel predicted ignore: not background, not object
+    g = gap_decomposition([pred], [GAP_GT], ns, num_classes=2)
+    assert g["nonsalient_as_background"] == 0.0 and g["lost_nonsalient"] == 0.0
+    # a class predicted only on a voided non-salient pixel does not enter the voided mIoU
+    pred = np.array([[0, 0, 1, 1], [0, 1, 1, 0]])
+    g = gap_decomposition([pred], [GAP_GT], ns, num_classes=2)
+    assert g["miou_nonsalient_void"] == 1.0 and g["miou"] < 1.0
+    assert g["object_false_share"] == pytest.approx(2 / 4)  # (1, 1), (1, 2) have class 2
+
+
+def test_gap_decomposition_pools_images_and_works_without_instances():
+    from nsrom_lib.metrics import gap_decomposition
+
+    ns = [GAP_INST == 2, np.zeros((1, 2), bool)]
+    gts, preds = [GAP_GT, np.array([[1, 0]])], [GAP_PRED, np.array([[0, 0]])]
+    g = gap_decomposition(preds, gts, ns, num_classes=2)
+    # 5 object pixels: the salient one of image 2 is predicted background as well
+    assert g["salient_as_background"] == pytest.approx(2 / 3)
+    assert g["lost_salient"] == pytest.approx(2 / 5) and g["lost_nonsalient"] == pytest.approx(1 / 5)
+    assert g["nonsalient_share"] == pytest.approx(2 / 5)
+    # without instance data only the measures that need no saliency are given
+    g = gap_decomposition(preds, gts, None, num_classes=2)
+    assert g["miou"] == pytest.approx(miou(preds, gts, 3))
+    assert g["background_as_object"] == pytest.approx(1 / 4)
+    assert all(np.isnan(g[k]) for k in ("miou_nonsalient_void", "nonsalient_share",
+                                        "nonsalient_as_background", "lost_salient"))
+    with pytest.raises(ValueError, match="size"):
+        gap_decomposition([GAP_PRED], [GAP_GT], [np.zeros((1, 4), bool)], num_classes=2)

@@ -19,6 +19,7 @@ from nsrom_lib.device import cpu_model, describe_machine
 from nsrom_lib.metrics import confusion_matrix, iou_from_confusion
 from nsrom_lib.models.segmentation import DeepLabV2
 from nsrom_lib.pipeline import (
+    GAP_ROWS,
     LABEL_ROWS,
     RESULT_ROWS,
     SEG_MODELS,
@@ -26,12 +27,14 @@ from nsrom_lib.pipeline import (
     ensure_masked,
     ensure_results,
     ensure_segmentation,
+    gap_table,
     load_ground_truth,
     load_labels,
     load_masked,
     load_predictions,
     nsrm_kernel_for,
     open_run,
+    read_metrics,
     results_checks,
 )
 
@@ -212,6 +215,62 @@ def test_metrics_json_and_report(smoke_results):
     assert f"Machine: {describe_machine(run.record('results'))};" in report
     assert f"CPU {cpu_model()}" in report and "## Machines" not in report
     assert (run.dir / "results" / "ablation.png").stat().st_size > 1000
+
+
+def test_gap_measures_from_the_stored_predictions(smoke_results):
+    from nsrom_lib.metrics import GAP_MEASURES, instance_background_share
+
+    run, rec = smoke_results
+    m = json.loads((run.dir / "results" / "metrics.json").read_text())
+    gap = m["gap"]
+    assert rec["metrics"]["gap"] == gap  # the stage record keeps it too
+    extra = ("gap", "gap_nonsalient_void", "gap_from_nonsalient")
+    assert set(gap) == {f"{k}.{g}" for k in GAP_ROWS for g in GAP_MEASURES + extra}
+    up = gap["upper_bound.miou"]
+    assert gap["upper_bound.gap"] == 0.0 and gap["upper_bound.gap_nonsalient_void"] == 0.0
+    root = ensure_data(run)
+    gt = load_ground_truth(root, "val", read_split(root, "val"))
+    for k in GAP_ROWS:
+        assert gap[f"{k}.miou"] == pytest.approx(m[k]["miou"], abs=1e-4)  # the record's mIoU
+        assert gap[f"{k}.gap"] == pytest.approx(up - gap[f"{k}.miou"], abs=2e-4)
+        assert gap[f"{k}.gap_from_nonsalient"] == pytest.approx(
+            gap[f"{k}.gap"] - gap[f"{k}.gap_nonsalient_void"], abs=2e-4)
+        assert 0 < gap[f"{k}.nonsalient_share"] < 1
+        # the non-salient objects are those of nonsalient_recall: the same pixels, pooled
+        preds = load_predictions(run, k, "val")
+        ns_bg = instance_background_share(preds, gt["instances"], gt["objects"], salient=False)
+        assert gap[f"{k}.nonsalient_as_background"] == pytest.approx(ns_bg, abs=1e-4)
+        lost = np.mean([((g != 0) & (p == 0)).sum() for p, g in zip(preds, gt["masks"], strict=True)])
+        objects = np.mean([(g != 0).sum() for g in gt["masks"]])
+        assert gap[f"{k}.lost_salient"] + gap[f"{k}.lost_nonsalient"] == pytest.approx(
+            lost / objects, abs=2e-4)
+    report = (run.dir / "report.md").read_text()
+    assert "## Where the gap to the upper bound goes" in report and gap_table(m) in report
+    assert (run.dir / "results" / "gap.png").stat().st_size > 1000
+
+
+def test_an_older_metrics_json_gets_the_gap(smoke_results):
+    run, _ = smoke_results
+    path = run.dir / "results" / "metrics.json"
+    full = json.loads(path.read_text())
+    old = {k: v for k, v in full.items() if k != "gap"}
+    path.write_text(json.dumps(old))
+    assert read_metrics(run)["gap"] == full["gap"]  # recomputed from the val predictions
+    assert json.loads(path.read_text()) == full  # and written back
+
+
+def test_gap_table_shows_every_model_and_na_without_instances():
+    rows = ("upper_bound", "be_round1", "pom_round1", "nsrm_round2", "nsrm_round2_no_glore",
+            "pom_round1_no_glore")
+    m = {k: dict(title=f"model {k}", stage=f"st/{k}") for k in rows}
+    m["gap"] = {"nsrm_round2.gap": 0.25, "nsrm_round2.gap_from_nonsalient": None}
+    table = gap_table(m)
+    lines = table.splitlines()
+    assert len(lines) == 2 + len(rows) and "| gap to upper bound |" in lines[0]
+    row = next(line for line in lines if "`st/nsrm_round2`" in line)
+    assert "| 0.250 |" in row and "n/a" in row
+    assert "0.250" not in table.replace(row, "")
+    assert gap_table({k: v for k, v in m.items() if k != "gap"}).count("n/a") > len(rows)
 
 
 def test_stage_keys_retrain_only_downstream(smoke_results, capfd):

@@ -71,3 +71,42 @@ def test_difference_legend_names_the_models():
     assert texts[0] == "round 2 right, round 1 wrong" and texts[1] == "round 1 right, round 2 wrong"
     assert not any("`" in t for t in texts)
     plt.close(fig)
+
+
+def _gap_metrics(with_saliency=True):
+    """A metrics.json dict with only what gap_chart and gap_table read."""
+    rows = ("upper_bound", "be_round1", "pom_round1", "nsrm_round2", "nsrm_round2_no_glore",
+            "pom_round1_no_glore")
+    m = {k: dict(title=f"model {k}", stage=f"stage/{k}") for k in rows}
+    m["gap"] = {}
+    for i, k in enumerate(rows):
+        g = 0.0 if k == "upper_bound" else 0.1 + 0.02 * i
+        m["gap"].update({f"{k}.miou": 0.8 - g, f"{k}.gap": g,
+                         f"{k}.gap_from_nonsalient": 0.75 * g if with_saliency else None,
+                         f"{k}.gap_nonsalient_void": 0.25 * g if with_saliency else None})
+    return m
+
+
+def test_gap_chart_stacks_the_non_salient_part_under_the_rest():
+    import matplotlib.pyplot as plt
+
+    fig = viz.gap_chart(_gap_metrics())
+    ax = fig.axes[0]
+    bars = ax.patches
+    assert len(bars) == 10  # 5 models x 2 parts
+    ns, rest = bars[:5], bars[5:]
+    g = _gap_metrics()["gap"]
+    for b_ns, b_rest, k in zip(ns, rest, ("be_round1", "pom_round1", "nsrm_round2",
+                                          "pom_round1_no_glore", "nsrm_round2_no_glore"),
+                               strict=True):
+        assert b_ns.get_height() == pytest.approx(g[f"{k}.gap_from_nonsalient"])
+        assert b_rest.get_y() == pytest.approx(b_ns.get_height())  # stacked on top
+        assert b_ns.get_height() + b_rest.get_height() == pytest.approx(g[f"{k}.gap"])
+    assert any("75% non-salient" in t.get_text() for t in ax.texts)
+    plt.close(fig)
+    # without instance data: the whole gap in one bar, no share claimed
+    fig = viz.gap_chart(_gap_metrics(with_saliency=False), rows=["nsrm_round2"])
+    ax = fig.axes[0]
+    assert [b.get_height() for b in ax.patches] == pytest.approx([0.0, 0.16])
+    assert not any("non-salient)" in t.get_text() for t in ax.texts)
+    plt.close(fig)

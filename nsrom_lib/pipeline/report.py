@@ -16,12 +16,18 @@ from nsrom_lib.data.voc import read_class_names
 from nsrom_lib.device import MACHINE_FIELDS, describe_machine, resolve_device
 from nsrom_lib.pipeline.run import STAGES, Run
 from nsrom_lib.pipeline.stages.data import ensure_data
-from nsrom_lib.pipeline.stages.results import LABEL_ROWS, RESULT_ROWS, compute_results
+from nsrom_lib.pipeline.stages.results import (
+    GAP_ROWS,
+    LABEL_ROWS,
+    RESULT_ROWS,
+    compute_results,
+    read_metrics,
+)
 from nsrom_lib.pipeline.stages.segmentation import SEG_MODELS, segmentation_key
-from nsrom_lib.viz import ablation_chart, quality_table
+from nsrom_lib.viz import ablation_chart, gap_chart, quality_table
 
-__all__ = ["ensure_results", "load_results", "results_table", "label_table", "stage_times",
-           "stage_machines", "write_report", "stage_status"]
+__all__ = ["ensure_results", "load_results", "results_table", "label_table", "gap_table",
+           "stage_times", "stage_machines", "write_report", "stage_status"]
 
 
 def ensure_results(run: Run, progress: bool = True) -> dict[str, Any]:
@@ -32,7 +38,8 @@ def ensure_results(run: Run, progress: bool = True) -> dict[str, Any]:
     pipeline: classifier, IAM, maps, pseudo labels, both rounds). metrics.json holds one entry per
     `RESULT_ROWS` key (`miou`, `ratio_to_upper_bound`, `nonsalient_recall`, `salient_recall`,
     `iou`, `stage`) and per `LABEL_ROWS` key (`precision`, `coverage`, `miou`,
-    `nonsalient_recall`, `stage`), all rates as fractions in 0..1, plus the checks of `TARGETS`.
+    `nonsalient_recall`, `stage`), all rates as fractions in 0..1, plus the checks of `TARGETS`
+    and `gap` (`stages.results.gap_measures`: where each model's gap to the upper bound goes).
     """
     rec = compute_results(run, progress=progress, figure=_ablation_figure)
     write_report(run)
@@ -40,20 +47,26 @@ def ensure_results(run: Run, progress: bool = True) -> dict[str, Any]:
 
 
 def load_results(run: Run) -> dict[str, Any]:
-    """`results/metrics.json` of a run (computing the results stage if needed)."""
+    """`results/metrics.json` of a run (computing the results stage if needed; an older one
+    without `gap` gets it, `read_metrics`)."""
     ensure_results(run)
-    return json.loads((run.dir / "results" / "metrics.json").read_text())
+    return read_metrics(run)
 
 
-def _ablation_figure(metrics: dict[str, Any], path: Path) -> None:
-    # lazy: pyplot is slow to import and only this figure needs it (the labels CLI reaches this
+def _save_chart(metrics: dict[str, Any], path: Path, chart=ablation_chart) -> None:
+    """Draw `chart(metrics)` (a `viz` figure of metrics.json) into the PNG `path`."""
+    # lazy: pyplot is slow to import and only these figures need it (the labels CLI reaches this
     # package for resolve_device). No matplotlib.use(...): in a kernel it stops inline figures.
     import matplotlib.pyplot as plt
 
-    fig = ablation_chart(metrics)
+    fig = chart(metrics)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def _ablation_figure(metrics: dict[str, Any], path: Path) -> None:
+    _save_chart(metrics, path, ablation_chart)
 
 
 def results_table(metrics: dict[str, Any]) -> str:
@@ -70,6 +83,26 @@ def label_table(metrics: dict[str, Any]) -> str:
     rows = {f"{names[k]} (`{metrics[k]['stage']}`)": metrics[k] for k in LABEL_ROWS}
     return quality_table(rows, dict(precision="precision", coverage="coverage", miou="mIoU",
                                     nonsalient_recall="non-salient recall"))
+
+
+#: The columns of `gap_table`: measure of `metrics.json['gap']` -> column title.
+GAP_COLUMNS = dict(
+    miou="val mIoU", gap="gap to upper bound", gap_nonsalient_void="gap, non-salient void",
+    gap_from_nonsalient="gap from non-salient objects",
+    nonsalient_as_background="non-salient as background",
+    salient_as_background="salient as background", lost_nonsalient="object pixels lost, non-salient",
+    lost_salient="object pixels lost, salient", background_as_object="background as object",
+)
+
+
+def gap_table(metrics: dict[str, Any]) -> str:
+    """Where the gap to the upper bound goes (`metrics.json['gap']`) as Markdown: one row per
+    model of `GAP_ROWS`, one column per measure of `GAP_COLUMNS` (*n/a* where a measure needs
+    instance data the dataset lacks, or for a metrics.json without `gap`: see `read_metrics`)."""
+    gap = metrics.get("gap") or {}
+    rows = {metrics[k]["title"] + f" (`{metrics[k]['stage']}`)":
+            {m: gap.get(f"{k}.{m}") for m in GAP_COLUMNS} for k in GAP_ROWS}
+    return quality_table(rows, GAP_COLUMNS)
 
 
 def _stage_records(run: Run | str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -115,8 +148,10 @@ def stage_machines(run: Run | str | os.PathLike) -> dict[str, list[str]]:
 
 def write_report(run: Run, notebooks: list[dict[str, Any]] | None = None) -> Path:
     """Write `<run>/report.md`: profile, machine, the ablation table, the checks, label quality,
-    per-class IoU, the figure and the wall time per stage (and per notebook when given)."""
-    metrics = json.loads((run.dir / "results" / "metrics.json").read_text())
+    where the gap to the upper bound goes (table and `results/gap.png`), per-class IoU, the
+    figure and the wall time per stage (and per notebook when given)."""
+    metrics = read_metrics(run)
+    _save_chart(metrics, run.dir / "results" / "gap.png", gap_chart)
     rec = run.record("results") or {}
     cfg = run.cfg
     lines = [
@@ -144,6 +179,12 @@ def write_report(run: Run, notebooks: list[dict[str, Any]] | None = None) -> Pat
         shown = ", ".join(f"{x:.3f}" for x in val) if isinstance(val, list) else f"{val:.3f}"
         lines.append(f"- {'met' if v['ok'] else '**missed**'}: {v['text']} ({shown})")
     lines += ["", "## Label quality (training images, against GT)", "", label_table(metrics), ""]
+    lines += ["## Where the gap to the upper bound goes (validation)", "",
+              "Gap: upper-bound mIoU minus the model's; the same with the non-salient object "
+              "pixels void in the GT of both; their difference is the part the non-salient "
+              "objects explain. Object pixels lost: predicted background, as a share of all "
+              "object pixels (docs/method.md, §8).", "",
+              gap_table(metrics), "", "![gap](results/gap.png)", ""]
     names = _class_names(run)
     head = ["background", *names]
     lines += ["## Per-class IoU (validation)", "",

@@ -7,21 +7,30 @@ the figure in (`compute_results(..., figure=...)`), so this module needs no plot
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nsrom_lib.data.io import DataError, atomic_write_json
+from nsrom_lib.data.io import DataError, atomic_write_json, read_label_png
 from nsrom_lib.data.voc import gt_mask_dir, read_split
+from nsrom_lib.metrics import GAP_MEASURES, gap_decomposition, nonsalient_object_masks
 from nsrom_lib.pipeline.run import Run
+from nsrom_lib.pipeline.stages.common import load_ground_truth
 from nsrom_lib.pipeline.stages.data import ensure_data
 from nsrom_lib.pipeline.stages.segmentation import SEG_MODELS, ensure_masked, ensure_segmentation
 
-__all__ = ["RESULT_ROWS", "LABEL_ROWS", "TARGETS", "results_checks", "compute_results"]
+__all__ = ["RESULT_ROWS", "LABEL_ROWS", "GAP_ROWS", "TARGETS", "results_checks", "compute_results",
+           "gap_measures", "read_metrics"]
 
 
 #: The rows of the ablation table, in order (keys of `results/metrics.json`).
 RESULT_ROWS = ("upper_bound", "be_round1", "pom_round1", "nsrm_round2", "nsrm_round2_no_glore")
+
+
+#: The models of `metrics.json['gap']`: every row of the table and round 1 with GloRe off.
+GAP_ROWS = RESULT_ROWS + ("pom_round1_no_glore",)
 
 
 #: The label sets measured on the training images: key -> (stage, record field, folder).
@@ -123,7 +132,64 @@ def _collect_results(run: Run, figure: Callable[[dict[str, Any], Path], None] | 
                                           "ignore_share")}
         out[key]["stage"] = folder
     out["checks"] = results_checks(out)
+    out["gap"] = gap_measures(run)
     atomic_write_json(d / "metrics.json", out)
     if figure is not None:
         figure(out, d / "ablation.png")
-    return {k: out[k] for k in RESULT_ROWS + tuple(LABEL_ROWS) + ("checks",)}
+    return {k: out[k] for k in RESULT_ROWS + tuple(LABEL_ROWS) + ("checks", "gap")}
+
+
+def gap_measures(run: Run) -> dict[str, float | None]:
+    """Where each model's gap to the upper bound goes, from the stored val predictions.
+
+    For every model of `GAP_ROWS`, `metrics.gap_decomposition` of its `val_pred/` PNGs against
+    the val ground truth, the non-salient objects those that `nonsalient_recall` counts
+    (`metrics.nonsalient_object_masks`; without SynthVOC instance data the measures that need
+    them are None). Returns the flat dict of `metrics.json['gap']`, {"<row>.<measure>": value}
+    rounded to 4 digits, with two more measures per row: `gap` (upper-bound mIoU - the row's)
+    and `gap_nonsalient_void` (the same with the non-salient object pixels void in both), so
+    `gap - gap_nonsalient_void` is the part of the gap the non-salient objects explain
+    (`gap_from_nonsalient`). Reads only files: no stage is recomputed.
+    """
+    root = ensure_data(run, progress=False)
+    names = read_split(root, "val")
+    gt = load_ground_truth(root, "val", names)
+    if gt is None:
+        raise DataError(f"the val images of {root} have no GT masks in {gt_mask_dir(root)}: "
+                        "the gap to the upper bound cannot be measured")
+    ns = (None if gt["instances"] is None
+          else nonsalient_object_masks(gt["masks"], gt["instances"], gt["objects"]))
+    dec = {}
+    for which in GAP_ROWS:
+        folder = run.dir / SEG_MODELS[which]["stage"] / "val_pred"
+        if not folder.is_dir():
+            raise DataError(f"{folder} is missing: the results need every model's val "
+                            f"predictions; run the stage `{SEG_MODELS[which]['stage']}` again")
+        preds = [read_label_png(folder / f"{n}.png", f"{which} prediction") for n in names]
+        dec[which] = gap_decomposition(preds, gt["masks"], ns, run.cfg.num_classes)
+    up = dec["upper_bound"]
+    out: dict[str, float | None] = {}
+    for which, d in dec.items():
+        d = dict(d, gap=up["miou"] - d["miou"],
+                 gap_nonsalient_void=up["miou_nonsalient_void"] - d["miou_nonsalient_void"])
+        d["gap_from_nonsalient"] = d["gap"] - d["gap_nonsalient_void"]
+        for k in (*GAP_MEASURES, "gap", "gap_nonsalient_void", "gap_from_nonsalient"):
+            out[f"{which}.{k}"] = None if math.isnan(d[k]) else round(float(d[k]), 4)
+    return out
+
+
+def read_metrics(run: Run) -> dict[str, Any]:
+    """`results/metrics.json` of a run whose results stage is done, with `gap` added if missing.
+
+    A metrics.json written before the gap decomposition existed gets `gap_measures(run)` (from
+    the stored val predictions; nothing is trained) and is written back with it.
+    """
+    path = run.dir / "results" / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the stage `results` first "
+                                "(pipeline.ensure_results(run)).")
+    metrics = json.loads(path.read_text())
+    if "gap" not in metrics:
+        metrics["gap"] = gap_measures(run)
+        atomic_write_json(path, metrics)
+    return metrics
