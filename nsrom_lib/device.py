@@ -39,10 +39,12 @@ def cpu_model() -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    """What a result depends on besides its settings: CPU model, torch build, CPU threads.
+    """What a result depends on besides its settings: CPU model, torch version and build
+    (`torch_cuda`: the CUDA version torch was built with, None for a CPU build), CPU threads.
 
     Weakly supervised results differ between CPUs and builds (float order), so every stage
     record and report names them.
     """
-    return dict(cpu=cpu_model(), torch=torch.__version__, threads=torch.get_num_threads(),
+    return dict(cpu=cpu_model(), torch=torch.__version__, torch_cuda=torch.version.cuda,
+                threads=torch.get_num_threads(),
                 cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
