@@ -205,3 +205,25 @@ def test_cli_results_default_name_is_the_profile(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "smoke" / "summary.md").is_file()
     assert main(["results", "--seeds", "3", "--name", "a/b", "--run-root", str(tmp_path)]) == 2
     assert "nsrom: error: --name 'a/b'" in capsys.readouterr().err
+
+
+def test_the_chart_draws_every_row_and_step_with_its_sd(tmp_path):
+    from matplotlib.collections import PathCollection
+
+    from nsrom_lib import viz
+
+    runs = [_fake_seed(tmp_path / f"seed{k}", k, [0.8, 0.5 + k / 50, 0.55, 0.6, 0.58])
+            for k in (0, 1, 2)]
+    s = CMP.summarise_seeds(runs)
+    fig = viz.seeds_chart(s)
+    rows_ax, steps_ax = fig.axes
+    heights = [b.get_height() for b in rows_ax.patches]
+    assert len(heights) == 8 and heights[1] == pytest.approx(s["rows"]["be_round1"]["miou"]["mean"])
+    assert [b.get_height() for b in steps_ax.patches] == pytest.approx(
+        [st["mean"] for st in s["steps"].values()])
+    # one dot per seed and row, one per seed and step
+    def dots(ax):
+        return sum(len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection))
+
+    assert (dots(rows_ax), dots(steps_ax)) == (8 * 3, 3 * 3)
+    assert [t.get_text() for t in steps_ax.get_xticklabels()] == ["POM", "NSRM", "GloRe"]
