@@ -27,8 +27,8 @@ from nsrom_lib.pipeline.stages.results import (
 from nsrom_lib.pipeline.stages.segmentation import SEG_MODELS, segmentation_key
 from nsrom_lib.viz import ablation_chart, quality_table, seeds_chart
 
-__all__ = ["ensure_results", "ensure_seed_results", "seeds_figure", "load_results", "results_table", "label_table", "stage_times",
-           "write_report", "stage_status"]
+__all__ = ["ensure_results", "ensure_seed_results", "seeds_figure", "load_results",
+           "results_table", "label_table", "stage_times", "write_report", "stage_status"]
 
 
 def ensure_results(run: Run, progress: bool = True) -> dict[str, Any]:
