@@ -4,8 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.nsrom-installed
 PROFILE ?= default
+SEEDS   ?= 0,1,2
 
-.PHONY: setup kernel run test lab lint figures clean
+.PHONY: setup kernel run results test lab lint figures clean
 
 setup: $(STAMP)
 
@@ -21,6 +22,11 @@ kernel: setup
 
 run: setup kernel
 	$(PY) -m nsrom_lib run --profile $(PROFILE) --run-dir runs/$(PROFILE)
+
+# the stages through `results` once per seed into runs/$(PROFILE)/seed<k>/, then the summary
+# over the seeds: runs/$(PROFILE)/summary.md, summary.json, summary.png
+results: setup
+	$(PY) -m nsrom_lib results --seeds $(SEEDS) --profile $(PROFILE)
 
 test: setup
 	$(PY) -m pytest

@@ -2,6 +2,9 @@
 
   run --profile P [--run-dir D] [--set key=value ...] [--only 00,02]
       execute the numbered notebooks in order with papermill into D (default runs/P)
+  results [--seeds 0,1,2] [--profile P] [--name NAME] [--run-root R] [--set key=value ...]
+      the stages through `results` once per seed into R/NAME/seed<k> (default runs/<profile>),
+      then R/NAME/summary.json, summary.md, summary.png: every row and step over the seeds
   data synthvoc --out DIR [--profile P] [--seed S] [--set key=value ...] [--force]
       write the SynthVOC benchmark (VOC layout) into DIR
   data stats --root DIR [--split train] [--num-classes C]
@@ -44,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="show the full traceback of an error instead of its one-line message")
     sub = p.add_subparsers(dest="command", required=True)
     _add_run(sub)
+    _add_results(sub)
     _add_data(sub)
     _add_labels(sub)
     _add_compare(sub)
@@ -59,6 +63,39 @@ def _add_run(sub) -> None:
                    help="override a configuration value (repeatable)")
     r.add_argument("--only", default=None,
                    help="comma-separated notebook numbers to run, e.g. 00,02")
+
+
+def _parse_seeds(text: str) -> list[int]:
+    """`--seeds`: comma-separated distinct non-negative integers, e.g. "0,1,2"; ValueError
+    with the message to print otherwise."""
+    parts = [x.strip() for x in str(text).split(",")]
+    if not all(x.isdigit() for x in parts):
+        raise ValueError(f"--seeds {text!r}: expected comma-separated non-negative integers, "
+                         "e.g. --seeds 0,1,2")
+    seeds = [int(x) for x in parts]
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ValueError(f"--seeds {text!r}: seed {twice[0]} is listed twice; each seed is one "
+                         "run, give it once")
+    return seeds
+
+
+def _add_results(sub) -> None:
+    r = sub.add_parser("results", help="the pipeline once per seed, then the summary over seeds",
+                       description="Runs the stages through `results` (no notebooks) once per "
+                       "seed into RUN_ROOT/NAME/seed<k>/, reusing every finished stage, then "
+                       "writes RUN_ROOT/NAME/summary.json, summary.md and summary.png: every row "
+                       "as mean, sd and min-max over the seeds, every step as a paired "
+                       "difference per seed with the seeds where it is positive, and the "
+                       "machine.")
+    r.add_argument("--seeds", default="0,1,2", metavar="S,S,...",
+                   help="comma-separated seeds (default 0,1,2)")
+    r.add_argument("--profile", default="default", help="smoke, quick, default, gpu or voc")
+    r.add_argument("--name", default=None, help="folder name under the run root (default: the profile)")
+    r.add_argument("--run-root", default=None,
+                   help="where the named folder goes (default runs/, or $NSROM_RUNS_DIR)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a configuration value for every seed (repeatable; not seed)")
 
 
 def _add_data(sub) -> None:
@@ -213,16 +250,59 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_results(args) -> int:
+    from nsrom_lib.config import make_config, parse_set
+    from nsrom_lib.pipeline import default_runs_dir
+
+    try:
+        seed_list = _parse_seeds(args.seeds)
+    except ValueError as e:
+        return _fail(str(e))
+    overrides = parse_set(args.set)
+    if "seed" in overrides:
+        return _fail(f"--set seed={overrides['seed']}: the seeds come from --seeds "
+                     f"(e.g. --seeds {overrides['seed']}); leave seed out of --set")
+    cfgs = [make_config(args.profile, **overrides, seed=s) for s in seed_list]  # fail fast
+    name = args.name or args.profile
+    if not name.strip() or Path(name).name != name or name in (".", ".."):
+        return _fail(f"--name {name!r}: give a folder name (no '/'), e.g. --name {args.profile}")
+    root = (Path(args.run_root) if args.run_root else default_runs_dir()) / name
+    problem = _run_preflight(cfgs[0], root)
+    if problem:
+        return _fail(problem)
+    seeds = ",".join(map(str, seed_list))
+    print(f"nsrom results: profile {args.profile}, seeds {seeds} -> {root}")
+    from nsrom_lib.pipeline import ensure_seed_results, machine_info
+
+    dirs = []
+    for seed in seed_list:
+        run_dir = root / f"seed{seed}"
+        t0 = time.perf_counter()
+        _, reused = ensure_seed_results(run_dir, args.profile, seed, overrides)
+        how = "finished before, reused" if reused else "computed"
+        print(f"  seed {seed}: {how} ({time.perf_counter() - t0:.1f} s) -> {run_dir}")
+        dirs.append(run_dir)
+    from nsrom_lib.compare import seeds_markdown, summarise_seeds, write_seeds_summary
+
+    summary = summarise_seeds(dirs, machine=machine_info())
+    title = f"Results over seeds: {name}"
+    paths = write_seeds_summary(summary, root, title=title)
+    print()
+    print(seeds_markdown(summary, title))
+    print("summary: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def _print_results(run_dir, profile: str, overrides: dict, done: list) -> None:
     """Rewrite the run's report.md with the notebook times and print its ablation table."""
-    from nsrom_lib.pipeline import open_run, results_table, write_report
+    from nsrom_lib.pipeline import open_run, results_table, stored_checks, write_report
 
     run = open_run(run_dir, profile, **overrides)
     report = write_report(run, notebooks=done)
     metrics = json.loads((Path(run_dir) / "results" / "metrics.json").read_text())
     print("\nAblation (val split; every rate a fraction)")
     print(results_table(metrics))
-    for check in metrics["checks"].values():
+    for check in stored_checks(metrics).values():
         print(f"  {'met    ' if check['ok'] else 'MISSED '} {check['text']}")
     print(f"report: {report}")
 
@@ -437,6 +517,8 @@ def _fail(message: str, status: int = 2) -> int:
 def _dispatch(args) -> int:
     if args.command == "run":
         return _cmd_run(args)
+    if args.command == "results":
+        return _cmd_results(args)
     if args.command == "data" and args.data_command == "synthvoc":
         return _cmd_synthvoc(args)
     if args.command == "data" and args.data_command == "stats":

@@ -275,7 +275,52 @@ def gap_chart(metrics: dict[str, Any], rows: Sequence[str] | None = None):
     return fig
 
 
-__all__ += ["gap_chart"]
+def seeds_chart(summary: dict[str, Any], measure: str = "miou"):
+    """The summary over seeds (`nsrom_lib.compare.summarise_seeds`) in two panels.
+
+    Left: per row (val rows, then label rows) the mean of `measure` over the seeds as a bar,
+    the sample sd as an error bar, and every seed as a dot. Right: per step the mean paired
+    difference with its sd and the seeds' differences as dots, around a zero line. Returns the
+    matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    def draw(ax, items, colors, zero=False):
+        x = np.arange(len(items))
+        means = [np.nan if st["mean"] is None else st["mean"] for _, st in items]
+        sds = [0.0 if st["sd"] is None else st["sd"] for _, st in items]
+        ax.bar(x, means, 0.6, yerr=sds, capsize=3, color=colors, alpha=0.75,
+               error_kw=dict(elinewidth=1, ecolor="#333333"))
+        for i, (_, st) in enumerate(items):
+            vals = [v for v in st["values"] if v is not None]
+            # the seeds beside the error bar, spread a little so that equal values stay apart
+            dx = np.linspace(0.1, 0.24, len(vals)) if len(vals) > 1 else np.full(len(vals), 0.16)
+            ax.scatter(i + dx, vals, s=14, color="black", zorder=3)
+        ax.set_xticks(x, [t for t, _ in items], fontsize=7, rotation=30, ha="right")
+        if zero:
+            ax.axhline(0, color="#555555", linewidth=0.8)
+        ax.spines[["top", "right"]].set_visible(False)
+
+    rows = [(row["title"], row[measure], row["split"]) for row in summary["rows"].values()
+            if measure in row]
+    steps = [(st.get("step", name), st) for name, st in summary["steps"].items()]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(4 + 0.7 * len(rows) + 0.9 * len(steps), 3.8),
+                                   gridspec_kw=dict(width_ratios=[max(len(rows), 1),
+                                                                  max(len(steps), 1)]))
+    draw(ax1, [(t, st) for t, st, _ in rows],
+         ["#4C72B0" if split == "val" else "#8C8C8C" for _, _, split in rows])
+    ax1.set_ylim(0, 1.05)
+    ax1.set_ylabel(f"{'mIoU' if measure == 'miou' else measure}: val (blue), labels (grey)",
+                   fontsize=8)
+    ax1.set_title(f"rows over {summary['n']} seed(s): mean, sd, seeds", fontsize=9)
+    draw(ax2, steps, ["#55A868"] * len(steps), zero=True)
+    ax2.set_ylabel("paired difference of val mIoU", fontsize=8)
+    ax2.set_title("steps", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+__all__ += ["gap_chart", "seeds_chart"]
 
 
 # ----------------------------------------------------------------------------- the pipeline figure

@@ -25,10 +25,12 @@ from nsrom_lib.pipeline.notebooks import (
 )
 from nsrom_lib.pipeline.report import (
     ensure_results,
+    ensure_seed_results,
     gap_table,
     label_table,
     load_results,
     results_table,
+    seeds_figure,
     stage_machines,
     stage_status,
     stage_times,
@@ -79,12 +81,14 @@ from nsrom_lib.pipeline.stages.pseudo import (
 from nsrom_lib.pipeline.stages.results import (
     GAP_ROWS,
     LABEL_ROWS,
+    LABEL_TITLES,
     RESULT_ROWS,
     TARGETS,
     compute_results,
     gap_measures,
     read_metrics,
     results_checks,
+    stored_checks,
 )
 from nsrom_lib.pipeline.stages.segmentation import (
     SEG_MODELS,
@@ -111,9 +115,9 @@ __all__ = [
     "PSEUDO_KINDS", "pseudo_thresholds", "ensure_pseudo", "load_labels", "load_explorer_inputs",
     "SEG_MODELS", "nsrm_kernel_for", "build_segmenter", "segmentation_key",
     "ensure_segmentation", "load_segmenter", "load_predictions", "ensure_masked", "load_masked",
-    "RESULT_ROWS", "LABEL_ROWS", "GAP_ROWS", "TARGETS", "results_checks", "compute_results",
-    "gap_measures", "read_metrics",
-    "ensure_results", "load_results", "results_table", "label_table", "gap_table", "stage_times",
-    "stage_machines", "write_report", "stage_status",
+    "RESULT_ROWS", "LABEL_ROWS", "LABEL_TITLES", "GAP_ROWS", "TARGETS", "results_checks",
+    "stored_checks", "compute_results", "gap_measures", "read_metrics",
+    "ensure_results", "ensure_seed_results", "seeds_figure", "load_results", "results_table",
+    "label_table", "gap_table", "stage_times", "stage_machines", "write_report", "stage_status",
     "list_notebooks", "WIDGET_MIME", "execute_notebook", "widget_outputs", "run_notebooks",
 ]

@@ -14,20 +14,23 @@ from nsrom_lib.config import RunConfig
 from nsrom_lib.data.io import DataError, atomic_path, atomic_write_text
 from nsrom_lib.data.voc import read_class_names
 from nsrom_lib.device import MACHINE_FIELDS, describe_machine, resolve_device
-from nsrom_lib.pipeline.run import STAGES, Run
+from nsrom_lib.pipeline.run import STAGES, Run, open_run
 from nsrom_lib.pipeline.stages.data import ensure_data
 from nsrom_lib.pipeline.stages.results import (
     GAP_ROWS,
     LABEL_ROWS,
+    LABEL_TITLES,
     RESULT_ROWS,
     compute_results,
     read_metrics,
+    stored_checks,
 )
 from nsrom_lib.pipeline.stages.segmentation import SEG_MODELS, segmentation_key
-from nsrom_lib.viz import ablation_chart, gap_chart, quality_table
+from nsrom_lib.viz import ablation_chart, gap_chart, quality_table, seeds_chart
 
-__all__ = ["ensure_results", "load_results", "results_table", "label_table", "gap_table",
-           "stage_times", "stage_machines", "write_report", "stage_status"]
+__all__ = ["ensure_results", "ensure_seed_results", "seeds_figure", "load_results",
+           "results_table", "label_table", "gap_table", "stage_times", "stage_machines",
+           "write_report", "stage_status"]
 
 
 def ensure_results(run: Run, progress: bool = True) -> dict[str, Any]:
@@ -44,6 +47,23 @@ def ensure_results(run: Run, progress: bool = True) -> dict[str, Any]:
     rec = compute_results(run, progress=progress, figure=_ablation_figure)
     write_report(run)
     return rec
+
+
+def ensure_seed_results(run_dir: str | os.PathLike, profile: str, seed: int,
+                        overrides: dict[str, Any] | None = None, progress: bool = True
+                        ) -> tuple[Run, bool]:
+    """One seed of `python -m nsrom_lib results`: the run folder `run_dir` of `profile` with
+    `seed` (and `overrides`), its stages through `results` (`ensure_results`, no notebooks).
+
+    Returns (run, reused): reused is True when the folder's results stage had finished with this
+    configuration already, and then nothing is opened beyond its records. An interrupted seed
+    resumes: every stage it finished is reused (`Run.ensure`).
+    """
+    run = open_run(run_dir, profile, seed=seed, **(overrides or {}))
+    if run.is_done("results") and (run.dir / "results" / "metrics.json").is_file():
+        return run, True
+    ensure_results(run, progress=progress)
+    return run, False
 
 
 def load_results(run: Run) -> dict[str, Any]:
@@ -69,6 +89,11 @@ def _ablation_figure(metrics: dict[str, Any], path: Path) -> None:
     _save_chart(metrics, path, ablation_chart)
 
 
+def seeds_figure(summary: dict[str, Any], path: Path) -> None:
+    """Draw the summary over seeds (`nsrom_lib.compare.summarise_seeds`) into the PNG `path`."""
+    _save_chart(summary, path, seeds_chart)
+
+
 def results_table(metrics: dict[str, Any]) -> str:
     """The ablation table of a `metrics.json` dict as Markdown."""
     rows = {metrics[k]["title"] + f" (`{metrics[k]['stage']}`)": metrics[k] for k in RESULT_ROWS}
@@ -79,8 +104,7 @@ def results_table(metrics: dict[str, Any]) -> str:
 
 def label_table(metrics: dict[str, Any]) -> str:
     """The label-quality table (training images) of a `metrics.json` dict as Markdown."""
-    names = dict(be_labels="BE labels", pom_labels="BE + POM labels", masked_labels="NSRM labels")
-    rows = {f"{names[k]} (`{metrics[k]['stage']}`)": metrics[k] for k in LABEL_ROWS}
+    rows = {f"{LABEL_TITLES[k]} (`{metrics[k]['stage']}`)": metrics[k] for k in LABEL_ROWS}
     return quality_table(rows, dict(precision="precision", coverage="coverage", miou="mIoU",
                                     nonsalient_recall="non-salient recall"))
 
@@ -174,7 +198,7 @@ def write_report(run: Run, notebooks: list[dict[str, Any]] | None = None) -> Pat
         "## Targets",
         "",
     ]
-    for v in metrics["checks"].values():
+    for v in stored_checks(metrics).values():
         val = v["value"]
         shown = ", ".join(f"{x:.3f}" for x in val) if isinstance(val, list) else f"{val:.3f}"
         lines.append(f"- {'met' if v['ok'] else '**missed**'}: {v['text']} ({shown})")
