@@ -1,7 +1,7 @@
 """`labels pseudo` / `labels masked` against the official label scripts, as whole processes.
 
     python -m nsrom_lib.bench_official --official PATH [--cases 1000] [--size 375x500]
-        [--repeats 3] [--official-python PY] [--keep DIR] [--json]
+        [--repeats 3] [--official-python PY] [--keep DIR] [--maps official|partial] [--json]
 
 PATH is a checkout of the public NSROM code (the folder holding `classification/gen_label.py`
 and `classification/gen_masked_label.py`); nothing is downloaded. The official scripts run
@@ -22,7 +22,10 @@ numpy, opencv-python-headless and pillow (default: this interpreter).
 
 The inputs are generated (`make_official_inputs`, seeded): `cases` images of one size, 20
 classes, 1 to 3 classes per image, smooth saliency and attention maps and predictions with
-object regions. Each repeat runs, in this order, official pseudo, ours pseudo, official masked,
+object regions. The attention maps are scaled to their maximum as the official test scripts
+write them (`--maps official`, so each reaches 255), or to peaks of 120..255 (`--maps
+partial`: maps that do not span the full range, which the label CLI computes on its slower
+general path). Each repeat runs, in this order, official pseudo, ours pseudo, official masked,
 ours masked (A B A B: a change of the machine's load hits both tools); both masked runs read the
 official pseudo labels. Every output of ours is then compared with the official one, pixel by
 pixel and byte by byte. The table gives the median wall time of each tool and stage, its ratio
@@ -51,6 +54,7 @@ from PIL import Image
 
 __all__ = [
     "OFFICIAL_SCRIPTS",
+    "MAP_KINDS",
     "make_official_inputs",
     "seg_path_of",
     "compare_folders",
@@ -67,6 +71,9 @@ OFFICIAL_SCRIPTS = {
 
 _SCRATCH_PREFIX = "nsrom-bench-official-"
 
+#: How the generated OA-CAMs and CAMs are scaled (`_case`).
+MAP_KINDS = ("official", "partial")
+
 
 # ----------------------------------------------------------------------------- inputs
 
@@ -78,8 +85,18 @@ def _blob(rng: np.random.Generator, H: int, W: int, cy: float, cx: float, s: flo
     return np.outer(y, x)
 
 
-def _case(rng: np.random.Generator, H: int, W: int, num_classes: int):
-    """One image's classes, saliency, OA-CAMs, CAMs and prediction (uint8 arrays)."""
+def _as_written(att: np.ndarray) -> np.ndarray:
+    """A non-negative float32 map as the official test scripts save attention maps: scaled by
+    its maximum and truncated to uint8 (`att / (max + 1e-8) * 255`), so that it reaches 255."""
+    return np.array(att / (np.max(att) + 1e-8) * 255, dtype=np.uint8)
+
+
+def _case(rng: np.random.Generator, H: int, W: int, num_classes: int, maps: str = "official"):
+    """One image's classes, saliency, OA-CAMs, CAMs and prediction (uint8 arrays).
+
+    maps: "official": the OA-CAMs and CAMs scaled as the official scripts write them
+    (`_as_written`); "partial": each scaled to a random peak of 120..255, maps that do not
+    span the full range of raw values."""
     k = int(rng.integers(1, 4))
     classes = sorted(rng.choice(num_classes, size=k, replace=False).tolist())
     sal = np.zeros((H, W), np.float32)
@@ -91,9 +108,13 @@ def _case(rng: np.random.Generator, H: int, W: int, num_classes: int):
         obj = _blob(rng, H, W, cy, cx, s)
         if rng.random() < 0.8:  # salient object; the others only the attention finds
             sal = np.maximum(sal, np.clip(obj * rng.uniform(1.2, 2.5), 0, 1))
-        oa[c] = np.round(obj**0.7 * rng.integers(120, 256)).astype(np.uint8)
         part = _blob(rng, H, W, cy + rng.normal(0, s / 3), cx + rng.normal(0, s / 3), s / 2)
-        cam[c] = np.round(part * rng.integers(120, 256)).astype(np.uint8)
+        if maps == "official":
+            oa[c] = _as_written(obj**0.7 * np.float32(rng.uniform(0.5, 3.0)))
+            cam[c] = _as_written(part * np.float32(rng.uniform(0.5, 3.0)))
+        else:
+            oa[c] = np.round(obj**0.7 * rng.integers(120, 256)).astype(np.uint8)
+            cam[c] = np.round(part * rng.integers(120, 256)).astype(np.uint8)
         pred[obj > rng.uniform(0.3, 0.6)] = c + 1
     return classes, np.round(sal * 255).astype(np.uint8), oa, cam, pred
 
@@ -117,12 +138,15 @@ def make_official_inputs(
     seed: int = 0,
     pred_dir: str | os.PathLike | None = None,
     workers: int = 2,
+    maps: str = "official",
 ) -> dict[str, Any]:
     """Write `cases` generated images' inputs in the official layout under root (see module doc).
 
-    size: (H, W). pred_dir: where the predictions go (default root/pred). Returns the names
-    and their class ids, in list order.
+    size: (H, W). pred_dir: where the predictions go (default root/pred). maps: "official" or
+    "partial" (see `_case`). Returns the names and their class ids, in list order.
     """
+    if maps not in MAP_KINDS:
+        raise ValueError(f"maps must be one of {MAP_KINDS}, got {maps!r}")
     if cases < 1:
         raise ValueError(f"cases must be >= 1, got {cases}")
     H, W = size
@@ -154,7 +178,7 @@ def make_official_inputs(
         jobs = []
         for i in range(cases):
             name = f"2007_{i:06d}"
-            case = _case(rng, H, W, num_classes)
+            case = _case(rng, H, W, num_classes, maps)
             listed[name] = case[0]
             jobs.append(pool.submit(write, name, case))
         for j in jobs:
@@ -305,6 +329,7 @@ def bench_official(
     official_python: str | None = None,
     keep: str | os.PathLike | None = None,
     seed: int = 0,
+    maps: str = "official",
 ) -> dict[str, Any]:
     """Time both tools on generated inputs (see the module doc); returns times and agreement.
 
@@ -324,7 +349,7 @@ def bench_official(
     tree, link = scratch / "tree", None
     try:
         pred, link = _seg_folder(scratch, tree, seg_path)
-        make_official_inputs(tree, cases, size, seed=seed, pred_dir=pred)
+        make_official_inputs(tree, cases, size, seed=seed, pred_dir=pred, maps=maps)
         off_env = _env(_stub(scratch))
         our_env = _env(Path(__file__).resolve().parent.parent)
         ours = [sys.executable, "-m", "nsrom_lib", "labels"]
@@ -360,7 +385,7 @@ def bench_official(
         if link is not None:
             link.unlink()
         shutil.rmtree(scratch, ignore_errors=True)
-    return _result(official, cases, size, repeats, times, summaries, agree)
+    return {**_result(official, cases, size, repeats, times, summaries, agree), "maps": maps}
 
 
 def _official_commit(official: Path) -> str | None:
@@ -395,7 +420,8 @@ def _result(official, cases, size, repeats, times, summaries, agree) -> dict[str
 def format_table(res: dict[str, Any]) -> str:
     """The result of `bench_official` as a plain-text table."""
     lines = [
-        f"{res['cases']} cases of {res['size']} px, {res['repeats']} repeats (A B A B), "
+        f"{res['cases']} cases of {res['size']} px ({res.get('maps', 'official')} maps), "
+        f"{res['repeats']} repeats (A B A B), "
         f"{res['cpu']}, {res['cores']} cores; official code {res['official']}"
         + (f" at {res['official_commit']}" if res["official_commit"] else ""),
         "",
@@ -440,6 +466,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", default=None,
                    help="copy the scratch tree (inputs and outputs) to this new folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
+    p.add_argument("--maps", choices=MAP_KINDS, default="official",
+                   help="OA-CAMs and CAMs scaled to their maximum as the official scripts write "
+                        "them (default), or 'partial': peaks of 120..255")
     p.add_argument("--json", action="store_true", help="print JSON only")
     return p  # fmt: skip
 
@@ -452,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         res = bench_official(args.official, cases=args.cases, size=args.size,
                              repeats=args.repeats, official_python=args.official_python,
-                             keep=args.keep, seed=args.seed)  # fmt: skip
+                             keep=args.keep, seed=args.seed, maps=args.maps)  # fmt: skip
     except (ValueError, RuntimeError, OSError) as e:
         print(f"bench_official: error: {e}", file=sys.stderr)
         return 2

@@ -185,6 +185,16 @@ def min_label_ratio_rule_ref(label: np.ndarray, ratio: float = RULE.ratio) -> np
     return label.copy()
 
 
+def is_class(label: torch.Tensor) -> torch.Tensor:
+    """label in 1..254 (a class: neither background 0 nor ignore 255), as a bool tensor.
+
+    The same as (label >= 1) & (label <= 254), written as clamp-and-compare: on a CPU torch
+    runs these two tensor-to-tensor operations several times faster than comparisons with a
+    number.
+    """
+    return label.clamp(1, 254) == label
+
+
 def min_label_ratio_rule(label: torch.Tensor, ratio: float = RULE.ratio) -> torch.Tensor:
     """The 1% rule for a batch: each label with fewer than ratio * H * W pixels in 1..254 -> all 255.
 
@@ -193,7 +203,7 @@ def min_label_ratio_rule(label: torch.Tensor, ratio: float = RULE.ratio) -> torc
     _check_u8_tensor("label", label, 3)
     B, H, W = label.shape
     # pixels with a class, 1..254, per image
-    valid = ((label >= 1) & (label <= 254)).sum(dim=(1, 2))  # (B,)
+    valid = is_class(label).flatten(1).sum(dim=1, dtype=torch.int32)  # (B,)
     # the 1% rule: valid / (H * W) < ratio, as the equivalent integer test valid < n_min
     too_few = valid < _min_valid_count(H * W, ratio)  # (B,)
     return torch.where(too_few[:, None, None], IGNORE, label)
