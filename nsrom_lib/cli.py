@@ -204,8 +204,9 @@ def _common_label_args(p: argparse.ArgumentParser, defaults: dict[str, float]) -
                    help="torch CPU threads per batch (default 1, fastest: the workers use the "
                    "cores; 0: torch's default)")
     p.add_argument("--workers", type=int, default=None,
-                   help="threads that read, compute and write batches in parallel (default: the "
-                   "CPU cores, at most 8; 1: no threads)")
+                   help="batches read, computed and encoded at once, by worker processes on a "
+                   "CPU, threads on a GPU (default: the CPU cores, at most 8; 1: all in one "
+                   "thread)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 

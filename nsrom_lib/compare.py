@@ -292,12 +292,13 @@ def _range(st: dict[str, Any], signed: bool = False) -> str:
     return f"{_f(st['min'], signed)} – {_f(st['max'], signed)}"
 
 
-def seeds_markdown(summary: dict[str, Any], title: str = "Results over seeds") -> str:
+def seeds_markdown(summary: dict[str, Any], title: str | None = "Results over seeds") -> str:
     """`summarise_seeds`' summary as Markdown: the machine, every row's measures as mean ± sd
-    and min – max, the val mIoU of each seed, the steps per seed, and the checks."""
+    and min – max, the val mIoU of each seed, the steps per seed, and the checks (title: its
+    level-1 heading, None for none)."""
     seeds = [f"seed {r['seed']}" for r in summary["runs"]]
     n = summary["n"]
-    lines = [f"# {title}", "",
+    lines = ([f"# {title}", ""] if title else []) + [
              f"{n} seed(s) of profile `{summary['runs'][0]['profile']}`: "
              + ", ".join(f"`{Path(r['dir']).name}`" for r in summary["runs"])
              + ". Machine: " + _machine_text(summary["machine"]) + "."]
