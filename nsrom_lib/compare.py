@@ -26,6 +26,7 @@ from nsrom_lib.data.io import DataError, atomic_write_json, atomic_write_text
 from nsrom_lib.pipeline import (
     LABEL_ROWS,
     LABEL_TITLES,
+    LATER_ROWS,
     RESULT_ROWS,
     SEG_MODELS,
     TARGETS,
@@ -43,12 +44,14 @@ RUN_ONLY_KEYS = NOT_RESULT_KEYS | {"data_root"}
 #: The steps of the method: (step, the row with it, the row without it, what is subtracted).
 #: A step's gain is the difference of val mIoU between its two rows within one run (paired: the
 #: same seed, the same images). A step whose rows some run lacks is left out of that summary, so
-#: a row the results stage measures later (OAA off, the dense CRF) needs only its line here.
+#: a row the results stage measures later (the dense CRF) needs only its line here. OAA: round 1
+#: on labels whose BE read the OA-CAM against the same round 1 on labels whose BE read the
+#: final CAM (no accumulation, no IAM); POM reads the final CAM in both.
 STEPS: tuple[tuple[str, str, str, str], ...] = (
     ("POM", "pom_round1", "be_round1", "BE+POM r1 - BE r1"),
     ("NSRM", "nsrm_round2", "pom_round1", "r2 - BE+POM r1"),
     ("GloRe", "nsrm_round2", "nsrm_round2_no_glore", "on - off, r2"),
-    # ("OAA", <row with OAA>, <row without>, "on - off, r1"),
+    ("OAA", "pom_round1", "pom_round1_cam", "OA-CAM - CAM, r1"),
     # ("CRF", <row with the dense CRF>, <row without>, "on - off, r2"),
 )
 
@@ -82,7 +85,8 @@ def load_run_results(run_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[s
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DataError(f"{p} is not valid JSON ({e}); delete it and re-run its stage.") from e
     cfg, metrics = out
-    missing = [k for k in RESULT_ROWS if not isinstance(metrics.get(k), dict) or "miou" not in metrics[k]]
+    missing = [k for k in RESULT_ROWS if k not in LATER_ROWS
+               and (not isinstance(metrics.get(k), dict) or "miou" not in metrics[k])]
     if missing:
         raise DataError(f"{met_path} lacks the rows {missing}: it was not written by the `results` "
                         "stage of this version; delete the run's results/ folder and run it again.")
@@ -126,6 +130,13 @@ def _stats(values: list[float | None]) -> dict[str, Any]:
     return dict(mean=mean, sd=sd, min=min(v), max=max(v), n=len(v))
 
 
+def _rows_present(keys: Any, metrics: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The rows of `keys` that at least one run has: a row of `LATER_ROWS` that every run lacks
+    (metrics.json files older than it) is left out, one that some lack is *n/a* for those."""
+    return tuple(k for k in keys if k not in LATER_ROWS
+                 or any(isinstance(m.get(k), dict) for m in metrics))
+
+
 def _step_values(metrics: list[dict[str, Any]], row: str, base: str) -> list[float] | None:
     """The paired differences row - base of val mIoU, one per run; None when a run lacks one."""
     try:
@@ -151,11 +162,11 @@ def compare_runs(run_dirs: list[str | os.PathLike]) -> dict[str, Any]:
     configs = [c for c, _ in loaded]
     metrics = [m for _, m in loaded]
     rows: dict[str, Any] = {}
-    for key in RESULT_ROWS:
+    for key in _rows_present(RESULT_ROWS, metrics):
         row: dict[str, Any] = dict(title=SEG_MODELS[key]["title"])
         for field, name in (("miou", "miou"), ("ratio_to_upper_bound", "ratio"),
                             ("nonsalient_recall", "nonsalient_recall")):
-            vals = [m[key].get(field) for m in metrics]
+            vals = [(m.get(key) or {}).get(field) for m in metrics]
             row[name] = vals
             row[f"{name}_stats"] = _stats(vals)
         rows[key] = row
@@ -249,7 +260,7 @@ def summarise_seeds(run_dirs: list[str | os.PathLike],
     n = len(metrics)
     rows: dict[str, Any] = {}
     for split, keys in (("val", RESULT_ROWS), ("labels", tuple(LABEL_ROWS))):
-        for key in keys:
+        for key in _rows_present(keys, metrics):
             title = SEG_MODELS[key]["title"] if split == "val" else LABEL_TITLES[key]
             row: dict[str, Any] = dict(title=title, split=split)
             for field in ROW_FIELDS[split]:

@@ -20,8 +20,10 @@ from nsrom_lib.pipeline import (
     ensure_pseudo,
     load_explorer_inputs,
     load_labels,
+    load_maps,
     map_path,
     open_run,
+    pseudo_stage,
     pseudo_thresholds,
 )
 
@@ -155,3 +157,82 @@ def test_instance_background_share_by_hand():
     assert instance_background_share([lab], [inst], objs, salient=True) == 0.5
     assert instance_background_share([lab], [inst], objs, salient=None) == 0.5
     assert np.isnan(instance_background_share([lab], [np.zeros_like(inst)], [[]]))
+
+
+#: The keys of the smoke profile's stages as they were before the OAA ablation added its label
+#: sources and round-1 model: adding them must not retrain, nor relabel, any older run. (A change
+#: of the smoke profile or of SynthVOC's generator changes them all: then update these.)
+_SMOKE_KEYS = {"data": "c5befb0ade5f4594", "classifier": "21b849f0968f44dd",
+               "iam": "7dbc6ddb9dcac355", "maps": "beab49b7a0795ddd",
+               "pseudo": "00d089057e21954b", "pseudo/no_glore": "bde0584bfff83905",
+               "masked": "f752c28f9cd638f0", "seg2": "d10a56c7acd1f06f"}
+_SMOKE_SEG_KEYS = {"upper_bound": "a5fb30f21ace54ac", "be_round1": "2ab5e9749fbb9633",
+                   "pom_round1": "d847b9e5210e542a", "nsrm_round2": "d10a56c7acd1f06f",
+                   "pom_round1_no_glore": "165ce1637c88d402",
+                   "nsrm_round2_no_glore": "635f37973628ccae"}
+
+
+def test_keys_of_the_existing_stages_are_unchanged(tmp_path):
+    from nsrom_lib.pipeline import SEG_MODELS, segmentation_key
+
+    run = open_run(tmp_path / "run", "smoke")
+    assert {s: run.stage_key(s) for s in _SMOKE_KEYS} == _SMOKE_KEYS
+    assert {w: segmentation_key(run, w) for w in _SMOKE_SEG_KEYS} == _SMOKE_SEG_KEYS
+    # the new label sets and model have keys of their own
+    new = {run.stage_key(pseudo_stage(True, s)) for s in ("cam", "accumulated")}
+    new.add(segmentation_key(run, "pom_round1_cam"))
+    assert len(new) == 3 and not new & (set(_SMOKE_KEYS.values()) | set(_SMOKE_SEG_KEYS.values()))
+    assert SEG_MODELS["pom_round1_cam"]["stage"] == "seg1/cam"
+    assert pseudo_stage(False, "cam") == "pseudo/no_glore/cam"
+    with pytest.raises(ValueError, match="source"):
+        pseudo_stage(True, "gradcam")
+
+
+def _maps_labels(run, source, names, classes):
+    """(initial, pseudo) labels of `names` from `labels.initial_labels` / `pseudo_labels` on the
+    run's `maps/<source>` (BE) and `maps/cam` (POM) PNGs."""
+    import torch
+
+    sal = torch.from_numpy(np.stack([read_gray_png(ensure_data(run) / "Saliency" / f"{n}.png")
+                                     for n in names]))
+    be_maps = torch.from_numpy(load_maps(run, source, names, classes))
+    cam = torch.from_numpy(load_maps(run, "cam", names, classes))
+    present = torch.zeros(len(names), run.cfg.num_classes, dtype=torch.bool)
+    for i, cl in enumerate(classes):
+        present[i, cl] = True
+    th = pseudo_thresholds(run.cfg)
+    be = {k: th[k] for k in ("fg", "conflict", "bg", "att")}
+    initial = L.initial_labels(sal, be_maps, present, ratio=th["ratio"], **be)
+    pseudo = L.pseudo_labels(sal, be_maps, cam, present, pom=th["pom"], ratio=th["ratio"], **be)
+    return initial.numpy(), pseudo.numpy()
+
+
+def test_label_sets_from_the_cam_and_the_accumulated_maps(smoke, record_property):
+    import time
+
+    run, _ = smoke
+    rec = ensure_pseudo(run, progress=False)  # the OA-CAM set (a test above may have redone it)
+    listed = read_cls_list(run.dir / "pseudo" / "train_cls.txt")
+    names, classes = list(listed), list(listed.values())
+    oa = load_labels(run, "pseudo", names)
+    for source in ("cam", "accumulated"):
+        t0 = time.perf_counter()
+        src_rec = ensure_pseudo(run, progress=False, source=source)
+        record_property(f"pseudo/{source} seconds", round(time.perf_counter() - t0, 2))
+        assert src_rec["stage"] == f"pseudo/{source}" and src_rec["source"] == source
+        for kind in PSEUDO_KINDS:
+            m = src_rec["metrics"][kind]
+            assert {"precision", "coverage", "miou", "nonsalient_recall"} <= set(m)
+            assert 0 <= m["coverage"] <= 1 and 0 <= m["precision"] <= 1
+        initial, pseudo = _maps_labels(run, source, names, classes)
+        np.testing.assert_array_equal(load_labels(run, "initial", names, source=source), initial)
+        np.testing.assert_array_equal(load_labels(run, "pseudo", names, source=source), pseudo)
+        assert (run.dir / "pseudo" / source / "pseudo" / f"{names[0]}.png").is_file()
+        # other maps, other labels: BE read them, not the OA-CAM
+        assert (pseudo != oa).any(), source
+    # the OA-CAM labels are those pseudo_labels gives on the OA-CAM; record and key untouched
+    np.testing.assert_array_equal(oa, _maps_labels(run, "oacam", names, classes)[1])
+    assert ensure_pseudo(run, progress=False) == rec and "source" not in rec
+    assert run.record("pseudo/cam")["metrics"] != rec["metrics"]
+    with pytest.raises(ValueError, match="source"):
+        load_labels(run, "pseudo", names[:1], source="gradcam")

@@ -73,15 +73,18 @@ from nsrom_lib.pipeline.stages.common import load_ground_truth
 from nsrom_lib.pipeline.stages.data import ensure_data
 from nsrom_lib.pipeline.stages.pseudo import (
     PSEUDO_KINDS,
+    PSEUDO_SOURCES,
     ensure_pseudo,
     load_explorer_inputs,
     load_labels,
+    pseudo_stage,
     pseudo_thresholds,
 )
 from nsrom_lib.pipeline.stages.results import (
     GAP_ROWS,
     LABEL_ROWS,
     LABEL_TITLES,
+    LATER_ROWS,
     RESULT_ROWS,
     TARGETS,
     compute_results,
@@ -112,10 +115,11 @@ __all__ = [
     "OAA_PROBE_IMAGES", "ensure_iam", "ensure_maps", "load_classifier", "load_iam",
     "load_accumulated", "load_oaa_snapshots", "MAP_KINDS", "map_path", "load_map_dicts",
     "load_maps", "load_ground_truth",
-    "PSEUDO_KINDS", "pseudo_thresholds", "ensure_pseudo", "load_labels", "load_explorer_inputs",
+    "PSEUDO_KINDS", "PSEUDO_SOURCES", "pseudo_stage", "pseudo_thresholds", "ensure_pseudo", "load_labels", "load_explorer_inputs",
     "SEG_MODELS", "nsrm_kernel_for", "build_segmenter", "segmentation_key",
     "ensure_segmentation", "load_segmenter", "load_predictions", "ensure_masked", "load_masked",
-    "RESULT_ROWS", "LABEL_ROWS", "LABEL_TITLES", "GAP_ROWS", "TARGETS", "results_checks",
+    "RESULT_ROWS", "LABEL_ROWS", "LABEL_TITLES", "LATER_ROWS", "GAP_ROWS", "TARGETS",
+    "results_checks",
     "stored_checks", "compute_results", "gap_measures", "read_metrics",
     "ensure_results", "ensure_seed_results", "seeds_figure", "load_results", "results_table",
     "label_table", "gap_table", "stage_times", "stage_machines", "write_report", "stage_status",

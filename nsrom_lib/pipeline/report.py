@@ -37,8 +37,9 @@ def ensure_results(run: Run, progress: bool = True) -> dict[str, Any]:
     """Stage `results`: every model and label set of the ablation, `results/metrics.json`,
     `results/ablation.png` and the run's `report.md` (docs/method.md §8).
 
-    Trains what is missing (upper bound, BE round 1, round 1, NSRM, round 2, and the GloRe-off
-    pipeline: classifier, IAM, maps, pseudo labels, both rounds). metrics.json holds one entry per
+    Trains what is missing (upper bound, BE round 1, round 1, NSRM, round 2, the OAA ablation:
+    labels with BE on the CAM and on the accumulated maps, round 1 on the CAM ones, and the
+    GloRe-off pipeline: classifier, IAM, maps, pseudo labels, both rounds). metrics.json holds one entry per
     `RESULT_ROWS` key (`miou`, `ratio_to_upper_bound`, `nonsalient_recall`, `salient_recall`,
     `iou`, `stage`) and per `LABEL_ROWS` key (`precision`, `coverage`, `miou`,
     `nonsalient_recall`, `stage`), all rates as fractions in 0..1, plus the checks of `TARGETS`
@@ -95,8 +96,10 @@ def seeds_figure(summary: dict[str, Any], path: Path) -> None:
 
 
 def results_table(metrics: dict[str, Any]) -> str:
-    """The ablation table of a `metrics.json` dict as Markdown."""
-    rows = {metrics[k]["title"] + f" (`{metrics[k]['stage']}`)": metrics[k] for k in RESULT_ROWS}
+    """The ablation table of a `metrics.json` dict as Markdown (a row of `LATER_ROWS` that an
+    older metrics.json lacks is left out)."""
+    rows = {metrics[k]["title"] + f" (`{metrics[k]['stage']}`)": metrics[k] for k in RESULT_ROWS
+            if k in metrics}
     return quality_table(rows, dict(miou="val mIoU", ratio_to_upper_bound="ratio to upper bound",
                                     nonsalient_recall="non-salient recall",
                                     salient_recall="salient recall"))
@@ -104,7 +107,8 @@ def results_table(metrics: dict[str, Any]) -> str:
 
 def label_table(metrics: dict[str, Any]) -> str:
     """The label-quality table (training images) of a `metrics.json` dict as Markdown."""
-    rows = {f"{LABEL_TITLES[k]} (`{metrics[k]['stage']}`)": metrics[k] for k in LABEL_ROWS}
+    rows = {f"{LABEL_TITLES[k]} (`{metrics[k]['stage']}`)": metrics[k] for k in LABEL_ROWS
+            if k in metrics}
     return quality_table(rows, dict(precision="precision", coverage="coverage", miou="mIoU",
                                     nonsalient_recall="non-salient recall"))
 
@@ -213,7 +217,7 @@ def write_report(run: Run, notebooks: list[dict[str, Any]] | None = None) -> Pat
     head = ["background", *names]
     lines += ["## Per-class IoU (validation)", "",
               "| model | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
-    for k in RESULT_ROWS:
+    for k in (k for k in RESULT_ROWS if k in metrics):
         iou = metrics[k].get("iou") or []
         lines.append(f"| {k} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in iou) + " |")
     machines = stage_machines(run)

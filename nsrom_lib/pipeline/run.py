@@ -38,7 +38,7 @@ from nsrom_lib.device import machine_info
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "STAGES", "LOCK_NAME", "STAGE_FIELDS", "WARMUP_STAGE", "UPPER_BOUND_FIELDS", "SEG_PREDICT_FIELDS", "Run",
+    "STAGES", "LOCK_NAME", "STAGE_FIELDS", "STAGE_VERSIONS", "WARMUP_STAGE", "UPPER_BOUND_FIELDS", "SEG_PREDICT_FIELDS", "Run",
     "open_run",
     "project_root", "default_data_dir", "default_runs_dir", "synthvoc_config_for", "dataset_id",
     "variant_stage",
@@ -78,6 +78,10 @@ STAGE_FIELDS[WARMUP_STAGE] = tuple(f.name for f in _FIELDS if f.name in STAGE_FI
 #: the stage keys, so the records of older runs stay valid instead of retraining everything.
 _KEYED_ONLY_IF_SET: dict[str, Any] = {f.name: f.metadata["keyed_unless"] for f in _FIELDS
                                       if "keyed_unless" in f.metadata}
+#: Stages whose output grew after run folders existed: their version is part of their key, so an
+#: older record is recomputed (its upstream stages reused, only what it lacks computed). The
+#: results stage measures the OAA ablation (round 1 and labels from the CAM) since version 2.
+STAGE_VERSIONS: dict[str, int] = {"results": 2}
 #: Settings that change a segmentation model's predictions but not its training: changing them
 #: re-predicts with the stored model (unless the model's own labels came from predictions).
 SEG_PREDICT_FIELDS = tuple(f.name for f in _FIELDS if f.metadata.get("predict_only"))
@@ -173,6 +177,8 @@ class Run:
         for k, default in _KEYED_ONLY_IF_SET.items():
             if values.get(k, default) == default:
                 values.pop(k, None)
+        if stage in STAGE_VERSIONS:
+            extra = {"stage_version": STAGE_VERSIONS[stage], **extra}
         # every stage depends on the dataset's content, not only on its settings
         return config_hash({"stage": stage, "dataset": dataset_id(self.cfg), **values, **extra})
 

@@ -26,12 +26,26 @@ from nsrom_lib.pipeline.stages.common import label_metrics, load_ground_truth
 from nsrom_lib.pipeline.stages.data import ensure_data
 from nsrom_lib.progress import progress_bar
 
-__all__ = ["PSEUDO_KINDS", "pseudo_thresholds", "ensure_pseudo", "load_labels",
-           "load_explorer_inputs"]
+__all__ = ["PSEUDO_KINDS", "PSEUDO_SOURCES", "pseudo_stage", "pseudo_thresholds",
+           "ensure_pseudo", "load_labels", "load_explorer_inputs"]
 
 
 #: The label folders of the `pseudo` stage: BE + 1% rule, and BE + POM + 1% rule.
 PSEUDO_KINDS = ("initial", "pseudo")
+
+#: The maps BE can read (folders of the `maps` stage): the OA-CAM (the method's, the `pseudo`
+#: stage itself), the final CAM (no OAA) and the accumulated maps (OAA without the IAM).
+PSEUDO_SOURCES = ("oacam", "cam", "accumulated")
+
+
+def pseudo_stage(glore: bool = True, source: str = "oacam") -> str:
+    """The folder of a pseudo label set: `pseudo` (GloRe on, BE on the OA-CAM),
+    `pseudo/no_glore`, and for another BE source a sub-folder named after it, e.g. `pseudo/cam`,
+    `pseudo/accumulated` (`pseudo/no_glore/cam` with GloRe off)."""
+    if source not in PSEUDO_SOURCES:
+        raise ValueError(f"source must be one of {PSEUDO_SOURCES}, got {source!r}")
+    stage = variant_stage("pseudo", glore)
+    return stage if source == "oacam" else f"{stage}/{source}"
 
 
 def pseudo_thresholds(cfg: RunConfig) -> dict[str, float]:
@@ -42,7 +56,7 @@ def pseudo_thresholds(cfg: RunConfig) -> dict[str, float]:
 
 
 def ensure_pseudo(run: Run, progress: bool = True, batch_size: int = 64,
-                  glore: bool = True) -> dict[str, Any]:
+                  glore: bool = True, source: str = "oacam") -> dict[str, Any]:
     """Stage `pseudo`: the initial (BE) and POM pseudo labels of every training image (§3–§4).
 
     Reads the run's `maps/oacam` and `maps/cam` folders with the CLI's code
@@ -56,11 +70,15 @@ def ensure_pseudo(run: Run, progress: bool = True, batch_size: int = 64,
     labelled background; plus the share of pixels POM turned from
     background to ignore, images/s and seconds. The record is written after every file.
     glore=False: the same from the GloRe-off maps, in `pseudo/no_glore/{initial,pseudo}/`.
+    source: the maps BE reads (`PSEUDO_SOURCES`): "oacam" (the method), or "cam" / "accumulated"
+    (what OAA, and the IAM on top of it, add), with the same thresholds, in `pseudo/cam/`,
+    `pseudo/accumulated/` (`pseudo_stage`); POM reads the final CAM in all three. The
+    OA-CAM set's key and record are those of the stage `pseudo` before the sources existed.
     """
+    stage = pseudo_stage(glore, source)  # checks source first
     ensure_maps(run, progress=progress, glore=glore)
     root = ensure_data(run, progress=progress)
     cfg = run.cfg
-    stage = variant_stage("pseudo", glore)
     maps_dir = run.dir / variant_stage("maps", glore)
     th = pseudo_thresholds(cfg)
 
@@ -71,7 +89,7 @@ def ensure_pseudo(run: Run, progress: bool = True, batch_size: int = 64,
         list_path = d / "train_cls.txt"  # the images and classes the maps stage exported
         write_cls_list(list_path, ds.cls_list())
         inputs = load_label_inputs(
-            list_path, ds.saliency_dir, oacam_dir=maps_dir / "oacam",
+            list_path, ds.saliency_dir, oacam_dir=maps_dir / source,
             cam_dir=maps_dir / "cam", num_classes=cfg.num_classes, strict=True,
             progress=progress)
         device = resolve_device(cfg.device)
@@ -92,7 +110,9 @@ def ensure_pseudo(run: Run, progress: bool = True, batch_size: int = 64,
             device=str(device),
         )
 
-    return run.ensure(stage, compute, thresholds=th, glore=glore)
+    if source == "oacam":  # the record as before the sources existed
+        return run.ensure(stage, compute, thresholds=th, glore=glore)
+    return run.ensure(stage, compute, thresholds=th, glore=glore, source=source)
 
 
 def _make_labels(inputs: Any, th: dict[str, float], device: torch.device, batch_size: int,
@@ -140,19 +160,20 @@ def _pseudo_quality(labels: dict[str, list[np.ndarray]], gt: dict[str, Any] | No
 
 
 def load_labels(run: Run, kind: str = "pseudo", names: list[str] | None = None,
-                glore: bool = True, progress: bool = True):
+                glore: bool = True, progress: bool = True, source: str = "oacam"):
     """The `pseudo` stage's labels (computing them if needed), in training-split order.
 
     kind: "initial" (BE) or "pseudo" (BE + POM); names: a subset (default: the whole split);
-    glore=False: the GloRe-off ablation's labels; progress: bars of upstream stages still to run.
+    glore=False: the GloRe-off ablation's labels; progress: bars of upstream stages still to run;
+    source: the maps BE read (`PSEUDO_SOURCES`, default the OA-CAM).
     Returns (N, H, W) uint8 when all images have one size, else a list of (H, W) uint8.
     """
     if kind not in PSEUDO_KINDS:
         raise ValueError(f"kind must be one of {PSEUDO_KINDS}, got {kind!r}")
-    ensure_pseudo(run, glore=glore, progress=progress)
+    ensure_pseudo(run, glore=glore, progress=progress, source=source)
     if names is None:
         names = read_split(ensure_data(run, progress=progress), "train")
-    folder = run.dir / variant_stage("pseudo", glore) / kind
+    folder = run.dir / pseudo_stage(glore, source) / kind
     labels = [read_label_png(folder / f"{n}.png", f"{kind} label")
               for n in names]
     if labels and len({lab.shape for lab in labels}) == 1:

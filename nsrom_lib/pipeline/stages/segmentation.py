@@ -55,7 +55,8 @@ __all__ = [
 
 
 #: Every segmentation model a run trains: key (as in `results/metrics.json`) -> its stage folder,
-#: the labels it learns from and the classifier variant those labels come from.
+#: the labels it learns from, the classifier variant those labels come from and, for pseudo
+#: labels, the maps BE read (`source`, `pseudo.PSEUDO_SOURCES`; default the OA-CAM).
 SEG_MODELS: dict[str, dict[str, Any]] = {
     "upper_bound": dict(stage="seg1/gt", labels="gt", glore=True,
                         title="fully supervised (GT masks)"),
@@ -63,6 +64,8 @@ SEG_MODELS: dict[str, dict[str, Any]] = {
                       title="round 1 on BE labels"),
     "pom_round1": dict(stage="seg1", labels="pseudo", glore=True,
                        title="round 1 on BE + POM labels"),
+    "pom_round1_cam": dict(stage="seg1/cam", labels="pseudo", glore=True, source="cam",
+                           title="round 1 on BE + POM labels from the CAM (OAA off)"),
     "nsrm_round2": dict(stage="seg2", labels="masked", glore=True,
                         title="round 2 on NSRM labels"),
     "pom_round1_no_glore": dict(stage="seg1/no_glore", labels="pseudo", glore=False,
@@ -150,7 +153,8 @@ def _training_labels(run: Run, which: str, names: list[str], root: Path,
                             f"images in {root}/SegmentationClass(Aug); without them skip it")
         return gt["masks"]
     if spec["labels"] in PSEUDO_KINDS:
-        return list(load_labels(run, spec["labels"], names, glore=spec["glore"], progress=progress))
+        return list(load_labels(run, spec["labels"], names, glore=spec["glore"], progress=progress,
+                                source=spec.get("source", "oacam")))
     ensure_masked(run, glore=spec["glore"], progress=progress)
     folder = run.dir / variant_stage("masked", spec["glore"]) / "labels"
     return [read_label_png(folder / f"{n}.png", "masked label") for n in names]
