@@ -273,6 +273,54 @@ def test_gap_table_shows_every_model_and_na_without_instances():
     assert gap_table({k: v for k, v in m.items() if k != "gap"}).count("n/a") > len(rows)
 
 
+def test_the_oaa_ablation_rows_and_an_older_results_record(smoke_results, monkeypatch,
+                                                           record_property):
+    from nsrom_lib import compare as CMP
+    from nsrom_lib.pipeline import ensure_seed_results, results_table
+    from nsrom_lib.pipeline import run as RUN
+
+    run, _ = smoke_results
+    m = json.loads((run.dir / "results" / "metrics.json").read_text())
+    cam, oa = run.record("seg1/cam"), run.record("seg1")
+    record_property("seg1/cam seconds", cam["seconds"])
+    record_property("seg1 seconds", oa["seconds"])
+    for src in ("cam", "accumulated"):
+        record_property(f"pseudo/{src} seconds", run.record(f"pseudo/{src}")["seconds"])
+    # round 1 on the CAM-source labels: their coverage, not that of the OA-CAM ones
+    assert cam["metrics"]["which"] == "pom_round1_cam" and m["pom_round1_cam"]["stage"] == "seg1/cam"
+    assert m["pom_round1_cam"]["miou"] == cam["metrics"]["miou"]
+    cam_labels = load_labels(run, "pseudo", source="cam")
+    assert cam["metrics"]["label_coverage"] == pytest.approx((cam_labels != 255).mean(), abs=1e-4)
+    assert (cam_labels != load_labels(run, "pseudo")).any()
+    assert not (run.dir / "seg1" / "cam" / "train_pred").exists()  # it feeds no NSRM
+    for src in ("cam", "accumulated"):
+        rec = run.record(f"pseudo/{src}")["metrics"]
+        for kind, row in (("initial", f"be_labels_{src}"), ("pseudo", f"pom_labels_{src}")):
+            assert m[row]["stage"] == f"pseudo/{src}/{kind}"
+            assert m[row]["precision"] == rec[kind]["precision"]
+            assert m[row]["nonsalient_recall"] == rec[kind]["nonsalient_recall"]
+    report = (run.dir / "report.md").read_text()
+    assert "round 1 on BE + POM labels from the CAM (OAA off) (`seg1/cam`)" in report
+    assert "BE + POM labels from the accumulated maps (`pseudo/accumulated/pseudo`)" in report
+    # the OAA step of this run: OA-CAM round 1 minus CAM round 1
+    step = CMP.compare_runs([run.dir])["steps"]["OAA (OA-CAM - CAM, r1)"]
+    assert step["values"] == [pytest.approx(m["pom_round1"]["miou"] - m["pom_round1_cam"]["miou"])]
+    # a results record of the version before these rows: recomputed, nothing else retrained
+    keys = {s: run.record(s)["key"] for s in ("seg1", "seg1/cam", "pseudo", "masked", "seg2")}
+    monkeypatch.setattr(RUN, "STAGE_VERSIONS", {})
+    old_key = run.stage_key("results")
+    monkeypatch.undo()
+    assert old_key != run.record("results")["key"] == run.stage_key("results")
+    res = run.record("results")
+    (run.dir / "results" / "record.json").write_text(json.dumps(dict(res, key=old_key)))
+    old = {k: v for k, v in m.items() if k not in ("pom_round1_cam", "pom_labels_cam")}
+    (run.dir / "results" / "metrics.json").write_text(json.dumps(old))
+    assert "`seg1/cam`" not in results_table(old)  # an older metrics.json: the row left out
+    _, reused = ensure_seed_results(run.dir, "smoke", run.cfg.seed)
+    assert not reused and json.loads((run.dir / "results" / "metrics.json").read_text()) == m
+    assert {s: run.record(s)["key"] for s in keys} == keys
+
+
 def test_stage_keys_retrain_only_downstream(smoke_results, capfd):
     run, _ = smoke_results
     capfd.readouterr()
