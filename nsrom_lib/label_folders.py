@@ -256,7 +256,10 @@ def make_labels(
     if max_pixels == -1:
         max_pixels = BATCH_PIXELS[inputs.mode]
     bar = _bar(progress, len(inputs.entries), inputs.mode)
-    if pool is not None and pool.submit(_device_type, device).result() == "cpu":
+    on_cpu = pool is not None and pool.submit(_device_type, device).result() == "cpu"
+    if pool is not None and not on_cpu:
+        pool.shutdown()  # a GPU computes here: the workers are not needed
+    if on_cpu:
         plan = plan_batches(inputs, batch_size, max_pixels)
         with bar as b:
             files = _files_from_workers(pool, inputs, plan, params, workers,

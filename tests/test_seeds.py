@@ -36,7 +36,7 @@ def _fake_seed(path, seed, mious, machine=None, **kw):
     (path / "results" / "metrics.json").write_text(json.dumps(_metrics(mious, **kw)))
     rec = dict(stage="results", key="x", metrics={}, seconds=1.0,
                **(machine or dict(cpu="Test CPU", torch="9.9", torch_cuda=None, threads=2,
-                                  cuda=None)))
+                                  gpu=None)))
     (path / "results" / "record.json").write_text(json.dumps(rec))
     return path
 
@@ -77,12 +77,12 @@ def test_summary_arithmetic_rows_steps_and_counts(tmp_path):
 def test_one_seed_has_no_sd_and_all_positive_is_ok(tmp_path):
     run = _fake_seed(tmp_path / "seed4", 4, [0.8, 0.5, 0.55, 0.6, 0.58])
     s = CMP.summarise_seeds([run], machine=dict(cpu="Here", torch="1.0", torch_cuda="12.4",
-                                                threads=8, cuda=None, extra="dropped"))
+                                                threads=8, gpu=None, extra="dropped"))
     st = s["rows"]["be_round1"]["miou"]
     assert st["mean"] == 0.5 and st["sd"] is None and st["min"] == st["max"] == 0.5
     assert s["step_checks"]["NSRM"]["ok"] and s["step_checks"]["NSRM"]["text"] == (
         "NSRM positive in 1/1 seeds")
-    assert s["machine"] == dict(cpu="Here", torch="1.0", torch_cuda="12.4", threads=8, cuda=None)
+    assert s["machine"] == dict(cpu="Here", torch="1.0", torch_cuda="12.4", threads=8, gpu=None)
     md = CMP.seeds_markdown(s)
     assert "CPU Here, torch 1.0 (CUDA 12.4 build), 8 threads" in md
     assert "| round 1 on BE labels (`be_round1`) | 0.500 (0.500 – 0.500) |" in md  # no "± sd"
