@@ -50,6 +50,33 @@ def test_two_seeds_mean_range_steps_and_checks(tmp_path):
     assert "+0.020" in table and "-0.010" in table
 
 
+def test_the_oaa_step_from_round_1_on_cam_labels(tmp_path):
+    runs = []
+    for seed, cam in ((0, 0.58), (1, 0.64)):
+        r = _fake_run(tmp_path / f"s{seed}", seed, [0.8, 0.60, 0.62, 0.64, 0.61], 0.8, 0.2, {})
+        path = r / "results" / "metrics.json"
+        m = json.loads(path.read_text())
+        m["pom_round1_cam"] = dict(miou=cam, ratio_to_upper_bound=cam / 0.8, nonsalient_recall=0.1)
+        path.write_text(json.dumps(m))
+        runs.append(r)
+    s = CMP.compare_runs(runs)
+    oaa = s["steps"]["OAA (OA-CAM - CAM, r1)"]
+    assert (oaa["row"], oaa["baseline"]) == ("pom_round1", "pom_round1_cam")
+    assert oaa["values"] == pytest.approx([0.04, -0.02]) and oaa["positive"] == 1
+    assert s["rows"]["pom_round1_cam"]["miou"] == [0.58, 0.64]
+    table = CMP.compare_table(s)
+    assert "| step OAA (OA-CAM - CAM, r1) | +0.040 | -0.020 | +0.010 | -0.020 to +0.040 |" in table
+    assert "- OAA (OA-CAM - CAM, r1): raised val mIoU in 1 of 2 runs" in table
+    assert "from the CAM (OAA off): mIoU | 0.580 | 0.640 |" in table
+    # with a run from before the OAA ablation: its cell n/a, the step left out
+    old = _fake_run(tmp_path / "old", 2, [0.8, 0.60, 0.62, 0.64, 0.61], 0.8, 0.2, {})
+    s = CMP.compare_runs(runs + [old])
+    assert s["rows"]["pom_round1_cam"]["miou"] == [0.58, 0.64, None]
+    assert not any(st["step"] == "OAA" for st in s["steps"].values())
+    # and runs that all lack it: no row at all
+    assert "pom_round1_cam" not in CMP.compare_runs([old])["rows"]
+
+
 def test_labels_name_what_differs(tmp_path):
     a = _fake_run(tmp_path / "x", 0, [0.8] * 5, 0.8, 0.1, {})
     b = _fake_run(tmp_path / "y", 0, [0.8] * 5, 0.8, 0.1, {}, oaa_from_epoch=3)

@@ -12,19 +12,37 @@ import pytest
 from nsrom_lib import compare as CMP
 from nsrom_lib.cli import main
 from nsrom_lib.config import make_config
-from nsrom_lib.pipeline import RESULT_ROWS, TARGETS, open_run, results_checks, stored_checks
+from nsrom_lib.pipeline import (
+    LATER_ROWS,
+    RESULT_ROWS,
+    TARGETS,
+    open_run,
+    results_checks,
+    stored_checks,
+)
 from nsrom_lib.pipeline import report as REPORT
 
-VAL = RESULT_ROWS  # upper_bound, be_round1, pom_round1, nsrm_round2, nsrm_round2_no_glore
+# upper_bound, be_round1, pom_round1, nsrm_round2, nsrm_round2_no_glore: the rows every
+# metrics.json has (those of the OAA ablation only with `cam=`)
+VAL = tuple(k for k in RESULT_ROWS if k not in LATER_ROWS)
 
 
-def _metrics(mious, ns=0.2, label_miou=0.5, be_ns=0.05):
-    """A metrics.json dict as the results stage writes it (the fields the summary reads)."""
+def _metrics(mious, ns=0.2, label_miou=0.5, be_ns=0.05, cam=None, cam_label_miou=0.4):
+    """A metrics.json dict as the results stage writes it (the fields the summary reads);
+    cam: the val mIoU of round 1 on the CAM-source labels (None: a metrics.json from before the
+    OAA ablation, without its rows)."""
     m = {k: dict(miou=v, ratio_to_upper_bound=v / mious[0], nonsalient_recall=ns,
                  salient_recall=0.9, title=k, stage=k) for k, v in zip(VAL, mious, strict=True)}
-    for k in ("be_labels", "pom_labels", "masked_labels"):
-        m[k] = dict(precision=0.9, coverage=0.6, miou=label_miou, nonsalient_recall=be_ns,
-                    ignore_share=0.2, stage=k)
+    labels = ("be_labels", "pom_labels", "masked_labels")
+    if cam is not None:
+        m["pom_round1_cam"] = dict(miou=cam, ratio_to_upper_bound=cam / mious[0],
+                                   nonsalient_recall=ns, salient_recall=0.9, title="cam r1",
+                                   stage="seg1/cam")
+        labels += tuple(k for k in LATER_ROWS if "_labels" in k)
+    for k in labels:
+        m[k] = dict(precision=0.9, coverage=0.6, ignore_share=0.2, stage=k,
+                    miou=cam_label_miou if k.endswith("_cam") else label_miou,
+                    nonsalient_recall=be_ns)
     m["checks"] = results_checks(m)
     return m
 
@@ -91,9 +109,37 @@ def test_one_seed_has_no_sd_and_all_positive_is_ok(tmp_path):
 
 def test_a_step_whose_rows_are_missing_is_skipped(tmp_path, monkeypatch):
     runs = [_fake_seed(tmp_path / f"seed{k}", k, [0.8, 0.5, 0.55, 0.6, 0.58]) for k in (0, 1)]
-    monkeypatch.setattr(CMP, "STEPS", CMP.STEPS + (("OAA", "oaa_round1", "pom_round1", "x"),))
+    monkeypatch.setattr(CMP, "STEPS", CMP.STEPS + (("CRF", "crf_round2", "nsrm_round2", "x"),))
     s = CMP.summarise_seeds(runs)
+    # OAA too: these metrics.json files have no round 1 on CAM-source labels
     assert [st["step"] for st in s["steps"].values()] == ["POM", "NSRM", "GloRe"]
+    assert "CRF" not in s["step_checks"] and "OAA" not in s["step_checks"]
+    assert "pom_round1_cam" not in s["rows"] and "pom_labels_cam" not in s["rows"]
+
+
+def test_the_oaa_step_and_rows(tmp_path):
+    mious = [0.8, 0.5, 0.55, 0.6, 0.58]  # pom_round1 = 0.55 in every seed
+    runs = [_fake_seed(tmp_path / f"seed{k}", k, mious, cam=c, cam_label_miou=lm)
+            for k, c, lm in ((0, 0.50, 0.3), (1, 0.57, 0.5), (2, 0.52, 0.4))]
+    s = CMP.summarise_seeds(runs)
+    oaa = s["steps"]["OAA (OA-CAM - CAM, r1)"]
+    assert (oaa["row"], oaa["baseline"]) == ("pom_round1", "pom_round1_cam")
+    assert oaa["values"] == pytest.approx([0.05, -0.02, 0.03]) and oaa["positive"] == 2
+    assert s["step_checks"]["OAA"] == dict(text="OAA positive in 2/3 seeds", positive=2, n=3,
+                                           ok=False)
+    row = s["rows"]["pom_round1_cam"]
+    assert row["split"] == "val" and row["miou"]["values"] == [0.50, 0.57, 0.52]
+    lab = s["rows"]["pom_labels_cam"]
+    assert lab["title"] == "BE + POM labels from the CAM" and lab["miou"]["mean"] == pytest.approx(0.4)
+    assert s["rows"]["be_labels_accumulated"]["split"] == "labels"
+    md = CMP.seeds_markdown(s)
+    assert "| OAA (OA-CAM - CAM, r1) | +0.020 ± 0.036 | -0.020 – +0.050 | 2/3 |" in md
+    assert "- OAA positive in 2/3 seeds" in md
+    assert "(`pom_round1_cam`) | 0.530" in md and "(`pom_labels_accumulated`)" in md
+    # a seed from before the OAA ablation: its cells n/a, the step left out
+    old = _fake_seed(tmp_path / "seed3", 3, mious)
+    s = CMP.summarise_seeds(runs + [old])
+    assert s["rows"]["pom_round1_cam"]["miou"]["values"][3] is None
     assert "OAA" not in s["step_checks"]
 
 
