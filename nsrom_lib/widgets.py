@@ -290,7 +290,8 @@ class ThresholdExplorer:
     on/off, an image picker and the class of the OA-CAM column.
 
     Every slider change calls `update()`: `explore_labels` on all the inputs (the subset),
-    then the metrics table and the overlays of the first `show` picked images are redrawn.
+    then the metrics table and the overlays of the first `show` picked images (the "shown"
+    slider) are redrawn.
     The values it was opened with are the defaults: shown next to each slider, as grey rows of
     the table and restored by the "defaults" button. `result` holds the last output; `history`
     the settings it was computed for.
@@ -312,7 +313,7 @@ class ThresholdExplorer:
         if unknown:
             raise ValueError(f"unknown threshold(s) {sorted(unknown)}; known: {sorted(THRESHOLDS)}")
         self.inputs, self.device, self.scale, self.classes = inputs, device, scale, classes
-        self.show, self.maps = show, maps
+        self.maps = maps
         names = [k for k in THRESHOLDS if k != "kernel" or inputs.get("pred") is not None]
         self.sliders: dict[str, Any] = {}
         self.defaults: dict[str, float] = {}
@@ -333,6 +334,8 @@ class ThresholdExplorer:
                                 W.HTML(f"<small>default {self.defaults[k]:g}</small>")]))
         self.pom_on = W.Checkbox(value=True, description="POM on", indent=False)
         self.picker = W.Dropdown(options=list(PICKS.items()), value="first", description="images")
+        self.shown = W.IntSlider(value=show, min=1, max=max(8, show), description="shown",
+                                 continuous_update=False)
         C = np.asarray(inputs["present"]).shape[1]
         cam_names = [(classes[c] if classes and c < len(classes) else f"class {c + 1}", c)
                      for c in range(C)]
@@ -347,7 +350,7 @@ class ThresholdExplorer:
         self.widget = W.VBox(
             [
                 controls,
-                W.HBox([self.pom_on, self.picker, self.cam_class, self.reset]),
+                W.HBox([self.pom_on, self.picker, self.shown, self.cam_class, self.reset]),
                 self.table,
                 self.status,
                 self.image,
@@ -356,7 +359,7 @@ class ThresholdExplorer:
         self._held = False
         for w in [*self.sliders.values(), self.pom_on]:
             w.observe(self._on_change, names="value")
-        for w in (self.picker, self.cam_class):
+        for w in (self.picker, self.shown, self.cam_class):
             w.observe(self._on_view, names="value")
         self.history: list[dict[str, float]] = []
         self.result: dict[str, Any] = {}
@@ -365,8 +368,8 @@ class ThresholdExplorer:
 
     @property
     def indices(self) -> list[int]:
-        """The images shown: the first `show` of the picked kind."""
-        return pick_images(self.inputs, self.picker.value, self.show)
+        """The images shown: the first `shown` of the picked kind."""
+        return pick_images(self.inputs, self.picker.value, self.shown.value)
 
     def thresholds(self) -> dict[str, float]:
         """The sliders' current values."""
