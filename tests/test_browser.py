@@ -236,7 +236,7 @@ def test_notebook_03_runs_live_in_jupyterlab(browser, smoke_run, tmp_path):
         errors = _watch_console(page)
         page.goto(f"{base}/lab/tree/03.ipynb?token={token}", timeout=120_000)
         page.locator(".jp-Notebook").first.wait_for(timeout=120_000)
-        page.locator(".jp-StatusBar", has_text="Idle").first.wait_for(timeout=120_000)
+        page.locator("#jp-main-statusbar", has_text="Idle").first.wait_for(timeout=120_000)
         page.locator(".lm-MenuBar-itemLabel", has_text=re.compile("^Run$")).click()
         page.locator(".lm-Menu-itemLabel", has_text=re.compile("^Run All Cells$")).click()
         n_code = page.locator(".jp-CodeCell").count()
@@ -247,7 +247,7 @@ def test_notebook_03_runs_live_in_jupyterlab(browser, smoke_run, tmp_path):
         assert failed.count() == 0, failed.first.inner_text()[:2000]
         sliders = page.locator(".jp-OutputArea .widget-slider")
         assert sliders.count() >= 5, "the explorer is live (sliders), not a static copy"
-        out = page.locator(".jp-OutputArea-output", has=sliders.first)
+        out = page.locator(".jp-OutputArea-output", has=page.locator(".widget-slider")).first
         image = out.locator(".widget-image").first
         before = image.evaluate(_IMAGE_HASH)
         att = out.locator(".widget-slider",
