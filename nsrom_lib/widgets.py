@@ -256,7 +256,7 @@ def _table_html(result: dict[str, Any], defaults: dict[str, Any] | None = None) 
             body += row(f"{stage} at the defaults", defaults["metrics"][stage],
                         f'data-stage="{stage}-default" style="color:#888"')
     return (
-        f"<table class=\"nsrom-quality\"><tr><th>labels</th>{head}</tr>{body}</table>"
+        f"<table class=\"nsrom-quality\" style=\"border-spacing: 12px 1px\"><tr><th>labels</th>{head}</tr>{body}</table>"
         f"<small>updated in {result['seconds'] * 1000:.0f} ms</small>"
     )
 

@@ -196,7 +196,7 @@ def test_voila_app_reacts_to_slider_and_picker(browser, voila, smoke_run, tmp_pa
 
         im = Image.open(shot).convert("RGB")
         im.thumbnail((1000, 1000))
-        im.quantize(64).save(os.environ[SCREENSHOT_ENV], optimize=True)
+        im.quantize(256).save(os.environ[SCREENSHOT_ENV], optimize=True)
     assert not errors, errors
     print(f"\nvoila: page loaded in {load_s:.2f} s; att slider update {dt_down:.2f} s / "
           f"{dt_up:.2f} s, image picker {dt_pick:.2f} s ({len(x['sal'])} images); "
