@@ -260,3 +260,10 @@ def test_notebook_03_runs_live_in_jupyterlab(browser, smoke_run, tmp_path):
         bad = [e for e in errors if "favicon" not in e]
         assert not bad, bad
         page.close()
+
+
+def test_without_a_browser_the_reason_is_given(monkeypatch, tmp_path):
+    import test_browser as me
+
+    monkeypatch.setattr(me, "CHROMIUM", tmp_path / "no-chromium")
+    assert "apt-get install -y chromium" in me._unavailable()
