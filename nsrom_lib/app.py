@@ -67,7 +67,7 @@ def choose_run(run_dir: str | os.PathLike | None = None, build: bool = True) -> 
     if run_dir is not None:
         if not is_finished(run_dir):
             raise FileNotFoundError(f"{run_dir} is not a finished run (no pseudo labels yet): "
-                                    f"make run PROFILE=... --run-dir {run_dir} first")
+                                    f"python -m nsrom_lib run --profile P --run-dir {run_dir} first")
         return Path(run_dir)
     runs = default_runs_dir()
     if is_finished(runs / "default"):
