@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.nsrom-installed
 PROFILE ?= default
 SEEDS   ?= 0,1,2
 
-.PHONY: setup kernel run results test lab lint figures clean
+.PHONY: setup kernel run results test lab explore lint figures clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,12 @@ test: setup
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks
+
+# the threshold explorer as a web app (Voila) on 127.0.0.1: runs/default, else the newest
+# finished run, else the quick run is built first; RUN=runs/x picks another run
+RUN ?=
+explore: setup
+	$(PY) -m nsrom_lib.app $(if $(RUN),--run $(RUN))
 
 figures: setup
 	$(PY) -m nsrom_lib.viz pipeline docs/pipeline.png

@@ -33,3 +33,14 @@ def quick_synthvoc(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthvoc_quick")
     generate_synthvoc(root, synthvoc_config_for(make_config("quick")), progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    """A smoke run folder with its stages through `pseudo` done (the explorer's inputs), built
+    once per session."""
+    from nsrom_lib.pipeline import ensure_pseudo, open_run
+
+    run = open_run(tmp_path_factory.mktemp("smoke_run") / "run", "smoke")
+    ensure_pseudo(run, progress=False)
+    return run.dir

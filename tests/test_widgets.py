@@ -135,3 +135,33 @@ def test_explorer_is_static_when_headless(inputs, monkeypatch):
     static = ex._repr_mimebundle_()
     assert WIDGET_MIME not in static
     assert "data:image/png;base64," in static["text/html"] and "att = 0.8" in static["text/html"]
+
+
+def test_pom_switch_picker_and_defaults(inputs):
+    from nsrom_lib.widgets import pick_images
+
+    ex = ThresholdExplorer(inputs, show=2, classes=["a", "b", "c"], att=0.7)
+    first, image = ex.result["metrics"], ex.image.value
+    assert "nonsalient_as_background" in first["initial"]
+    assert "default 0.7" in ex.widget.children[0].children[1].children[0].children[1].value
+    assert 'data-stage="initial-default"' in ex.table.value
+    # POM off: the pseudo labels are the BE labels
+    ex.pom_on.value = False
+    np.testing.assert_array_equal(ex.result["labels"]["pseudo"], ex.result["labels"]["initial"])
+    assert ex.image.value != image
+    # the picker shows other images, without recomputing the labels
+    n = len(ex.history)
+    complex_idx = pick_images(inputs, "complex", 2)
+    assert complex_idx and all(inputs["present"][i].sum() >= 2 for i in complex_idx)
+    before = ex.image.value
+    ex.picker.value = "complex"
+    assert ex.indices == complex_idx and len(ex.history) == n
+    assert (ex.image.value != before) == (complex_idx != [0, 1])
+    ex.cam_class.value = 2
+    assert ex.image.value != before
+    # back to the defaults in one update
+    ex.set(att=0.3, fg=0.5)
+    assert ex.thresholds()["att"] == pytest.approx(0.3) and len(ex.history) == n + 1
+    ex.reset.click()
+    assert ex.pom_on.value and ex.thresholds()["att"] == pytest.approx(0.7)
+    assert ex.result["metrics"] == ex.at_defaults["metrics"]

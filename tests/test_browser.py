@@ -1,0 +1,269 @@
+"""The threshold explorer in a real browser: Debian's Chromium driven by Playwright.
+
+The Voila app (`make explore`) on a smoke run: it loads without console errors, a key press on
+the `att` slider changes the overlay image and the coverage figure and the opposite key press
+restores both, the image picker changes the images, a screenshot is saved. Then notebook 03 in
+JupyterLab: Run All gives no error output and a live slider. Servers run on free ports and are
+stopped by their process id, also when a test fails. Without Chromium or Playwright the tests
+are skipped with the reason; with CI set they fail instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from nsrom_lib.app import free_port, voila_command, voila_env
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ROOT = Path(__file__).resolve().parents[1]
+#: Set to a file path to store a small copy of the app's screenshot there (the README's).
+SCREENSHOT_ENV = "NSROM_SCREENSHOT"
+
+pytestmark = pytest.mark.slow
+
+
+def _unavailable() -> str | None:
+    if not CHROMIUM.is_file():
+        return f"no browser at {CHROMIUM} (apt-get install -y chromium; .ci/run installs it)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -e '.[dev]')"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    reason = _unavailable()
+    if reason:
+        if os.environ.get("CI", "") not in ("", "0", "false"):
+            pytest.fail(f"browser tests must run in CI: {reason}")
+        pytest.skip(f"browser tests skipped: {reason}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@contextlib.contextmanager
+def _server(cmd: list[str], env: dict[str, str], url: str, log: Path, timeout: float = 120):
+    """Start a server, wait until `url` answers, yield; stop it (and its kernels) by its PID."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=log.parent)
+    try:
+        t0 = time.monotonic()
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(url, timeout=5).close()
+                break
+            except OSError:
+                if time.monotonic() - t0 > timeout:
+                    pytest.fail(f"server not up after {timeout} s:\n{log.read_text()[-3000:]}")
+                time.sleep(0.3)
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _watch_console(page) -> list[str]:
+    """The page's console errors and uncaught exceptions, as they come. A resource from another
+    host (a web font, a CDN script) that cannot be reached offline is not the app's error."""
+    errors: list[str] = []
+
+    def on_console(m) -> None:
+        url = (m.location or {}).get("url", "")
+        if m.type == "error" and not (m.text.startswith("Failed to load resource")
+                                      and not url.startswith("http://127.0.0.1")):
+            errors.append(f"{m.text} ({url})")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return errors
+
+
+_IMAGE_HASH = """async (el) => {
+  const b = await (await fetch(el.src)).arrayBuffer();
+  const h = new Uint8Array(await crypto.subtle.digest('SHA-256', b));
+  return Array.from(h).map(x => x.toString(16).padStart(2, '0')).join('');
+}"""
+
+
+def _wait_for(fn, done, timeout: float = 30) -> tuple[object, float]:
+    """Poll fn() until done(value); (value, seconds)."""
+    t0 = time.perf_counter()
+    while True:
+        new = fn()
+        if done(new):
+            return new, time.perf_counter() - t0
+        if time.perf_counter() - t0 > timeout:
+            pytest.fail(f"not reached after {timeout} s (last {new!r})")
+        time.sleep(0.02)
+
+
+def _slider(page, name: str):
+    label = page.locator("label", has_text=re.compile(rf"^{re.escape(name)}$"))
+    return page.locator(".widget-slider", has=label).locator(".noUi-handle").first
+
+
+N_APP = 100
+
+
+@pytest.fixture(scope="module")
+def voila(smoke_run, tmp_path_factory):
+    if _unavailable() and os.environ.get("CI", "") in ("", "0", "false"):
+        pytest.skip(f"browser tests skipped: {_unavailable()}")
+    port = free_port()
+    log = tmp_path_factory.mktemp("voila") / "voila.log"
+    url = f"http://127.0.0.1:{port}/"
+    with _server(voila_command(port), voila_env(smoke_run, N_APP), url, log):
+        yield url
+
+
+def test_voila_app_reacts_to_slider_and_picker(browser, voila, smoke_run, tmp_path):
+    from nsrom_lib.app import reopen_run
+    from nsrom_lib.pipeline import load_explorer_inputs
+    from nsrom_lib.widgets import PICKS, pick_images
+
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    errors = _watch_console(page)
+    t0 = time.perf_counter()
+    page.goto(voila, timeout=120_000)
+    image = page.locator(".widget-image").first
+    image.wait_for(timeout=120_000)
+    coverage = page.locator('tr[data-stage="initial"] td[data-col="coverage"]').first
+    coverage.wait_for(timeout=30_000)
+    load_s = time.perf_counter() - t0
+
+    def state():
+        return image.evaluate(_IMAGE_HASH), coverage.inner_text()
+
+    start = state()
+    att = _slider(page, "att")
+    att.focus()
+    att.press("ArrowLeft")  # att - 0.05: more background pixels ignored
+    # the overlay image and the coverage figure both change (they may arrive one by one)
+    moved, dt_down = _wait_for(state, lambda s: s[0] != start[0] and s[1] != start[1])
+    att.press("ArrowRight")
+    back, dt_up = _wait_for(state, lambda s: s == start)
+
+    # the picker: the fewest images shown (from 4 on) at which a kind of image differs
+    x = load_explorer_inputs(reopen_run(smoke_run), limit=N_APP)
+    n, label = next((n, t) for n in range(4, 9) for t, v in PICKS.items()
+                    if pick_images(x, v, n) not in ([], pick_images(x, "first", n)))
+    shown = _slider(page, "shown")
+    shown.focus()
+    for _ in range(n - 4):
+        shown.press("ArrowRight")
+    if n > 4:
+        start, _ = _wait_for(state, lambda s: s[0] != start[0])
+    page.locator(".widget-dropdown", has=page.locator("label", has_text="images")) \
+        .locator("select").select_option(label=label)
+    picked, dt_pick = _wait_for(state, lambda s: s[0] != start[0])
+    assert picked[1] == start[1], "other images, the same table"
+
+    shot = tmp_path / "explore.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get(SCREENSHOT_ENV):
+        from PIL import Image
+
+        im = Image.open(shot).convert("RGB")
+        im.thumbnail((1000, 1000))
+        im.quantize(256).save(os.environ[SCREENSHOT_ENV], optimize=True)
+    assert not errors, errors
+    print(f"\nvoila: page loaded in {load_s:.2f} s; att slider update {dt_down:.2f} s / "
+          f"{dt_up:.2f} s, image picker {dt_pick:.2f} s ({len(x['sal'])} images); "
+          f"screenshot {shot}")
+    page.close()
+
+
+def _lab_copy(folder: Path, run_dir: Path) -> Path:
+    """Notebook 03 with the smoke run as its parameters (Lab autosaves: a copy)."""
+    nb = json.loads((ROOT / "notebooks" / "03_background_extraction.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    cell["source"] = "".join(cell["source"]) + (
+        f'\nprofile = "smoke"\nrun_dir = {str(run_dir)!r}\nn_explore = 24\n')
+    out = folder / "03.ipynb"
+    out.write_text(json.dumps(nb))
+    return out
+
+
+def test_notebook_03_runs_live_in_jupyterlab(browser, smoke_run, tmp_path):
+    from nsrom_lib.progress import HEADLESS_ENV
+
+    _lab_copy(tmp_path, smoke_run)
+    settings = tmp_path / "settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
+    port, token = free_port(), "nsrom-test"
+    env = {k: v for k, v in os.environ.items() if k != HEADLESS_ENV}
+    env.update(JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"),
+               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"),
+               JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
+    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip", "127.0.0.1",
+           "--port", str(port), "--allow-root", f"--IdentityProvider.token={token}",
+           f"--ServerApp.root_dir={tmp_path}", "--ServerApp.port_retries=0"]
+    base = f"http://127.0.0.1:{port}"
+    with _server(cmd, env, f"{base}/api/status?token={token}", tmp_path / "lab.log"):
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors = _watch_console(page)
+        page.goto(f"{base}/lab/tree/03.ipynb?token={token}", timeout=120_000)
+        page.locator(".jp-Notebook").first.wait_for(timeout=120_000)
+        page.locator("#jp-main-statusbar", has_text="Idle").first.wait_for(timeout=120_000)
+        page.locator(".lm-MenuBar-itemLabel", has_text=re.compile("^Run$")).click()
+        page.locator(".lm-Menu-itemLabel", has_text=re.compile("^Run All Cells$")).click()
+        n_code = page.locator(".jp-CodeCell").count()
+        done = """(n) => Array.from(document.querySelectorAll('.jp-CodeCell .jp-InputPrompt'))
+            .filter(p => /\\[\\d+\\]/.test(p.textContent)).length >= n"""
+        page.wait_for_function(done, arg=n_code, timeout=300_000)
+        failed = page.locator('[data-mime-type="application/vnd.jupyter.error"]')
+        assert failed.count() == 0, failed.first.inner_text()[:2000]
+        sliders = page.locator(".jp-OutputArea .widget-slider")
+        assert sliders.count() >= 5, "the explorer is live (sliders), not a static copy"
+        out = page.locator(".jp-OutputArea-output", has=page.locator(".widget-slider")).first
+        image = out.locator(".widget-image").first
+        before = image.evaluate(_IMAGE_HASH)
+        att = out.locator(".widget-slider",
+                          has=page.locator("label", has_text=re.compile("^att$"))) \
+            .locator(".noUi-handle").first
+        att.focus()
+        att.press("ArrowLeft")
+        _, dt = _wait_for(lambda: image.evaluate(_IMAGE_HASH), lambda h: h != before)
+        print(f"\njupyterlab: notebook 03 ran ({n_code} code cells); slider update {dt:.2f} s")
+        bad = [e for e in errors if "favicon" not in e]
+        assert not bad, bad
+        page.close()
+
+
+def test_without_a_browser_the_reason_is_given(monkeypatch, tmp_path):
+    import test_browser as me
+
+    monkeypatch.setattr(me, "CHROMIUM", tmp_path / "no-chromium")
+    assert "apt-get install -y chromium" in me._unavailable()
