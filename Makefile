@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.nsrom-installed
 PROFILE ?= default
 SEEDS   ?= 0,1,2
 
-.PHONY: setup kernel run results test lab explore lint figures clean
+.PHONY: setup browser kernel run results test lab explore lint figures clean
 
 setup: $(STAMP)
 
@@ -28,7 +28,16 @@ run: setup kernel
 results: setup
 	$(PY) -m nsrom_lib results --seeds $(SEEDS) --profile $(PROFILE)
 
-test: setup
+# Debian's Chromium for the browser tests (installed when missing and apt-get can run as root;
+# otherwise those tests skip and say why, or fail when CI is set)
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	    if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	        apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	    else echo "No /usr/bin/chromium and no root apt-get: the browser tests will skip."; fi; \
+	fi
+
+test: setup browser
 	$(PY) -m pytest
 
 lab: setup
