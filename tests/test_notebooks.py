@@ -21,6 +21,15 @@ def test_there_are_notebooks():
     assert NOTEBOOKS and NOTEBOOKS[0].name.startswith("00_")
 
 
+@pytest.mark.parametrize("path", [*NOTEBOOKS, NOTEBOOKS[0].parent / "explore.ipynb"],
+                         ids=lambda p: p.name)
+def test_valid_for_its_nbformat_version(path):
+    """Cell ids, say, are only allowed from nbformat 4.5 on; papermill logs an error otherwise."""
+    import nbformat
+
+    nbformat.validate(nbformat.read(path, as_version=4))
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_stored_without_outputs_with_parameters(path):
     nb = json.loads(path.read_text())
