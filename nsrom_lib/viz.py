@@ -202,13 +202,14 @@ def ablation_chart(metrics: dict[str, Any], rows: Sequence[str] | None = None):
     """Bar chart of the ablation: val mIoU and non-salient object recall per model.
 
     metrics: `results/metrics.json` of a run (entries with `miou`, `nonsalient_recall`,
-    `title`); rows: the entries to draw (default: the five rows of the ablation table).
+    `title`); rows: the entries to draw (default: the rows of the ablation table that the
+    metrics hold; round 1 on CAM labels sits next to round 1 on OA-CAM labels, the OAA step).
     Returns the matplotlib figure.
     """
     import matplotlib.pyplot as plt
 
-    rows = list(rows or ("upper_bound", "be_round1", "pom_round1", "nsrm_round2",
-                         "nsrm_round2_no_glore"))
+    rows = list(rows or [k for k in ("upper_bound", "be_round1", "pom_round1_cam", "pom_round1",
+                                     "nsrm_round2", "nsrm_round2_no_glore") if k in metrics])
     titles = [metrics[k].get("title", k) for k in rows]
     miou = [metrics[k]["miou"] for k in rows]
     ns = [metrics[k].get("nonsalient_recall") or 0.0 for k in rows]

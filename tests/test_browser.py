@@ -10,24 +10,28 @@ are skipped with the reason; with CI set they fail instead.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from nsrom_lib.app import free_port, voila_command, voila_env
+from nsrom_lib.browser import (
+    CHROMIUM,
+    IMAGE_HASH,
+    chromium,
+    server,
+    slider,
+    time_explorer,
+    unavailable,
+)
+from nsrom_lib.browser import wait_for as _wait_for
+from nsrom_lib.browser import watch_console as _watch_console
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 ROOT = Path(__file__).resolve().parents[1]
 #: Set to a file path to store a small copy of the app's screenshot there (the README's).
 SCREENSHOT_ENV = "NSROM_SCREENSHOT"
@@ -36,13 +40,7 @@ pytestmark = pytest.mark.slow
 
 
 def _unavailable() -> str | None:
-    if not CHROMIUM.is_file():
-        return f"no browser at {CHROMIUM} (apt-get install -y chromium; .ci/run installs it)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (pip install -e '.[dev]')"
-    return None
+    return unavailable(CHROMIUM)
 
 
 @pytest.fixture(scope="module")
@@ -52,84 +50,8 @@ def browser():
         if os.environ.get("CI", "") not in ("", "0", "false"):
             pytest.fail(f"browser tests must run in CI: {reason}")
         pytest.skip(f"browser tests skipped: {reason}")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@contextlib.contextmanager
-def _server(cmd: list[str], env: dict[str, str], url: str, log: Path, timeout: float = 120):
-    """Start a server, wait until `url` answers, yield; stop it (and its kernels) by its PID."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=log.parent)
-    try:
-        t0 = time.monotonic()
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(url, timeout=5).close()
-                break
-            except OSError:
-                if time.monotonic() - t0 > timeout:
-                    pytest.fail(f"server not up after {timeout} s:\n{log.read_text()[-3000:]}")
-                time.sleep(0.3)
-        yield proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def _watch_console(page) -> list[str]:
-    """The page's console errors and uncaught exceptions, as they come. A resource from another
-    host (a web font, a CDN script) that cannot be reached offline is not the app's error."""
-    errors: list[str] = []
-
-    def on_console(m) -> None:
-        url = (m.location or {}).get("url", "")
-        if m.type == "error" and not (m.text.startswith("Failed to load resource")
-                                      and not url.startswith("http://127.0.0.1")):
-            errors.append(f"{m.text} ({url})")
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    return errors
-
-
-_IMAGE_HASH = """async (el) => {
-  const b = await (await fetch(el.src)).arrayBuffer();
-  const h = new Uint8Array(await crypto.subtle.digest('SHA-256', b));
-  return Array.from(h).map(x => x.toString(16).padStart(2, '0')).join('');
-}"""
-
-
-def _wait_for(fn, done, timeout: float = 30) -> tuple[object, float]:
-    """Poll fn() until done(value); (value, seconds)."""
-    t0 = time.perf_counter()
-    while True:
-        new = fn()
-        if done(new):
-            return new, time.perf_counter() - t0
-        if time.perf_counter() - t0 > timeout:
-            pytest.fail(f"not reached after {timeout} s (last {new!r})")
-        time.sleep(0.02)
-
-
-def _slider(page, name: str):
-    label = page.locator("label", has_text=re.compile(rf"^{re.escape(name)}$"))
-    return page.locator(".widget-slider", has=label).locator(".noUi-handle").first
+    with chromium() as b:
+        yield b
 
 
 N_APP = 100
@@ -142,7 +64,7 @@ def voila(smoke_run, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("voila") / "voila.log"
     url = f"http://127.0.0.1:{port}/"
-    with _server(voila_command(port), voila_env(smoke_run, N_APP), url, log):
+    with server(voila_command(port), voila_env(smoke_run, N_APP), url, log):
         yield url
 
 
@@ -162,10 +84,10 @@ def test_voila_app_reacts_to_slider_and_picker(browser, voila, smoke_run, tmp_pa
     load_s = time.perf_counter() - t0
 
     def state():
-        return image.evaluate(_IMAGE_HASH), coverage.inner_text()
+        return image.evaluate(IMAGE_HASH), coverage.inner_text()
 
     start = state()
-    att = _slider(page, "att")
+    att = slider(page, "att")
     att.focus()
     att.press("ArrowLeft")  # att - 0.05: more background pixels ignored
     # the overlay image and the coverage figure both change (they may arrive one by one)
@@ -177,7 +99,7 @@ def test_voila_app_reacts_to_slider_and_picker(browser, voila, smoke_run, tmp_pa
     x = load_explorer_inputs(reopen_run(smoke_run), limit=N_APP)
     n, label = next((n, t) for n in range(4, 9) for t, v in PICKS.items()
                     if pick_images(x, v, n) not in ([], pick_images(x, "first", n)))
-    shown = _slider(page, "shown")
+    shown = slider(page, "shown")
     shown.focus()
     for _ in range(n - 4):
         shown.press("ArrowRight")
@@ -198,6 +120,9 @@ def test_voila_app_reacts_to_slider_and_picker(browser, voila, smoke_run, tmp_pa
         im.thumbnail((1000, 1000))
         im.quantize(256).save(os.environ[SCREENSHOT_ENV], optimize=True)
     assert not errors, errors
+    timed = time_explorer(browser, voila, repeats=2)  # `python -m nsrom_lib.browser`'s timing
+    assert len(timed["seconds"]) == 2 and all(t > 0 for t in timed["seconds"])
+    assert not timed["errors"], timed["errors"]
     print(f"\nvoila: page loaded in {load_s:.2f} s; att slider update {dt_down:.2f} s / "
           f"{dt_up:.2f} s, image picker {dt_pick:.2f} s ({len(x['sal'])} images); "
           f"screenshot {shot}")
@@ -231,7 +156,7 @@ def test_notebook_03_runs_live_in_jupyterlab(browser, smoke_run, tmp_path):
            "--port", str(port), "--allow-root", f"--IdentityProvider.token={token}",
            f"--ServerApp.root_dir={tmp_path}", "--ServerApp.port_retries=0"]
     base = f"http://127.0.0.1:{port}"
-    with _server(cmd, env, f"{base}/api/status?token={token}", tmp_path / "lab.log"):
+    with server(cmd, env, f"{base}/api/status?token={token}", tmp_path / "lab.log"):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         errors = _watch_console(page)
         page.goto(f"{base}/lab/tree/03.ipynb?token={token}", timeout=120_000)
@@ -249,13 +174,13 @@ def test_notebook_03_runs_live_in_jupyterlab(browser, smoke_run, tmp_path):
         assert sliders.count() >= 5, "the explorer is live (sliders), not a static copy"
         out = page.locator(".jp-OutputArea-output", has=page.locator(".widget-slider")).first
         image = out.locator(".widget-image").first
-        before = image.evaluate(_IMAGE_HASH)
+        before = image.evaluate(IMAGE_HASH)
         att = out.locator(".widget-slider",
                           has=page.locator("label", has_text=re.compile("^att$"))) \
             .locator(".noUi-handle").first
         att.focus()
         att.press("ArrowLeft")
-        _, dt = _wait_for(lambda: image.evaluate(_IMAGE_HASH), lambda h: h != before)
+        _, dt = _wait_for(lambda: image.evaluate(IMAGE_HASH), lambda h: h != before)
         print(f"\njupyterlab: notebook 03 ran ({n_code} code cells); slider update {dt:.2f} s")
         bad = [e for e in errors if "favicon" not in e]
         assert not bad, bad
@@ -267,3 +192,11 @@ def test_without_a_browser_the_reason_is_given(monkeypatch, tmp_path):
 
     monkeypatch.setattr(me, "CHROMIUM", tmp_path / "no-chromium")
     assert "apt-get install -y chromium" in me._unavailable()
+
+
+def test_the_timing_command_says_why_it_cannot_run(monkeypatch, capsys, tmp_path):
+    import nsrom_lib.browser as b
+
+    monkeypatch.setattr(b, "CHROMIUM", tmp_path / "no-chromium")
+    assert b.main(["--run", str(tmp_path)]) == 2
+    assert "apt-get install -y chromium" in capsys.readouterr().err

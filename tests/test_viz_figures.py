@@ -110,3 +110,18 @@ def test_gap_chart_stacks_the_non_salient_part_under_the_rest():
     assert [b.get_height() for b in ax.patches] == pytest.approx([0.0, 0.16])
     assert not any("non-salient)" in t.get_text() for t in ax.texts)
     plt.close(fig)
+
+
+def test_ablation_chart_draws_the_oaa_row_when_the_metrics_have_it():
+    import matplotlib.pyplot as plt
+
+    rows = ("upper_bound", "be_round1", "pom_round1_cam", "pom_round1", "nsrm_round2",
+            "nsrm_round2_no_glore")
+    metrics = {k: dict(title=f"model {k}", miou=0.5 + 0.05 * i, nonsalient_recall=0.3)
+               for i, k in enumerate(rows)}
+    ticks = [t.get_text() for t in viz.ablation_chart(metrics).axes[0].get_xticklabels()]
+    assert [t.replace("\n", " ") for t in ticks] == [f"model {k}" for k in rows]
+    # a run from before the CAM variant existed: the chart leaves that bar out
+    old = {k: v for k, v in metrics.items() if k != "pom_round1_cam"}
+    assert len(viz.ablation_chart(old).axes[0].get_xticklabels()) == len(rows) - 1
+    plt.close("all")
