@@ -31,7 +31,7 @@ from typing import Any
 from nsrom_lib.app import choose_run, free_port, voila_command, voila_env
 
 __all__ = ["CHROMIUM", "ARGS", "IMAGE_HASH", "unavailable", "chromium", "server",
-           "watch_console", "wait_for", "slider", "time_explorer", "main"]
+           "watch_console", "wait_for", "slider", "open_app", "time_explorer", "main"]
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: Headless, offline, and no sandbox (containers often run as root).
@@ -150,18 +150,28 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def time_explorer(browser: Any, url: str, repeats: int = 10) -> dict[str, Any]:
-    """Load the app at `url` and time `repeats` presses on the `att` slider (left, right, ...):
-    seconds from the press until the overlay image and the coverage figure both changed."""
+def open_app(browser: Any, url: str, timeout_ms: int = 300_000) -> dict[str, Any]:
+    """A new page on the explorer app at `url`, once its first image and quality table show:
+    page, errors (`watch_console`), image (the first overlay), coverage (the BE labels'
+    coverage cell) and load_s (seconds until both showed)."""
     page = browser.new_page(viewport={"width": 1500, "height": 1100})
     errors = watch_console(page)
     t0 = time.perf_counter()
-    page.goto(url, timeout=300_000)
+    page.goto(url, timeout=timeout_ms)
     image = page.locator(".widget-image").first
-    image.wait_for(timeout=300_000)
+    image.wait_for(timeout=timeout_ms)
     coverage = page.locator('tr[data-stage="initial"] td[data-col="coverage"]').first
-    coverage.wait_for(timeout=60_000)
-    load_s = time.perf_counter() - t0
+    coverage.wait_for(timeout=timeout_ms)
+    return dict(page=page, errors=errors, image=image, coverage=coverage,
+                load_s=time.perf_counter() - t0)
+
+
+def time_explorer(browser: Any, url: str, repeats: int = 10) -> dict[str, Any]:
+    """Load the app at `url` and time `repeats` presses on the `att` slider (left, right, ...):
+    seconds from the press until the overlay image and the coverage figure both changed."""
+    app = open_app(browser, url)
+    page, errors, image, coverage, load_s = (app[k] for k in ("page", "errors", "image",
+                                                              "coverage", "load_s"))
 
     def state() -> tuple[str, str]:
         return image.evaluate(IMAGE_HASH), coverage.inner_text()

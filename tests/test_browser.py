@@ -14,7 +14,6 @@ import json
 import os
 import re
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from nsrom_lib.browser import (
     CHROMIUM,
     IMAGE_HASH,
     chromium,
+    open_app,
     server,
     slider,
     time_explorer,
@@ -73,15 +73,9 @@ def test_voila_app_reacts_to_slider_and_picker(browser, voila, smoke_run, tmp_pa
     from nsrom_lib.pipeline import load_explorer_inputs
     from nsrom_lib.widgets import PICKS, pick_images
 
-    page = browser.new_page(viewport={"width": 1500, "height": 1100})
-    errors = _watch_console(page)
-    t0 = time.perf_counter()
-    page.goto(voila, timeout=120_000)
-    image = page.locator(".widget-image").first
-    image.wait_for(timeout=120_000)
-    coverage = page.locator('tr[data-stage="initial"] td[data-col="coverage"]').first
-    coverage.wait_for(timeout=30_000)
-    load_s = time.perf_counter() - t0
+    app = open_app(browser, voila, timeout_ms=120_000)
+    page, errors, image, coverage, load_s = (app[k] for k in ("page", "errors", "image",
+                                                              "coverage", "load_s"))
 
     def state():
         return image.evaluate(IMAGE_HASH), coverage.inner_text()
