@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import re
 import signal
 import statistics
@@ -141,15 +140,6 @@ def slider(page: Any, name: str) -> Any:
     return page.locator(".widget-slider", has=label).locator(".noUi-handle").first
 
 
-def cpu_model() -> str:
-    """The CPU model name (`lscpu`'s), or the platform's processor string."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
 def open_app(browser: Any, url: str, timeout_ms: int = 300_000) -> dict[str, Any]:
     """A new page on the explorer app at `url`, once its first image and quality table show:
     page, errors (`watch_console`), image (the first overlay), coverage (the BE labels'
@@ -212,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"http://127.0.0.1:{port}/", Path(tmp) / "voila.log"):
         r = time_explorer(b, f"http://127.0.0.1:{port}/", args.repeats)
     s = r["seconds"]
+    from nsrom_lib.device import cpu_model  # imports torch: only once the browser can run
+
     print(f"explorer of {run_dir}, {args.n} images, {cpu_model()}, {os.cpu_count()} cores")
     print(f"page load (kernel start, first render): {r['load_s']:.2f} s")
     print(f"att slider, press -> image and coverage updated, {len(s)} presses: "

@@ -79,9 +79,15 @@ class _ProcessPool(ProcessPoolExecutor):
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
             workers = list((self._processes or {}).values())  # shutdown forgets them
+            manager = self._executor_manager_thread  # and its thread
             self.shutdown(wait=False, cancel_futures=True)
             for p in workers:
                 p.terminate()
+            if manager is not None:
+                # Wait for the pool's thread to see the workers gone and close its pipes.
+                # An interpreter that exits while it is still closing them races with it,
+                # and may print "OSError: Bad file descriptor" at exit.
+                manager.join(timeout=10)
         return super().__exit__(exc_type, exc, tb)
 
 

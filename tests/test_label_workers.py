@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -47,6 +48,17 @@ def test_leaving_the_pool_by_an_exception_stops_running_tasks_at_once():
         time.sleep(1.0)  # the task is running
         raise KeyboardInterrupt
     assert time.monotonic() - t0 < 10  # not the minute the task would take
+
+
+def test_leaving_the_pool_by_an_exception_leaves_no_pool_thread_behind():
+    # An interpreter that exits while the pool's thread is still closing its pipes races with
+    # it and may print "OSError: Bad file descriptor" at exit (a CLI error, exit 2, with a
+    # traceback under it). Leaving the block waits for that thread.
+    with pytest.raises(ValueError), process_pool(2) as pool:
+        pool.submit(time.sleep, 60)
+        raise ValueError("bad input")
+    left = [t for t in threading.enumerate() if "ExecutorManager" in type(t).__name__]
+    assert left == []
 
 
 def test_workers_run_their_initializer():
