@@ -80,7 +80,8 @@ def choose_run(run_dir: str | os.PathLike | None = None, build: bool = True) -> 
         raise FileNotFoundError(f"no finished run under {runs}: make run (or make explore) first")
     quick = runs / "quick"
     print(f"No finished run under {runs}: building the quick run first "
-          f"(make run PROFILE=quick -> {quick}, a few minutes on a CPU).", flush=True)
+          f"(make run PROFILE=quick -> {quick}: all its notebooks, training the networks "
+          f"on this machine; docs/benchmarks.md gives measured times).", flush=True)
     subprocess.run([sys.executable, "-m", "nsrom_lib", "run", "--profile", "quick",
                     "--run-dir", str(quick)], check=True)
     return quick
