@@ -11,6 +11,9 @@ In one process, on the machine it runs on:
 - the process's peak resident memory;
 - the wall time per stage of the last run of the profile (`runs/<profile>`), when there is one.
 
+`bench precision` (`bench_precision`) times each training loop in float32 and with the
+`cpu_bf16` setting, alternating, and gives their ratio.
+
 Figures depend on the machine and its load; the result names both.
 """
 
@@ -23,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["peak_memory_mib", "bench_training", "bench_all", "format_bench_all"]
+__all__ = ["peak_memory_mib", "bench_training", "bench_precision", "format_bench_precision",
+           "bench_all", "format_bench_all"]
 
 
 def peak_memory_mib() -> float:
@@ -91,6 +95,91 @@ def bench_training(profile: str = "default", device: str = "auto", limit: int = 
     out["segmentation_infer_img_s"] = round(n / s, 1)
     out["segmentation_test_flip"] = cfg.seg_test_flip
     return out
+
+
+def bench_precision(profile: str = "default", limit: int = 256, repeats: int = 3,
+                    seed: int = 0) -> dict[str, Any]:
+    """One epoch of each training loop on `limit` training images, in float32 and with the
+    `cpu_bf16` setting (bfloat16 autocast), alternating fp32, bf16, fp32, bf16, ... `repeats`
+    times in this process so that a drift of the machine's speed hits both alike.
+
+    The networks: the classifier with GloRe and accumulation, the integral attention model and
+    the segmentation network, each of the profile's sizes, trained from the same initial
+    weights in every repeat; CPU only. Returns per network the median seconds per epoch of each
+    precision and their ratio fp32 / bf16 (above 1: bf16 is faster), and whether this CPU
+    computes bf16 natively (`train.cpu_has_bf16`).
+    """
+    import copy
+    import statistics
+
+    import torch
+
+    from nsrom_lib import train as T
+    from nsrom_lib.bench import dataset_root
+    from nsrom_lib.config import make_config
+    from nsrom_lib.data.stats import load_split_arrays
+    from nsrom_lib.pipeline import build_classifier, build_segmenter
+
+    cfg = make_config(profile)
+    dev = torch.device("cpu")
+    threads = T.configure_threads(cfg.num_threads)
+    root = dataset_root(profile)
+    data = T.load_split_tensors(root, "train", cfg.num_classes, cfg.image_size)
+    n = min(limit, len(data["names"]))
+    images, labels = data["images"][:n], data["labels"][:n]  # (n, 3, S, S) uint8, (n, C)
+    masks = torch.from_numpy(load_split_arrays(root, "train", limit=n)["mask"])  # (n, S, S)
+    T.seed_everything(seed)
+    nets = {"classifier": build_classifier(cfg), "iam": build_classifier(cfg, iam=True),
+            "segmentation": build_segmenter(cfg)}
+    h, w = T.cam_size(nets["iam"], tuple(images.shape[-2:]))
+    targets = torch.randint(0, 256, (n, cfg.num_classes, h, w), dtype=torch.uint8,
+                            generator=torch.Generator().manual_seed(seed))
+
+    def epoch(name: str, bf16: bool) -> float:
+        model = copy.deepcopy(nets[name])
+        kw = dict(epochs=1, seed=seed, device=dev, progress=False, cpu_bf16=bf16)
+        t0 = time.perf_counter()
+        if name == "classifier":
+            T.train_classifier(model, images, labels, batch_size=cfg.cls_batch_size,
+                               lr=cfg.cls_lr, accumulate_from=0, **kw)
+        elif name == "iam":
+            T.train_iam(model, images, targets, batch_size=cfg.iam_batch_size, lr=cfg.iam_lr, **kw)
+        else:
+            T.train_segmentation(model, images, masks, batch_size=cfg.seg_batch_size,
+                                 lr=cfg.seg_lr, **kw)
+        return time.perf_counter() - t0
+
+    out: dict[str, Any] = dict(profile=profile, threads=threads, images=n,
+                               image_size=cfg.image_size, repeats=repeats,
+                               native_bf16=T.cpu_has_bf16(), networks={})
+    for name in nets:
+        epoch(name, False), epoch(name, True)  # warm-up: first calls allocate and pick kernels
+        times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+        for _ in range(repeats):
+            times["fp32"].append(epoch(name, False))
+            times["bf16"].append(epoch(name, True))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        out["networks"][name] = dict(
+            fp32_s=round(med["fp32"], 3), bf16_s=round(med["bf16"], 3),
+            ratio=round(med["fp32"] / med["bf16"], 2),
+            pair_ratios=[round(a / b, 2) for a, b in zip(times["fp32"], times["bf16"])])
+    return out
+
+
+def format_bench_precision(r: dict[str, Any]) -> str:
+    """A plain-text table of `bench_precision`'s result."""
+    from nsrom_lib.device import cpu_model
+
+    lines = [f"nsrom bench precision, profile {r['profile']}, CPU {cpu_model()}, "
+             f"{r['threads']} torch threads, native bf16: {'yes' if r['native_bf16'] else 'no'}",
+             f"one training epoch on {r['images']} images of {r['image_size']} px, median of "
+             f"{r['repeats']} alternating repeats",
+             "",
+             f"{'network':<14} {'fp32 s':>8} {'bf16 s':>8} {'fp32/bf16':>10}  per pair"]
+    for name, t in r["networks"].items():
+        lines.append(f"{name:<14} {t['fp32_s']:>8.2f} {t['bf16_s']:>8.2f} {t['ratio']:>10.2f}  "
+                     + " ".join(f"{x:.2f}" for x in t["pair_ratios"]))
+    return "\n".join(lines)
 
 
 def bench_all(profile: str = "default", device: str = "auto", limit: int = 512,

@@ -17,6 +17,8 @@
       label, training and inference throughput, peak memory, the last run's stage times
   bench labels [--run-dir D] [--device auto] [--batch-size N] [--limit N] [--json]
       time the batched label functions against the per-image references
+  bench precision [--profile P] [--limit N] [--repeats R] [--json]
+      one epoch of each training loop in float32 and with cpu_bf16 (bfloat16), alternating
 
 Parsing and `--help` import no torch; each command imports what it needs.
 Exit status: 0 done; 2 bad input (a bad option, configuration or input file, a missing
@@ -189,6 +191,16 @@ def _add_bench(sub) -> None:
                     help="torch threads for the batched path (default 1, as the numpy reference; "
                     "0: torch's default)")
     bl.add_argument("--json", action="store_true", help="print JSON only")
+    bp = bsub.add_parser("precision", help="training in float32 vs bfloat16 autocast (cpu_bf16)",
+                         description="One epoch of the classifier, the integral attention model "
+                         "and the segmentation network on the first N training images, in float32 "
+                         "and with cpu_bf16 (bfloat16 autocast on the CPU), alternating, in one "
+                         "process; prints the median seconds of each and their ratio.")
+    bp.add_argument("--profile", default="default", help="dataset and network sizes (default: default)")
+    bp.add_argument("--limit", type=int, default=256, help="training images (default 256)")
+    bp.add_argument("--repeats", type=int, default=3,
+                    help="timed fp32/bf16 pairs per network (default 3)")
+    bp.add_argument("--json", action="store_true", help="print JSON only")
 
 
 def _common_label_args(p: argparse.ArgumentParser, defaults: dict[str, float]) -> None:
@@ -495,6 +507,15 @@ def _cmd_bench(args) -> int:
         result = bench_all(profile=args.profile, device=args.device, limit=args.limit,
                            label_limit=args.label_limit, run_dir=args.run_dir)
         print(json.dumps(result, indent=2) if args.json else format_bench_all(result))
+        return 0
+    if args.bench_command == "precision":
+        from nsrom_lib.bench_run import bench_precision, format_bench_precision
+
+        if args.limit < 1 or args.repeats < 1:
+            return _fail(f"bench precision: --limit {args.limit} --repeats {args.repeats}: "
+                         "use at least 1 for both (e.g. --limit 256 --repeats 3)")
+        result = bench_precision(profile=args.profile, limit=args.limit, repeats=args.repeats)
+        print(json.dumps(result, indent=2) if args.json else format_bench_precision(result))
         return 0
     from nsrom_lib.bench import bench_labels, format_bench
 

@@ -30,7 +30,7 @@ from nsrom_lib.progress import progress_bar as tqdm
 
 __all__ = ["configure_threads", "seed_everything", "load_split_tensors", "normalize_images",
            "cam_size", "learning_rate", "make_optimizer", "poly_lr", "fit", "colour_jitter",
-           "pinned", "autocast"]
+           "pinned", "autocast", "cpu_has_bf16"]
 
 log = logging.getLogger("nsrom_lib.train")
 
@@ -120,13 +120,25 @@ def pinned(t: Tensor, device: torch.device) -> Tensor:
     return t.pin_memory() if device.type == "cuda" and not t.is_pinned() else t
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """bfloat16 autocast on CUDA (no gradient scaling needed); a no-op context on the CPU."""
+def autocast(device: torch.device, cuda: bool = True, cpu: bool = False):
+    """bfloat16 autocast (no gradient scaling needed) on a CUDA device when `cuda`, on the CPU
+    when `cpu` (the `cpu_bf16` setting); otherwise a no-op context."""
     import contextlib
 
-    if enabled and device.type == "cuda":
+    if cuda and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    if cpu and device.type == "cpu":
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX, as oneDNN sees it).
+    Without it, bf16 autocast on the CPU is emulated and slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def colour_jitter(images: Tensor, strength: float, generator: torch.Generator) -> Tensor:
@@ -241,6 +253,7 @@ def fit(
     progress: bool,
     desc: str,
     make_batch: Callable[[Tensor, torch.Generator], Any] | None = None,
+    cpu_bf16: bool = False,
 ) -> dict[str, Any]:
     """The shared training loop: shuffle, build the batch, `step(batch, idx, epoch) -> loss`,
     optimise, checkpoint per epoch, resume. Returns history, epochs_done and completed.
@@ -248,7 +261,9 @@ def fit(
     make_batch(idx, generator): the batch `step` receives (default: the colour-jittered,
     normalised images[idx] on the device); it must draw its randomness from `generator`, which
     the checkpoints save. schedule "poly" sets lr = base·(1 − it / iterations)^0.9 at every
-    iteration (DeepLab's decay); the others change it once per epoch.
+    iteration (DeepLab's decay); the others change it once per epoch. cpu_bf16: on the CPU,
+    `step` runs under bfloat16 autocast (`autocast`): convolutions and matrix products in bf16,
+    the weights, gradients and optimiser state in float32; `step` computes its loss in float32.
     """
     N = images.shape[0]
     model.to(device).train()
@@ -276,7 +291,9 @@ def fit(
         for it, idx in enumerate(order.split(batch_size)):
             if schedule == "poly":
                 _set_lr(opt, poly_lr(lr, epoch * n_batches + it, epochs * n_batches))
-            loss = step(make_batch(idx, gen), idx, epoch)
+            batch = make_batch(idx, gen)
+            with autocast(device, cuda=False, cpu=cpu_bf16):
+                loss = step(batch, idx, epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

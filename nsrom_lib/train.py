@@ -52,6 +52,7 @@ from nsrom_lib.loop import (  # re-exported: the public names of the loop
     cam_size,
     colour_jitter,
     configure_threads,
+    cpu_has_bf16,
     fit,
     learning_rate,
     load_split_tensors,
@@ -68,6 +69,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "configure_threads",
+    "cpu_has_bf16",
     "seed_everything",
     "load_split_tensors",
     "normalize_images",
@@ -111,6 +113,7 @@ def train_classifier(
     tag: str = "",
     max_epochs: int | None = None,
     progress: bool = True,
+    cpu_bf16: bool = False,
 ) -> dict[str, Any]:
     """Train the classifier on image-level labels, accumulating attention online (OAA).
 
@@ -120,8 +123,8 @@ def train_classifier(
     later is a diagnostic for networks trained from scratch, not the paper's method);
     snapshot_indices: images whose accumulated maps are copied after every epoch (figures);
     probe_indices: images whose own fused maps of every epoch are kept (`_EpochProbe`);
-    checkpoint: written every epoch, resumed from with the same `tag`; max_epochs: stop early.
-    Returns model, accumulator (`OAAccumulator` or None), snapshots ``{"indices": (k,), "maps":
+    checkpoint: written every epoch, resumed from with the same `tag`; max_epochs: stop early;
+    cpu_bf16: bfloat16 autocast on the CPU (`loop.fit`; the loss and OAA read float32). Returns model, accumulator (`OAAccumulator` or None), snapshots ``{"indices": (k,), "maps":
     (E, k, C, h, w) uint8}`` (E = epochs done), probe (see `_EpochProbe.result`), history
     (per-epoch loss, lr, seconds, img/s), epochs_done and completed.
     """
@@ -136,6 +139,7 @@ def train_classifier(
     def step(x: Tensor, idx: Tensor, epoch: int) -> Tensor:
         y = labels[idx].to(device)  # (B, C)
         logits, cam = model(x, return_cam=True)  # (B, C), (B, C, h, w)
+        logits, cam = logits.float(), cam.float()  # bf16 under cpu_bf16
         # Eq. 4: multi-label soft margin loss (BCE with logits, averaged over classes).
         loss = F.multilabel_soft_margin_loss(logits, y)
         if acc is not None and epoch >= accumulate_from:
@@ -164,7 +168,7 @@ def train_classifier(
                optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, jitter=jitter,
                seed=seed, device=device, checkpoint=checkpoint, tag=f"classifier:{tag}",
                extra_state=(get_extra, set_extra), on_epoch_end=on_epoch_end,
-               max_epochs=max_epochs, progress=progress, desc="classifier")
+               max_epochs=max_epochs, progress=progress, desc="classifier", cpu_bf16=cpu_bf16)
     maps = torch.stack(snapshots) if snapshots else torch.zeros(0, len(snap_idx), C, h, w, dtype=torch.uint8)
     out.update(model=model.eval(), accumulator=acc, snapshots={"indices": snap_idx, "maps": maps},
                probe=probe.result())
@@ -243,12 +247,14 @@ def train_iam(
     tag: str = "",
     max_epochs: int | None = None,
     progress: bool = True,
+    cpu_bf16: bool = False,
 ) -> dict[str, Any]:
     """Train the integral attention model to regress the accumulated maps (§2).
 
     model: a `Classifier(iam=True)`; images: (N, 3, H, W) uint8; targets: (N, C, h, w) uint8
     0..255 (the accumulated maps; 0 for classes without a map) or float in [0, 1], at the model's
-    CAM size. Returns model, history, epochs_done, completed (checkpoints as `train_classifier`).
+    CAM size. Returns model, history, epochs_done, completed (checkpoints and cpu_bf16 as
+    `train_classifier`).
     """
     device = torch.device(device)
     model.to(device)
@@ -263,13 +269,13 @@ def train_iam(
     def step(x: Tensor, idx: Tensor, epoch: int) -> Tensor:
         _, cam = model(x, return_cam=True)  # (B, C, h, w)
         # §2: −t log σ(x) on t > 0, softplus(x) on t = 0, each averaged over its pixels.
-        return iam_loss(cam, t_all[idx].to(device))
+        return iam_loss(cam.float(), t_all[idx].to(device))
 
     out = fit(model, images, step=step, epochs=epochs, batch_size=batch_size, lr=lr,
                optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, jitter=jitter,
                seed=seed, device=device, checkpoint=checkpoint, tag=f"iam:{tag}",
                extra_state=None, on_epoch_end=None, max_epochs=max_epochs, progress=progress,
-               desc="iam")
+               desc="iam", cpu_bf16=cpu_bf16)
     out.update(model=model.eval())
     return out
 
@@ -345,13 +351,15 @@ def train_segmentation(
     max_epochs: int | None = None,
     progress: bool = True,
     desc: str = "segmentation",
+    cpu_bf16: bool = False,
 ) -> dict[str, Any]:
     """Train a segmentation network on (pseudo) labels: docs/method.md §5 and §7.
 
     model: e.g. `DeepLabV2`, (B, 3, H, W) -> (B, C + 1, H, W) logits; images: (N, 3, H, W) uint8;
     labels: (N, H, W) uint8 (0 background, c + 1 class c, 255 ignore). Cross-entropy with ignore
     index 255 (`segmentation_loss`), poly decay per iteration, random scale / crop / flip
-    (`augment_segmentation`). Checkpoints and resume as `train_classifier`.
+    (`augment_segmentation`). Checkpoints, resume and cpu_bf16 as `train_classifier`; on CUDA
+    the forward pass is always in bf16.
     Returns model (eval mode), history, epochs_done, completed.
     """
     device = torch.device(device)
@@ -374,7 +382,7 @@ def train_segmentation(
                optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, jitter=jitter,
                seed=seed, device=device, checkpoint=checkpoint, tag=f"seg:{tag}",
                extra_state=None, on_epoch_end=None, max_epochs=max_epochs, progress=progress,
-               desc=desc, make_batch=make_batch)
+               desc=desc, make_batch=make_batch, cpu_bf16=cpu_bf16)
     out.update(model=model.eval())
     return out
 

@@ -41,3 +41,19 @@ def test_bench_cli_json(capsys, tmp_path):
     r = json.loads(capsys.readouterr().out)
     assert r["profile"] == "smoke" and r["last_run"] is None and r["peak_memory_mib"] > 0
     assert r["training"]["segmentation_train_img_s"] > 0
+
+
+def test_bench_precision_times_each_loop_in_both_precisions(capsys):
+    assert main(["bench", "precision", "--profile", "smoke", "--limit", "8", "--repeats", "1",
+                 "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert set(r["networks"]) == {"classifier", "iam", "segmentation"}
+    assert isinstance(r["native_bf16"], bool) and r["images"] == 8
+    for t in r["networks"].values():
+        assert t["fp32_s"] > 0 and t["bf16_s"] > 0 and len(t["pair_ratios"]) == 1
+        assert abs(t["ratio"] - round(t["fp32_s"] / t["bf16_s"], 2)) < 1e-9
+    assert main(["bench", "precision", "--profile", "smoke", "--limit", "4", "--repeats", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "fp32/bf16" in text and "segmentation" in text and "native bf16" in text
+    assert main(["bench", "precision", "--repeats", "0"]) == 2
+    assert "--repeats 0" in capsys.readouterr().err

@@ -85,8 +85,10 @@ STAGE_VERSIONS: dict[str, int] = {"results": 2}
 #: Settings that change a segmentation model's predictions but not its training: changing them
 #: re-predicts with the stored model (unless the model's own labels came from predictions).
 SEG_PREDICT_FIELDS = tuple(f.name for f in _FIELDS if f.metadata.get("predict_only"))
-#: The fully supervised upper bound depends on the data and the segmentation settings only.
-UPPER_BOUND_FIELDS = tuple(f.name for f in _FIELDS if f.metadata.get("stage") in ("data", "seg1"))
+#: The fully supervised upper bound depends on the data and the segmentation settings only, and
+#: on the settings of every training loop (`upper_bound=True`: cpu_bf16).
+UPPER_BOUND_FIELDS = tuple(f.name for f in _FIELDS if f.metadata.get("stage") in ("data", "seg1")
+                           or f.metadata.get("upper_bound"))
 
 
 def project_root() -> Path:

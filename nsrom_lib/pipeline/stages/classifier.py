@@ -75,7 +75,8 @@ def ensure_warmup(run: Run, progress: bool = True) -> dict[str, Any] | None:
             model, data["images"], data["labels"], epochs=cfg.cls_warmup_epochs,
             **cfg.recipe("classifier").as_dict(),
             seed=cfg.seed + 2, device=device, accumulate=False, checkpoint=d / "checkpoint.pt",
-            tag=run.stage_key(WARMUP_STAGE), progress=progress)
+            tag=run.stage_key(WARMUP_STAGE), progress=progress,
+            cpu_bf16=cfg.cpu_bf16)
         save_torch(d / "backbone.pt", dict(features=model.features.state_dict()))
         logits, _ = T.predict_cams(model, data["images"], device=device)
         val = T.load_split_tensors(root, "val", cfg.num_classes, cfg.image_size)
@@ -129,7 +130,8 @@ def ensure_classifier(run: Run, glore: bool = True, progress: bool = True) -> di
             **cfg.recipe("classifier").as_dict(),
             seed=cfg.seed, device=device, snapshot_indices=snaps, accumulate_from=cfg.oaa_from_epoch,
             probe_indices=range(min(len(data["names"]), OAA_PROBE_IMAGES)),
-            checkpoint=d / "checkpoint.pt", tag=run.stage_key(stage), progress=progress)
+            checkpoint=d / "checkpoint.pt", tag=run.stage_key(stage), progress=progress,
+            cpu_bf16=cfg.cpu_bf16)
         acc = res["accumulator"]
         save_torch(d / "model.pt", dict(state_dict=model.state_dict(), glore=glore, iam=False))
         save_torch(d / "accumulated.pt", dict(maps=acc.maps().cpu(), exists=acc.exists.cpu(),
@@ -240,7 +242,7 @@ def ensure_iam(run: Run, progress: bool = True, glore: bool = True) -> dict[str,
             model, data["images"], acc["maps"], epochs=cfg.iam_epochs,
             **cfg.recipe("iam").as_dict(),
             seed=cfg.seed + 1, device=device, checkpoint=d / "checkpoint.pt",
-            tag=run.stage_key(stage), progress=progress)
+            tag=run.stage_key(stage), progress=progress, cpu_bf16=cfg.cpu_bf16)
         save_torch(d / "model.pt", dict(state_dict=model.state_dict(), glore=glore, iam=True))
         atomic_write_json(d / "history.json", res["history"])
         hist = res["history"]

@@ -3,6 +3,7 @@ ground truth and the label / map measures kept in stage records."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from nsrom_lib.metrics import (
 from nsrom_lib.metrics import map_quality as _map_quality_of
 from nsrom_lib.pipeline.run import Run
 
+log = logging.getLogger(__name__)
+
 __all__ = ["training_context", "save_torch", "load_torch", "history_metrics",
            "load_ground_truth", "map_quality", "label_metrics"]
 
@@ -33,6 +36,10 @@ def training_context(run: Run, stage: str, root: Path) -> tuple[Path, Any, dict[
     d = run.stage_dir(stage)
     device = resolve_device(cfg.device)
     T.configure_threads(cfg.num_threads)
+    if cfg.cpu_bf16 and device.type == "cpu" and not T.cpu_has_bf16():
+        log.warning("%s: cpu_bf16 is set, but this CPU has no native bfloat16 (AVX512-BF16 or "
+                    "AMX): training computes the bf16 numbers and is slower, not faster; "
+                    "leave out --set cpu_bf16=true on this machine", stage)
     return d, device, T.load_split_tensors(root, "train", cfg.num_classes, cfg.image_size)
 
 

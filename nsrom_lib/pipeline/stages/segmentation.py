@@ -263,7 +263,7 @@ def _train_or_reuse(run: Run, which: str, model: torch.nn.Module, d: Path, devic
         model, images, y, epochs=cfg.seg_epochs, **cfg.recipe("segmentation").as_dict(),
         scale=(1 - cfg.seg_scale, 1 + cfg.seg_scale), seed=cfg.seed + 2,
         device=device, checkpoint=d / "checkpoint.pt", tag=key, progress=progress,
-        desc=which)
+        desc=which, cpu_bf16=cfg.cpu_bf16)
     save_torch(d / "model.pt", dict(state_dict=model.state_dict(), which=which,
                                     train_key=train_key))
     atomic_write_json(d / "history.json", res["history"])
