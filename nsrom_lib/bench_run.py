@@ -162,7 +162,7 @@ def bench_precision(profile: str = "default", limit: int = 256, repeats: int = 3
         out["networks"][name] = dict(
             fp32_s=round(med["fp32"], 3), bf16_s=round(med["bf16"], 3),
             ratio=round(med["fp32"] / med["bf16"], 2),
-            pair_ratios=[round(a / b, 2) for a, b in zip(times["fp32"], times["bf16"])])
+            pair_ratios=[round(a / b, 2) for a, b in zip(times["fp32"], times["bf16"], strict=True)])
     return out
 
 
