@@ -24,6 +24,7 @@ from typing import Any
 from nsrom_lib.config import NOT_RESULT_KEYS, ConfigError, RunConfig, make_config
 from nsrom_lib.data.io import DataError, atomic_write_json, atomic_write_text
 from nsrom_lib.pipeline import (
+    GAP_ROWS,
     LABEL_ROWS,
     LABEL_TITLES,
     LATER_ROWS,
@@ -35,7 +36,7 @@ from nsrom_lib.pipeline import (
 )
 
 __all__ = ["load_run_results", "compare_runs", "compare_table", "RUN_ONLY_KEYS", "STEPS",
-           "ROW_FIELDS", "summarise_seeds", "seeds_markdown", "write_seeds_summary"]
+           "ROW_FIELDS", "GAP_FIELDS", "summarise_seeds", "seeds_markdown", "write_seeds_summary"]
 
 #: Config keys that are never column labels: where or how fast a run ran, not what it computed,
 #: and the dataset's path (the same data lies at other paths on other machines).
@@ -54,6 +55,12 @@ STEPS: tuple[tuple[str, str, str, str], ...] = (
     ("OAA", "pom_round1", "pom_round1_cam", "OA-CAM - CAM, r1"),
     # ("CRF", <row with the dense CRF>, <row without>, "on - off, r2"),
 )
+
+#: The measures of `metrics.json['gap']` summarised per model over seeds (`summarise_seeds`'
+#: `gap`): the gap to the upper bound, the part of it the non-salient objects explain and the
+#: rest, and where the object pixels go (`stages.results.gap_measures`, method.md §8).
+GAP_FIELDS = ("gap", "gap_from_nonsalient", "gap_nonsalient_void", "nonsalient_as_background",
+              "salient_as_background", "background_as_object")
 
 #: The measures summarised per row: the val rows (`RESULT_ROWS`) and the label rows
 #: (`LABEL_ROWS`, training images).
@@ -251,7 +258,8 @@ def summarise_seeds(run_dirs: list[str | os.PathLike],
     Returns `compare_runs`' runs (each with the `machine` its results record names) and
     steps, and n (the seeds); rows: {key: {title, split ("val" or "labels"), and per measure of
     `ROW_FIELDS` {values (one per seed), mean, sd, min, max, n}}} for every `RESULT_ROWS` and
-    `LABEL_ROWS` key; step_checks: {step: {text ("POM positive in 3/3 seeds"), positive, n,
+    `LABEL_ROWS` key; gap: {key: {title, and per measure of `GAP_FIELDS` the same stats}} for
+    every model of `GAP_ROWS` that some seed's `metrics.json['gap']` has; step_checks: {step: {text ("POM positive in 3/3 seeds"), positive, n,
     ok (positive in every seed)}}; checks: the targets met per seed; machine: `machine` (where
     the summary was made; default the first seed's record).
     """
@@ -271,6 +279,12 @@ def summarise_seeds(run_dirs: list[str | os.PathLike],
         st["step"]: dict(text=f"{st['step']} positive in {st['positive']}/{n} seeds",
                          positive=st["positive"], n=n, ok=st["positive"] == n)
         for st in base["steps"].values()}
+    gap: dict[str, Any] = {}
+    for key in GAP_ROWS:
+        vals = {f: [(m.get("gap") or {}).get(f"{key}.{f}") for m in metrics] for f in GAP_FIELDS}
+        if any(v is not None for vs in vals.values() for v in vs):
+            gap[key] = dict(title=SEG_MODELS[key]["title"],
+                            **{f: dict(values=v, **_stats(v)) for f, v in vals.items()})
     runs = base["runs"]
     for r in runs:
         r["machine"] = _run_machine(Path(r["dir"]))
@@ -279,7 +293,7 @@ def summarise_seeds(run_dirs: list[str | os.PathLike],
     else:
         machine = {k: machine.get(k) for k in _MACHINE_KEYS}
     return dict(n=n, runs=runs, rows=rows, steps=base["steps"], step_checks=step_checks,
-                checks=base["checks"], machine=machine)
+                checks=base["checks"], gap=gap, machine=machine)
 
 
 def _machine_text(m: dict[str, Any] | None) -> str:
@@ -346,6 +360,21 @@ def seeds_markdown(summary: dict[str, Any], title: str | None = "Results over se
         cells = " | ".join(_f(v, True) for v in st["values"])
         lines.append(f"| {name} | {_pm(st, True)} | {_range(st, True)} | "
                      f"{st['positive']}/{n} | {cells} |")
+    if summary.get("gap"):
+        titles = dict(gap="gap to upper bound", gap_from_nonsalient="from non-salient objects",
+                      gap_nonsalient_void="the rest (non-salient void)",
+                      nonsalient_as_background="non-salient as background",
+                      salient_as_background="salient as background",
+                      background_as_object="background as object")
+        lines += ["", "## Where the gap to the upper bound goes (val)", "",
+                  "The gap is the upper bound's val mIoU minus the model's; the part the "
+                  "non-salient objects explain is what disappears when their pixels are void in "
+                  "the ground truth of both models (docs/method.md §8). Mean ± sd over the seeds.",
+                  "", "| | " + " | ".join(titles[f] for f in GAP_FIELDS) + " |",
+                  "|---" * (1 + len(GAP_FIELDS)) + "|"]
+        for key, row in summary["gap"].items():
+            lines.append(f"| {row['title']} (`{key}`) | "
+                         + " | ".join(_pm(row[f]) for f in GAP_FIELDS) + " |")
     lines += ["", "## Checks", ""]
     lines += [f"- {c['text']}" + (" (every seed)" if c["ok"] else "")
               for c in summary["step_checks"].values()]

@@ -92,6 +92,33 @@ def test_summary_arithmetic_rows_steps_and_counts(tmp_path):
     assert s["machine"]["cpu"] == "Test CPU" and s["runs"][0]["machine"]["threads"] == 2
 
 
+def test_the_gap_decomposition_is_summarised_per_model(tmp_path):
+    runs = []
+    for seed, (gap, from_ns) in enumerate([(0.20, 0.15), (0.24, 0.15), (0.22, 0.12)]):
+        run = _fake_seed(tmp_path / f"seed{seed}", seed, [0.8, 0.5, 0.55, 0.6, 0.58])
+        met = json.loads((run / "results" / "metrics.json").read_text())
+        met["gap"] = {"nsrm_round2.gap": gap, "nsrm_round2.gap_from_nonsalient": from_ns,
+                      "nsrm_round2.gap_nonsalient_void": round(gap - from_ns, 4),
+                      "upper_bound.gap": 0.0}
+        (run / "results" / "metrics.json").write_text(json.dumps(met))
+        runs.append(run)
+    s = CMP.summarise_seeds(runs)
+    r2 = s["gap"]["nsrm_round2"]
+    assert r2["title"] == "round 2 on NSRM labels"
+    assert r2["gap"]["values"] == [0.20, 0.24, 0.22] and r2["gap"]["mean"] == pytest.approx(0.22)
+    assert r2["gap"]["sd"] == pytest.approx(0.02)
+    assert r2["gap_from_nonsalient"]["mean"] == pytest.approx(0.14)
+    assert r2["gap_nonsalient_void"]["mean"] == pytest.approx(0.08)
+    assert r2["background_as_object"]["n"] == 0  # a measure no seed has: n/a, not 0
+    assert "be_round1" not in s["gap"]  # no seed measured it
+    md = CMP.seeds_markdown(s)
+    assert "## Where the gap to the upper bound goes (val)" in md
+    assert "| round 2 on NSRM labels (`nsrm_round2`) | 0.220 ± 0.020 | 0.140 ± 0.017 |" in md
+    # runs without the decomposition: no section
+    assert "gap to the upper bound goes" not in CMP.seeds_markdown(
+        CMP.summarise_seeds([_fake_seed(tmp_path / "old", 5, [0.8, 0.5, 0.55, 0.6, 0.58])]))
+
+
 def test_one_seed_has_no_sd_and_all_positive_is_ok(tmp_path):
     run = _fake_seed(tmp_path / "seed4", 4, [0.8, 0.5, 0.55, 0.6, 0.58])
     s = CMP.summarise_seeds([run], machine=dict(cpu="Here", torch="1.0", torch_cuda="12.4",
