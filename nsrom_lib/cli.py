@@ -9,6 +9,10 @@
       write the SynthVOC benchmark (VOC layout) into DIR
   data stats --root DIR [--split train] [--num-classes C]
       print a VOC-layout dataset's statistics
+  data saliency --images DIR --out DIR [--method ft|spectral] [--list FILE]
+      8-bit gray saliency maps {name}.png made from the images alone (no training), resumable
+  data saliency-eval --root DIR [--split val] [--method ft|spectral|dataset ...] [--maps DIR ...]
+      which salient and non-salient SynthVOC objects each source of maps covers, false alarms
   labels pseudo --list LIST --saliency SAL_DIR --oacam OACAM_DIR --cam CAM_DIR --out OUT_DIR
       BE + POM pseudo labels (docs/method.md §3, §4) from official-format map folders
   labels masked --list LIST --pred PRED_DIR --pseudo PSEUDO_DIR --saliency SAL_DIR --out OUT_DIR
@@ -115,6 +119,44 @@ def _add_data(sub) -> None:
     st.add_argument("--split", default="train")
     st.add_argument("--num-classes", type=int, default=None)
     st.add_argument("--json", action="store_true", help="print JSON only")
+    _add_saliency(dsub)
+
+
+def _add_saliency(dsub) -> None:
+    sa = dsub.add_parser("saliency", help="saliency maps from the images alone (no training)",
+                         description="Writes OUT/{name}.png, an 8-bit gray saliency map (0..255, "
+                         "the image's size, the Saliency/ format) of every image in IMAGES, by a "
+                         "classical method that needs no training and no download. Maps already "
+                         "in OUT are skipped, so an interrupted run goes on where it stopped.")
+    sa.add_argument("--images", required=True, help="folder of .jpg / .jpeg / .png images")
+    sa.add_argument("--out", required=True,
+                    help="output folder (created; never the images folder or inside it)")
+    sa.add_argument("--method", default="ft",
+                    help="ft (frequency-tuned, the default) or spectral (spectral residual)")
+    sa.add_argument("--list", default=None, metavar="FILE",
+                    help="only these images: one name per line, first token (train_cls.txt or "
+                    "train_aug.txt format)")
+    sa.add_argument("--quiet", action="store_true", help="no progress bar")
+    sa.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ev = dsub.add_parser("saliency-eval", help="saliency maps against SynthVOC's instances",
+                         description="For each source of maps, the share of salient and of "
+                         "non-salient instances found (at least half of an instance's pixels at "
+                         "or above the threshold), their mean coverage, the share of background "
+                         "pixels at or above the threshold (false alarm), the share of background "
+                         "pixels that are not 0 (what NSRM's object mask takes in) and "
+                         "milliseconds per image, side by side.")
+    ev.add_argument("--root", required=True, help="a SynthVOC folder (instances.json, "
+                    "SegmentationObject/)")
+    ev.add_argument("--split", default="val", help="split to measure (default val)")
+    ev.add_argument("--method", action="append", default=None,
+                    help="ft, spectral (computed here) or dataset (ROOT/Saliency); repeatable "
+                    "(default: all three; with --maps, dataset)")
+    ev.add_argument("--maps", action="append", default=[], metavar="DIR",
+                    help="a folder of {name}.png maps to measure as well (repeatable)")
+    ev.add_argument("--limit", type=int, default=None, help="the first N images of the split")
+    ev.add_argument("--threshold", type=int, default=128,
+                    help="saliency that counts as marked, 0..255 (default 128)")
+    ev.add_argument("--json", action="store_true", help="print JSON only")
 
 
 def _add_labels(sub) -> None:
@@ -400,6 +442,49 @@ def _cmd_stats(args) -> int:
     return 0
 
 
+def _cmd_saliency(args) -> int:
+    from nsrom_lib.data.saliency import write_saliency_maps
+
+    summary = write_saliency_maps(args.images, args.out, method=args.method,
+                                  list_file=args.list, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    ms = summary["ms_per_image"]
+    speed = f", {ms:.1f} ms per map" if ms is not None else ""
+    print(f"saliency ({summary['method']}): {summary['written']} map(s) written, "
+          f"{summary['skipped']} skipped (already there) -> {summary['out_dir']} "
+          f"({summary['seconds']:.1f} s{speed})")
+    return 0
+
+
+def _cmd_saliency_eval(args) -> int:
+    methods = args.method or (["dataset"] if args.maps else ["ft", "spectral", "dataset"])
+    bad = [m for m in methods if m not in ("ft", "spectral", "dataset")]
+    if bad:
+        return _fail(f"--method {bad[0]}: choose ft, spectral or dataset (repeatable)")
+    if not 0 <= args.threshold <= 255:
+        return _fail(f"--threshold must be in 0..255 (maps are 8-bit), got {args.threshold}")
+    if args.limit is not None and args.limit < 1:
+        return _fail(f"--limit must be >= 1, got {args.limit}")
+    from nsrom_lib.data.saliency import evaluate_saliency, format_saliency_eval
+
+    common = dict(split=args.split, limit=args.limit, threshold=args.threshold)
+    results = [evaluate_saliency(args.root, method=None if m == "dataset" else m, **common)
+               for m in methods]
+    results += [evaluate_saliency(args.root, maps_dir=d, **common) for d in args.maps]
+    for r in results:
+        r.pop("per_image")
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"Saliency against the instances of {args.root}, split {args.split}, "
+          f"{results[0]['images']} images, threshold {args.threshold}: an instance is found "
+          "when at least half of its pixels are at or above it; every rate a fraction")
+    print(format_saliency_eval(results))
+    return 0
+
+
 def _label_option_problem(args) -> str | None:
     """A message for the first out-of-range `labels` option, or None (checked before any file)."""
     import math
@@ -545,6 +630,10 @@ def _dispatch(args) -> int:
         return _cmd_synthvoc(args)
     if args.command == "data" and args.data_command == "stats":
         return _cmd_stats(args)
+    if args.command == "data" and args.data_command == "saliency":
+        return _cmd_saliency(args)
+    if args.command == "data" and args.data_command == "saliency-eval":
+        return _cmd_saliency_eval(args)
     if args.command == "labels":
         return _cmd_labels(args)
     if args.command == "bench":
