@@ -51,7 +51,7 @@ def test_bench_precision_times_each_loop_in_both_precisions(capsys):
     assert isinstance(r["native_bf16"], bool) and r["images"] == 8
     for t in r["networks"].values():
         assert t["fp32_s"] > 0 and t["bf16_s"] > 0 and len(t["pair_ratios"]) == 1
-        assert abs(t["ratio"] - round(t["fp32_s"] / t["bf16_s"], 2)) < 1e-9
+        assert abs(t["ratio"] - t["fp32_s"] / t["bf16_s"]) <= 0.02 + 0.1 * t["ratio"]  # seconds are rounded to 1 ms
     assert main(["bench", "precision", "--profile", "smoke", "--limit", "4", "--repeats", "1"]) == 0
     text = capsys.readouterr().out
     assert "fp32/bf16" in text and "segmentation" in text and "native bf16" in text

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 _DATA = ("data_root", "image_size", "n_train", "n_val", "num_classes", "seed")
 _CLS = _DATA + ("backbone", "pretrained", "width", "output_stride", "jitter", "cls_epochs",
                 "cls_batch_size", "cls_optimizer", "cls_lr", "cls_schedule", "cls_weight_decay",
-                "oaa_snapshots", "oaa_from_epoch", "cls_warmup_epochs")
+                "oaa_snapshots", "oaa_from_epoch", "cls_warmup_epochs", "cpu_bf16")
 _IAM = _CLS + ("iam_epochs", "iam_lr", "iam_batch_size")
 _PSEUDO = _IAM + ("be_fg", "be_conflict", "be_bg", "be_att", "pom_threshold", "min_label_ratio")
 _SEG = ("seg_backbone", "seg_pretrained", "seg_width", "seg_output_stride", "seg_epochs",
@@ -61,7 +61,7 @@ def test_derived_stage_fields_equal_the_expected_mapping():
     assert {k: sorted(v) for k, v in STAGE_FIELDS.items()} == \
         {k: sorted(v) for k, v in EXPECTED.items()}
     assert all(len(set(v)) == len(v) for v in STAGE_FIELDS.values())
-    assert sorted(UPPER_BOUND_FIELDS) == sorted(_DATA + _SEG)
+    assert sorted(UPPER_BOUND_FIELDS) == sorted(_DATA + _SEG + ("cpu_bf16",))
     assert sorted(SEG_PREDICT_FIELDS) == ["seg_crf", "seg_test_flip"]
 
 
