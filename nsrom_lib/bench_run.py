@@ -38,6 +38,27 @@ def peak_memory_mib() -> float:
     return round(rss / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0), 1)
 
 
+def _training_inputs(profile: str, limit: int):
+    """What the training benchmarks train on: the profile's config, torch's thread count (set
+    from it), and the first `limit` training images of its SynthVOC with their image-level
+    labels and GT masks: (cfg, threads, images (n, 3, S, S) uint8, labels (n, C), masks
+    (n, S, S) uint8)."""
+    import torch
+
+    from nsrom_lib import train as T
+    from nsrom_lib.bench import dataset_root
+    from nsrom_lib.config import make_config
+    from nsrom_lib.data.stats import load_split_arrays
+
+    cfg = make_config(profile)
+    threads = T.configure_threads(cfg.num_threads)
+    root = dataset_root(profile)
+    data = T.load_split_tensors(root, "train", cfg.num_classes, cfg.image_size)
+    n = min(limit, len(data["names"]))
+    masks = torch.from_numpy(load_split_arrays(root, "train", limit=n)["mask"])
+    return cfg, threads, data["images"][:n], data["labels"][:n], masks
+
+
 def bench_training(profile: str = "default", device: str = "auto", limit: int = 512,
                    epochs: int = 1, seed: int = 0) -> dict[str, Any]:
     """Training and inference throughput of a profile's networks on `limit` training images.
@@ -48,19 +69,11 @@ def bench_training(profile: str = "default", device: str = "auto", limit: int = 
     import torch
 
     from nsrom_lib import train as T
-    from nsrom_lib.bench import dataset_root
-    from nsrom_lib.config import make_config
-    from nsrom_lib.data.stats import load_split_arrays
     from nsrom_lib.pipeline import build_classifier, build_segmenter, resolve_device
 
-    cfg = make_config(profile)
+    cfg, threads, images, labels, masks = _training_inputs(profile, limit)
+    n = images.shape[0]
     dev = resolve_device(device)
-    threads = T.configure_threads(cfg.num_threads)
-    root = dataset_root(profile)
-    data = T.load_split_tensors(root, "train", cfg.num_classes, cfg.image_size)
-    n = min(limit, len(data["names"]))
-    images, labels = data["images"][:n], data["labels"][:n]  # (n, 3, S, S) uint8, (n, C)
-    masks = torch.from_numpy(load_split_arrays(root, "train", limit=n)["mask"])  # (n, S, S)
 
     def timed(fn) -> float:
         if dev.type == "cuda":
@@ -115,19 +128,11 @@ def bench_precision(profile: str = "default", limit: int = 256, repeats: int = 3
     import torch
 
     from nsrom_lib import train as T
-    from nsrom_lib.bench import dataset_root
-    from nsrom_lib.config import make_config
-    from nsrom_lib.data.stats import load_split_arrays
     from nsrom_lib.pipeline import build_classifier, build_segmenter
 
-    cfg = make_config(profile)
+    cfg, threads, images, labels, masks = _training_inputs(profile, limit)
+    n = images.shape[0]
     dev = torch.device("cpu")
-    threads = T.configure_threads(cfg.num_threads)
-    root = dataset_root(profile)
-    data = T.load_split_tensors(root, "train", cfg.num_classes, cfg.image_size)
-    n = min(limit, len(data["names"]))
-    images, labels = data["images"][:n], data["labels"][:n]  # (n, 3, S, S) uint8, (n, C)
-    masks = torch.from_numpy(load_split_arrays(root, "train", limit=n)["mask"])  # (n, S, S)
     T.seed_everything(seed)
     nets = {"classifier": build_classifier(cfg), "iam": build_classifier(cfg, iam=True),
             "segmentation": build_segmenter(cfg)}
@@ -149,7 +154,9 @@ def bench_precision(profile: str = "default", limit: int = 256, repeats: int = 3
                                  lr=cfg.seg_lr, **kw)
         return time.perf_counter() - t0
 
-    out: dict[str, Any] = dict(profile=profile, threads=threads, images=n,
+    from nsrom_lib.device import cpu_model
+
+    out: dict[str, Any] = dict(profile=profile, cpu=cpu_model(), threads=threads, images=n,
                                image_size=cfg.image_size, repeats=repeats,
                                native_bf16=T.cpu_has_bf16(), networks={})
     for name in nets:
@@ -168,9 +175,7 @@ def bench_precision(profile: str = "default", limit: int = 256, repeats: int = 3
 
 def format_bench_precision(r: dict[str, Any]) -> str:
     """A plain-text table of `bench_precision`'s result."""
-    from nsrom_lib.device import cpu_model
-
-    lines = [f"nsrom bench precision, profile {r['profile']}, CPU {cpu_model()}, "
+    lines = [f"nsrom bench precision, profile {r['profile']}, CPU {r['cpu']}, "
              f"{r['threads']} torch threads, native bf16: {'yes' if r['native_bf16'] else 'no'}",
              f"one training epoch on {r['images']} images of {r['image_size']} px, median of "
              f"{r['repeats']} alternating repeats",

@@ -48,7 +48,7 @@ def test_bench_precision_times_each_loop_in_both_precisions(capsys):
                  "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert set(r["networks"]) == {"classifier", "iam", "segmentation"}
-    assert isinstance(r["native_bf16"], bool) and r["images"] == 8
+    assert isinstance(r["native_bf16"], bool) and r["images"] == 8 and r["cpu"]
     for t in r["networks"].values():
         assert t["fp32_s"] > 0 and t["bf16_s"] > 0 and len(t["pair_ratios"]) == 1
         assert abs(t["ratio"] - t["fp32_s"] / t["bf16_s"]) <= 0.02 + 0.1 * t["ratio"]  # seconds are rounded to 1 ms
