@@ -34,6 +34,7 @@ from nsrom_lib.pipeline import (
     seeds_figure,
     stored_checks,
 )
+from nsrom_lib.pipeline.report import GAP_COLUMNS
 
 __all__ = ["load_run_results", "compare_runs", "compare_table", "RUN_ONLY_KEYS", "STEPS",
            "ROW_FIELDS", "GAP_FIELDS", "summarise_seeds", "seeds_markdown", "write_seeds_summary"]
@@ -259,7 +260,8 @@ def summarise_seeds(run_dirs: list[str | os.PathLike],
     steps, and n (the seeds); rows: {key: {title, split ("val" or "labels"), and per measure of
     `ROW_FIELDS` {values (one per seed), mean, sd, min, max, n}}} for every `RESULT_ROWS` and
     `LABEL_ROWS` key; gap: {key: {title, and per measure of `GAP_FIELDS` the same stats}} for
-    every model of `GAP_ROWS` that some seed's `metrics.json['gap']` has; step_checks: {step: {text ("POM positive in 3/3 seeds"), positive, n,
+    every model of `GAP_ROWS` that some seed's `metrics.json['gap']` has; step_checks:
+    {step: {text ("POM positive in 3/3 seeds"), positive, n,
     ok (positive in every seed)}}; checks: the targets met per seed; machine: `machine` (where
     the summary was made; default the first seed's record).
     """
@@ -361,16 +363,11 @@ def seeds_markdown(summary: dict[str, Any], title: str | None = "Results over se
         lines.append(f"| {name} | {_pm(st, True)} | {_range(st, True)} | "
                      f"{st['positive']}/{n} | {cells} |")
     if summary.get("gap"):
-        titles = dict(gap="gap to upper bound", gap_from_nonsalient="from non-salient objects",
-                      gap_nonsalient_void="the rest (non-salient void)",
-                      nonsalient_as_background="non-salient as background",
-                      salient_as_background="salient as background",
-                      background_as_object="background as object")
         lines += ["", "## Where the gap to the upper bound goes (val)", "",
                   "The gap is the upper bound's val mIoU minus the model's; the part the "
                   "non-salient objects explain is what disappears when their pixels are void in "
                   "the ground truth of both models (docs/method.md §8). Mean ± sd over the seeds.",
-                  "", "| | " + " | ".join(titles[f] for f in GAP_FIELDS) + " |",
+                  "", "| | " + " | ".join(GAP_COLUMNS[f] for f in GAP_FIELDS) + " |",
                   "|---" * (1 + len(GAP_FIELDS)) + "|"]
         for key, row in summary["gap"].items():
             lines.append(f"| {row['title']} (`{key}`) | "
