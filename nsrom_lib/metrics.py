@@ -538,3 +538,76 @@ def gap_decomposition(
 
 
 __all__ += ["nonsalient_object_masks", "GAP_MEASURES", "gap_decomposition"]
+
+
+class LabelTally:
+    """The measures of a label set (`label_quality`, `instance_recall` of non-salient and of
+    salient objects, `instance_background_share` of non-salient ones, the ignore share and the
+    all-ignore images), summed one image at a time, so that a split's labels, predictions and
+    ground truth never need to be in memory together. `result()` gives what the list functions
+    give on the same images.
+    """
+
+    def __init__(self, num_labels: int, min_share: float = 0.5) -> None:
+        self.num_labels, self.min_share = num_labels, min_share
+        self.conf = np.zeros((num_labels, num_labels), np.int64)
+        self.pixels = self.ignored = self.empty = 0
+        self.valid = self.labelled = 0  # pixels with a GT label, and of those the labelled ones
+        self.with_gt = self.with_instances = False
+        self.found = {False: 0, True: 0}  # instances at least min_share labelled, by salient
+        self.objects = {False: 0, True: 0}
+        self.nonsalient_px = self.nonsalient_bg = 0
+
+    def add(self, label: Any, gt: Any | None = None, instances: Any | None = None,
+            objects: Sequence[dict[str, Any]] | None = None) -> None:
+        """Count one (H, W) label map, with its GT mask and (optionally) its instance map and
+        instance dicts (`id`, `class`, `salient`)."""
+        lab = _np(label)
+        ignore = lab == IGNORE
+        self.pixels += lab.size
+        self.ignored += int(ignore.sum())
+        self.empty += bool(ignore.all())
+        if gt is None:
+            return
+        self.with_gt = True
+        g = _np(gt)
+        valid = g != IGNORE
+        self.valid += int(valid.sum())
+        self.labelled += int((valid & ~ignore).sum())
+        self.conf += confusion_matrix(lab, g, self.num_labels)
+        if instances is None or objects is None:
+            return
+        self.with_instances = True
+        inst = _np(instances)
+        for o in objects:
+            px = inst == o["id"]
+            if not px.any():
+                continue
+            salient = bool(o["salient"])
+            self.objects[salient] += 1
+            self.found[salient] += (lab[px] == o["class"] + 1).mean() >= self.min_share
+            if not salient:
+                self.nonsalient_px += int(px.sum())
+                self.nonsalient_bg += int((lab[px] == 0).sum())
+
+    def result(self) -> dict[str, Any]:
+        """ignore_share, empty_images and, with GT, precision, coverage, miou and (with
+        instances) nonsalient_recall, salient_recall, nonsalient_as_background (NaN where no
+        object qualifies)."""
+        out: dict[str, Any] = dict(ignore_share=self.ignored / max(self.pixels, 1),
+                                   empty_images=self.empty)
+        if self.with_gt:
+            out.update(precision=int(np.trace(self.conf)) / max(int(self.conf.sum()), 1),
+                       coverage=self.labelled / max(self.valid, 1),
+                       miou=iou_from_confusion(self.conf)[0])
+        if self.with_instances:
+            def share(a: int, n: int) -> float:
+                return a / n if n else float("nan")
+
+            out.update(nonsalient_recall=share(self.found[False], self.objects[False]),
+                       salient_recall=share(self.found[True], self.objects[True]),
+                       nonsalient_as_background=share(self.nonsalient_bg, self.nonsalient_px))
+        return out
+
+
+__all__ += ["LabelTally"]

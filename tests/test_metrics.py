@@ -160,3 +160,39 @@ def test_gap_decomposition_pools_images_and_works_without_instances():
                                         "nonsalient_as_background", "lost_salient"))
     with pytest.raises(ValueError, match="size"):
         gap_decomposition([GAP_PRED], [GAP_GT], [np.zeros((1, 4), bool)], num_classes=2)
+
+
+def test_label_tally_image_by_image_equals_the_list_measures():
+    from nsrom_lib.metrics import LabelTally, instance_background_share, instance_recall, label_quality
+
+    rng = np.random.default_rng(3)
+    labels, gts, insts, objs = [], [], [], []
+    for k in range(6):
+        h, w = 8 + k, 11
+        gt = rng.integers(0, 4, (h, w)).astype(np.uint8)
+        gt[0] = 255
+        lab = np.where(rng.random((h, w)) < 0.3, 255, rng.integers(0, 4, (h, w))).astype(np.uint8)
+        lab[:] = 255 if k == 5 else lab  # one all-ignore label
+        inst = np.zeros((h, w), np.uint8)
+        inst[1:4, 1:5], inst[5:, 6:] = 1, 2
+        labels.append(lab), gts.append(gt), insts.append(inst)
+        objs.append([{"id": 1, "class": 0, "salient": True},
+                     {"id": 2, "class": int(k % 3), "salient": False},
+                     {"id": 9, "class": 1, "salient": False}])  # no pixels: not counted
+    tally = LabelTally(4)
+    for args in zip(labels, gts, insts, objs, strict=True):
+        tally.add(*args)
+    got = tally.result()
+    want = label_quality(labels, gts, 4)
+    for key in ("precision", "coverage", "miou"):
+        assert got[key] == pytest.approx(want[key])
+    assert got["nonsalient_recall"] == pytest.approx(instance_recall(labels, insts, objs))
+    assert got["salient_recall"] == pytest.approx(instance_recall(labels, insts, objs, salient=True))
+    assert got["nonsalient_as_background"] == pytest.approx(
+        instance_background_share(labels, insts, objs))
+    assert got["empty_images"] == 1
+    assert got["ignore_share"] == pytest.approx(
+        sum(int((x == 255).sum()) for x in labels) / sum(x.size for x in labels))
+    bare = LabelTally(4)
+    bare.add(labels[0])
+    assert set(bare.result()) == {"ignore_share", "empty_images"}

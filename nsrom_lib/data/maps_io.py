@@ -70,6 +70,7 @@ __all__ = [
     "encode_label",
     "write_labels",
     "write_encoded",
+    "StagedFolder",
 ]
 
 log = logging.getLogger(__name__)
@@ -506,38 +507,57 @@ def write_encoded(
     out_dir: str | os.PathLike, encoded: Iterable[tuple[str, bytes, int, int]]
 ) -> dict[str, int]:
     """Write `encode_label` results (name, PNG bytes, pixels, ignore) as OUT_DIR/{name}.png,
-    all or nothing.
-
-    The files go to a staging folder inside out_dir and are moved into place only after the
-    last one is written (each move is atomic): if `encoded` raises (validation or compute
-    error), out_dir is left as it was; staging folders of a killed earlier call are removed
-    first. Returns counts: images, pixels, ignore.
+    all or nothing (`StagedFolder`): if `encoded` raises (validation or compute error),
+    out_dir is left as it was. Returns counts: images, pixels, ignore.
     """
-    from nsrom_lib.faults import crash_point
+    with StagedFolder(out_dir) as folder:
+        for item in encoded:
+            folder.write(*item)
+    return folder.stats
 
-    out = Path(out_dir)
-    created = not out.exists()
-    staging = _staging(out)
-    stats = dict(images=0, pixels=0, ignore=0)
-    names: list[str] = []
-    done = False
-    try:
-        for name, data, pixels, ignore in encoded:
-            try:
-                atomic_write_bytes(staging / f"{name}.png", data)
-            except OSError as e:
-                raise write_error(out / f"{name}.png", e, "the label") from e
-            names.append(name)
-            stats["images"] += 1
-            stats["pixels"] += pixels
-            stats["ignore"] += ignore
-            crash_point("label", stats["images"])  # tests: a SIGKILL in the middle of writing
-        for name in names:
-            os.replace(staging / f"{name}.png", out / f"{name}.png")
-        done = True
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not done and created:  # a failed run leaves no empty output folder behind either
-            with contextlib.suppress(OSError):
-                out.rmdir()
-    return stats
+
+class StagedFolder:
+    """OUT_DIR/{name}.png files written all or nothing, one at a time, as a context manager.
+
+    Each file goes to a staging folder inside out_dir; on a clean exit of the `with` block they
+    are moved into place (each move atomic); on an error out_dir is left as it was (a folder
+    this call created is removed again). Staging folders of a killed earlier call are removed
+    first. `stats`: counts of images, pixels and ignore pixels written.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike) -> None:
+        self.out = Path(out_dir)
+        self.stats = dict(images=0, pixels=0, ignore=0)
+        self._names: list[str] = []
+
+    def __enter__(self) -> StagedFolder:
+        self._created = not self.out.exists()
+        self._staging = _staging(self.out)
+        return self
+
+    def write(self, name: str, data: bytes, pixels: int, ignore: int) -> None:
+        """Stage one encoded label (`encode_label`'s tuple)."""
+        from nsrom_lib.faults import crash_point
+
+        try:
+            atomic_write_bytes(self._staging / f"{name}.png", data)
+        except OSError as e:
+            raise write_error(self.out / f"{name}.png", e, "the label") from e
+        self._names.append(name)
+        self.stats["images"] += 1
+        self.stats["pixels"] += pixels
+        self.stats["ignore"] += ignore
+        crash_point("label", self.stats["images"])  # tests: a SIGKILL in the middle of writing
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        done = False
+        try:
+            if exc_type is None:
+                for name in self._names:
+                    os.replace(self._staging / f"{name}.png", self.out / f"{name}.png")
+                done = True
+        finally:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            if not done and self._created:  # a failed run leaves no empty output folder either
+                with contextlib.suppress(OSError):
+                    self.out.rmdir()

@@ -14,18 +14,14 @@ from nsrom_lib import train as T
 from nsrom_lib.data.io import atomic_path, read_label_png
 from nsrom_lib.data.voc import gt_mask_dir, read_instances
 from nsrom_lib.device import resolve_device
-from nsrom_lib.metrics import (
-    instance_background_share,
-    instance_recall,
-    label_quality,
-)
+from nsrom_lib.metrics import LabelTally
 from nsrom_lib.metrics import map_quality as _map_quality_of
 from nsrom_lib.pipeline.run import Run
 
 log = logging.getLogger(__name__)
 
 __all__ = ["training_context", "save_torch", "load_torch", "history_metrics",
-           "load_ground_truth", "map_quality", "label_metrics"]
+           "GroundTruth", "load_ground_truth", "map_quality", "label_metrics", "rounded"]
 
 
 def training_context(run: Run, stage: str, root: Path) -> tuple[Path, Any, dict[str, Any]]:
@@ -66,22 +62,42 @@ def history_metrics(hist: list[dict[str, Any]], resumed_from: int = 0) -> dict[s
                 resumed_from_epoch=resumed_from)
 
 
+class GroundTruth:
+    """The GT masks (and SynthVOC instances) of a split, read one image at a time.
+
+    `available`: every name has a mask in the root's mask folder (`gt_mask_dir`); `get(name)`
+    returns (mask (H, W) uint8, instance map (H, W) uint8 or None, instance dicts or None).
+    """
+
+    def __init__(self, root: Path, names: list[str]) -> None:
+        self.mask_dir = gt_mask_dir(root)
+        self.available = all((self.mask_dir / f"{n}.png").is_file() for n in names)
+        meta = read_instances(root)
+        inst_dir = root / "SegmentationObject"
+        self._meta = meta if meta is not None and inst_dir.is_dir() else None
+        self._inst_dir = inst_dir
+
+    def get(self, name: str) -> tuple[np.ndarray, np.ndarray | None, list | None]:
+        mask = read_label_png(self.mask_dir / f"{name}.png", "GT mask")
+        if self._meta is None:
+            return mask, None, None
+        inst = read_label_png(self._inst_dir / f"{name}.png", "instance mask")
+        return mask, inst, self._meta.get(name, [])
+
+
 def load_ground_truth(root: Path, split: str, names: list[str]) -> dict[str, Any] | None:
     """GT masks (and SynthVOC instances) of `names`, for the map measures; None without masks.
 
     Returns masks: list of (H, W) uint8; instances: list of (H, W) uint8 or None;
-    objects: per image instance dicts or None.
+    objects: per image instance dicts or None. (`GroundTruth` reads them one at a time.)
     """
-    mask_dir = gt_mask_dir(root)
-    if not all((mask_dir / f"{n}.png").is_file() for n in names):
+    gt = GroundTruth(root, names)
+    if not gt.available:
         return None
-    masks = [read_label_png(mask_dir / f"{n}.png", "GT mask") for n in names]
-    meta = read_instances(root)
-    inst_dir = root / "SegmentationObject"
-    if meta is None or not inst_dir.is_dir():
-        return dict(masks=masks, instances=None, objects=None)
-    instances = [read_label_png(inst_dir / f"{n}.png", "instance mask") for n in names]
-    return dict(masks=masks, instances=instances, objects=[meta.get(n, []) for n in names])
+    masks, instances, objects = zip(*(gt.get(n) for n in names), strict=True) if names else ((), (), ())
+    if gt._meta is None:
+        return dict(masks=list(masks), instances=None, objects=None)
+    return dict(masks=list(masks), instances=list(instances), objects=list(objects))
 
 
 def map_quality(maps: list[dict[int, Any]], gt: dict[str, Any] | None) -> dict[str, float] | None:
@@ -94,17 +110,19 @@ def map_quality(maps: list[dict[int, Any]], gt: dict[str, Any] | None) -> dict[s
 
 
 def label_metrics(labels: list[Any], gt: dict[str, Any] | None, num_labels: int) -> dict[str, Any]:
-    """Ignore share, images left all-ignore and, with GT, the label quality of docs/method.md §8."""
-    pixels = sum(lab.size for lab in labels)
-    m: dict[str, Any] = dict(
-        ignore_share=sum(int((lab == 255).sum()) for lab in labels) / max(pixels, 1),
-        empty_images=sum(bool(np.all(lab == 255)) for lab in labels),
-    )
-    if gt is not None:
-        m.update(label_quality(labels, gt["masks"], num_labels))
-        if gt["instances"] is not None:
-            for salient, key in ((False, "nonsalient_recall"), (True, "salient_recall")):
-                m[key] = instance_recall(labels, gt["instances"], gt["objects"], salient=salient)
-            m["nonsalient_as_background"] = instance_background_share(
-                labels, gt["instances"], gt["objects"], salient=False)
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()}
+    """Ignore share, images left all-ignore and, with GT, the label quality of docs/method.md §8
+    (`metrics.LabelTally` over the list; `rounded` of its result)."""
+    tally = LabelTally(num_labels)
+    for i, lab in enumerate(labels):
+        if gt is None:
+            tally.add(lab)
+        else:
+            inst = None if gt["instances"] is None else gt["instances"][i]
+            objs = None if gt["objects"] is None else gt["objects"][i]
+            tally.add(lab, gt["masks"][i], inst, objs)
+    return rounded(tally.result())
+
+
+def rounded(measures: dict[str, Any]) -> dict[str, Any]:
+    """Floats rounded to 4 digits, as stage records keep them."""
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in measures.items()}

@@ -16,13 +16,14 @@ import torch
 from nsrom_lib import labels as L
 from nsrom_lib.config import RunConfig
 from nsrom_lib.data.io import read_label_png
-from nsrom_lib.data.maps_io import iter_batches, load_label_inputs, write_labels
+from nsrom_lib.data.maps_io import StagedFolder, encode_label, iter_batches, load_label_inputs
 from nsrom_lib.data.stats import explorer_inputs, load_split_arrays
 from nsrom_lib.data.voc import VOCSegDataset, read_split, write_cls_list
 from nsrom_lib.device import resolve_device
+from nsrom_lib.metrics import LabelTally
 from nsrom_lib.pipeline.run import Run, variant_stage
 from nsrom_lib.pipeline.stages.classifier import ensure_maps, load_maps
-from nsrom_lib.pipeline.stages.common import label_metrics, load_ground_truth
+from nsrom_lib.pipeline.stages.common import GroundTruth, rounded
 from nsrom_lib.pipeline.stages.data import ensure_data
 from nsrom_lib.progress import progress_bar
 
@@ -60,7 +61,7 @@ def ensure_pseudo(run: Run, progress: bool = True, batch_size: int = 64,
     """Stage `pseudo`: the initial (BE) and POM pseudo labels of every training image (§3–§4).
 
     Reads the run's `maps/oacam` and `maps/cam` folders with the CLI's code
-    (`maps_io.load_label_inputs`, `iter_batches`, `write_labels`), computes BE once per batch
+    (`maps_io.load_label_inputs`, `iter_batches`), computes BE once per batch
     (`labels.background_extraction`), then `initial/{name}.png` = BE + 1% rule and
     `pseudo/{name}.png` = BE + POM + 1% rule (VOC-palette PNGs: 0 background, c + 1 class c,
     255 ignore), thresholds from the configuration (`be_fg`, `be_conflict`, `be_bg`, `be_att`,
@@ -68,7 +69,8 @@ def ensure_pseudo(run: Run, progress: bool = True, batch_size: int = 64,
     against the GT of the training split, precision, coverage, mIoU on labelled pixels and
     (SynthVOC) non-salient / salient object recall and the share of non-salient object pixels
     labelled background; plus the share of pixels POM turned from
-    background to ignore, images/s and seconds. The record is written after every file.
+    background to ignore, images/s and seconds. Labels are written and measured batch by
+    batch (`_write_labels`); the record is written after every file.
     glore=False: the same from the GloRe-off maps, in `pseudo/no_glore/{initial,pseudo}/`.
     source: the maps BE reads (`PSEUDO_SOURCES`): "oacam" (the method), or "cam" / "accumulated"
     (what OAA, and the IAM on top of it, add), with the same thresholds, in `pseudo/cam/`,
@@ -93,19 +95,16 @@ def ensure_pseudo(run: Run, progress: bool = True, batch_size: int = 64,
             cam_dir=maps_dir / "cam", num_classes=cfg.num_classes, strict=True,
             progress=progress)
         device = resolve_device(cfg.device)
+        gt = GroundTruth(root, names)
         t0 = time.perf_counter()
-        out = _make_labels(inputs, th, device, batch_size, len(names), progress)
-        label_seconds = time.perf_counter() - t0
-        for kind in PSEUDO_KINDS:
-            _write_kind(d / kind, names, out[kind])
+        measures = _write_labels(inputs, th, device, batch_size, d, gt, cfg.num_classes + 1,
+                                 progress)
         seconds = time.perf_counter() - t0
-        labels = {k: [out[k][n] for n in names] for k in PSEUDO_KINDS}
         return dict(
             images=len(names),
             thresholds=th,
-            **_pseudo_quality(labels, load_ground_truth(root, "train", names), cfg.num_classes + 1),
-            label_seconds=round(label_seconds, 3),
-            write_seconds=round(seconds - label_seconds, 3),
+            **measures,
+            label_seconds=round(seconds, 3),  # computing, measuring and writing, together
             images_per_s=round(len(names) / max(seconds, 1e-9), 1),
             device=str(device),
         )
@@ -115,13 +114,21 @@ def ensure_pseudo(run: Run, progress: bool = True, batch_size: int = 64,
     return run.ensure(stage, compute, thresholds=th, glore=glore, source=source)
 
 
-def _make_labels(inputs: Any, th: dict[str, float], device: torch.device, batch_size: int,
-                 n_images: int, progress: bool) -> dict[str, dict[str, np.ndarray]]:
-    """BE once per batch, then the initial (BE + 1% rule) and POM (BE + POM + 1% rule) labels:
-    {kind: {image name: (H, W) uint8}}."""
-    out: dict[str, dict[str, np.ndarray]] = {k: {} for k in PSEUDO_KINDS}
-    bar = progress_bar(total=n_images, desc="pseudo labels", unit="img", disable=not progress)
-    with bar, L.torch_threads(1), torch.inference_mode():  # 1 thread: see torch_threads
+def _write_labels(inputs: Any, th: dict[str, float], device: torch.device, batch_size: int,
+                  d: Path, gt: GroundTruth, num_labels: int, progress: bool) -> dict[str, Any]:
+    """BE once per batch, then the initial (BE + 1% rule) and POM (BE + POM + 1% rule) labels,
+    written to `d/initial/` and `d/pseudo/` as each batch is done and measured image by image
+    (`metrics.LabelTally`), so no label set of the split is held in memory. Both folders are
+    replaced all or nothing (`StagedFolder`); PNGs of images no longer in the split are removed.
+    Returns the measures of both kinds and the share of pixels POM turned from background to
+    ignore."""
+    tallies = {k: LabelTally(num_labels) for k in PSEUDO_KINDS}
+    pixels = pom_ignored = 0
+    bar = progress_bar(total=len(inputs.entries), desc="pseudo labels", unit="img",
+                       disable=not progress)
+    with (bar, L.torch_threads(1), torch.inference_mode(),  # 1 thread: see torch_threads
+          StagedFolder(d / "initial") as initial, StagedFolder(d / "pseudo") as pseudo):
+        folders = {"initial": initial, "pseudo": pseudo}
         for batch in iter_batches(inputs, batch_size):
             sal = torch.from_numpy(batch.sal).to(device)  # (B, H, W) uint8
             present = torch.from_numpy(batch.present).to(device)  # (B, C) bool
@@ -129,33 +136,24 @@ def _make_labels(inputs: Any, th: dict[str, float], device: torch.device, batch_
             cam = torch.from_numpy(batch.cam).to(device)  # (B, C, H, W) uint8
             be = L.background_extraction(sal, oa_cam, present, th["fg"], th["conflict"],
                                          th["bg"], th["att"])
-            labs = {"initial": L.min_label_ratio_rule(be, th["ratio"]),
+            labs = {"initial": L.min_label_ratio_rule(be, th["ratio"]).cpu().numpy(),
                     "pseudo": L.min_label_ratio_rule(
-                        L.potential_object_mining(be, cam, present, th["pom"]), th["ratio"])}
-            for kind, lab in labs.items():
-                out[kind].update(zip(batch.names, lab.cpu().numpy(), strict=True))
+                        L.potential_object_mining(be, cam, present, th["pom"]),
+                        th["ratio"]).cpu().numpy()}
+            pixels += labs["initial"].size
+            pom_ignored += int(((labs["initial"] == 0) & (labs["pseudo"] == 255)).sum())
+            for i, name in enumerate(batch.names):
+                truth = gt.get(name) if gt.available else ()
+                for kind, lab in labs.items():
+                    folders[kind].write(*encode_label((name, lab[i])))
+                    tallies[kind].add(lab[i], *truth)
             bar.update(len(batch.names))
-    return out
-
-
-def _write_kind(folder: Path, names: list[str], labels: dict[str, np.ndarray]) -> None:
-    """Write one label kind's PNGs in split order and drop those of images no longer in it."""
-    write_labels(folder, ((n, labels[n]) for n in names))
-    keep = {f"{n}.png" for n in names}
-    for p in folder.glob("*.png"):  # labels of images no longer in the split
-        if p.name not in keep:
-            p.unlink()
-
-
-def _pseudo_quality(labels: dict[str, list[np.ndarray]], gt: dict[str, Any] | None,
-                    num_labels: int) -> dict[str, Any]:
-    """The record's measures of both kinds, and the share of pixels POM turned from background
-    to ignore."""
-    pixels = sum(lab.size for lab in labels["initial"])
-    pom_ignored = sum(int(((a == 0) & (b == 255)).sum())
-                      for a, b in zip(labels["initial"], labels["pseudo"], strict=True))
-    return dict(initial=label_metrics(labels["initial"], gt, num_labels),
-                pseudo=label_metrics(labels["pseudo"], gt, num_labels),
+    keep = {f"{e.name}.png" for e in inputs.entries}
+    for kind in PSEUDO_KINDS:
+        for p in (d / kind).glob("*.png"):  # labels of images no longer in the split
+            if p.name not in keep:
+                p.unlink()
+    return dict(**{k: rounded(t.result()) for k, t in tallies.items()},
                 pom_ignored_share=round(pom_ignored / max(pixels, 1), 4))
 
 

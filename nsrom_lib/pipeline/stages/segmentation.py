@@ -25,7 +25,7 @@ from nsrom_lib.data.io import DataError, atomic_write_json, read_label_png
 from nsrom_lib.data.maps_io import load_label_inputs, write_labels
 from nsrom_lib.data.voc import VOCSegDataset, read_split, write_cls_list
 from nsrom_lib.label_folders import make_labels
-from nsrom_lib.metrics import confusion_matrix, instance_recall, iou_from_confusion
+from nsrom_lib.metrics import LabelTally, confusion_matrix, instance_recall, iou_from_confusion
 from nsrom_lib.models.segmentation import DeepLabV2
 from nsrom_lib.params import NSRM
 from nsrom_lib.pipeline.run import (
@@ -36,10 +36,12 @@ from nsrom_lib.pipeline.run import (
     variant_stage,
 )
 from nsrom_lib.pipeline.stages.common import (
+    GroundTruth,
     history_metrics,
     label_metrics,
     load_ground_truth,
     load_torch,
+    rounded,
     save_torch,
     training_context,
 )
@@ -355,21 +357,23 @@ def ensure_masked(run: Run, progress: bool = True, glore: bool = True) -> dict[s
                                    strict=True, progress=progress)
         summary = make_labels(inputs, d / "labels", device=cfg.device, progress=progress,
                               kernel=kernel, ratio=cfg.rule_params().ratio)
-        masked = [read_label_png(d / "labels" / f"{n}.png", "masked label") for n in names]
-        preds = [read_label_png(pred_dir / f"{n}.png", "round-1 prediction") for n in names]
-        pseudo = [read_label_png(pseudo_dir / f"{n}.png", "pseudo label") for n in names]
-        gt = load_ground_truth(root, "train", names)
-        n_cls = cfg.num_classes + 1
+        gt = GroundTruth(root, names)
+        sets = {"masked": d / "labels", "round1_pred": pred_dir, "pseudo": pseudo_dir}
+        tallies = {k: LabelTally(cfg.num_classes + 1) for k in sets}
+        pixels = turned = expanded = 0
+        for n in names:  # one image at a time: no label set of the split is held in memory
+            truth = gt.get(n) if gt.available else ()
+            labs = {k: read_label_png(folder / f"{n}.png", f"{k} label") for k, folder in sets.items()}
+            for k, lab in labs.items():
+                tallies[k].add(lab, *truth)
+            p, m = labs["round1_pred"], labs["masked"]
+            pixels += m.size
+            turned += int(((p != 255) & (m == 255)).sum())
+            expanded += int(((p == 0) & (m != 0) & (m != 255)).sum())
         complex_images = sum(len(c) >= 2 for c in ds.cls_list().values())
-        pixels = sum(m.size for m in masked)
-        turned = sum(int(((p != 255) & (m == 255)).sum()) for p, m in zip(preds, masked, strict=True))
-        expanded = sum(int(((p == 0) & (m != 0) & (m != 255)).sum())
-                       for p, m in zip(preds, masked, strict=True))
         return dict(
             kernel=kernel, images=len(names), complex_images=complex_images,
-            masked=label_metrics(masked, gt, n_cls),
-            round1_pred=label_metrics(preds, gt, n_cls),
-            pseudo=label_metrics(pseudo, gt, n_cls),
+            **{k: rounded(t.result()) for k, t in tallies.items()},
             masked_to_ignore_share=round(turned / max(pixels, 1), 4),
             expanded_share=round(expanded / max(pixels, 1), 4),
             images_per_s=round(summary["images_per_s"], 1), device=summary["device"],
