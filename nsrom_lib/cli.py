@@ -23,6 +23,8 @@
       time the batched label functions against the per-image references
   bench precision [--profile P] [--limit N] [--repeats R] [--json]
       one epoch of each training loop in float32 and with cpu_bf16 (bfloat16), alternating
+  bench cost [--profile voc] [--gpu h200|a100] [--cpu-steps N] [--json]
+      FLOPs per stage, counted, and the minutes they would take on 1 and 4 GPUs (an estimate)
 
 Parsing and `--help` import no torch; each command imports what it needs.
 Exit status: 0 done; 2 bad input (a bad option, configuration or input file, a missing
@@ -203,7 +205,7 @@ def _add_compare(sub) -> None:
 
 
 def _add_bench(sub) -> None:
-    b = sub.add_parser("bench", help="benchmarks: everything, or `bench labels`",
+    b = sub.add_parser("bench", help="benchmarks: everything, or `bench labels`, `precision`, `cost`",
                        description="Without a sub-command: label throughput (batched vs reference), "
                        "classifier and segmentation training and inference throughput, peak "
                        "memory and the wall time per stage of the profile's last run, as a table "
@@ -243,6 +245,20 @@ def _add_bench(sub) -> None:
     bp.add_argument("--repeats", type=int, default=3,
                     help="timed fp32/bf16 pairs per network (default 3)")
     bp.add_argument("--json", action="store_true", help="print JSON only")
+    bc = bsub.add_parser("cost", help="FLOPs per stage and the GPU time they take, on paper",
+                         description="Counts the FLOPs per image of every network of the profile "
+                         "(FlopCounterMode, one batch built as the stages build it, no weights "
+                         "needed), multiplies them by the passes each stage makes, and estimates "
+                         "the minutes per stage on 1 and 4 GPUs from the GPU's data-sheet peak, "
+                         "an assumed utilisation and an assumed scaling efficiency. Also measures "
+                         "the FLOP/s of a few training steps on this CPU. No GPU is used.")
+    bc.add_argument("--profile", default="voc", help="dataset and network sizes (default: voc)")
+    bc.add_argument("--gpu", default="h200", choices=["h200", "a100"],
+                    help="the GPU whose peak to assume (default h200)")
+    bc.add_argument("--cpu-steps", type=int, default=3,
+                    help="timed training steps per network on this CPU (default 3; 0 skips the "
+                    "CPU measurement and the CRF timing)")
+    bc.add_argument("--json", action="store_true", help="print JSON only")
 
 
 def _common_label_args(p: argparse.ArgumentParser, defaults: dict[str, float]) -> None:
@@ -610,6 +626,15 @@ def _cmd_bench(args) -> int:
                          "use at least 1 for both (e.g. --limit 256 --repeats 3)")
         result = bench_precision(profile=args.profile, limit=args.limit, repeats=args.repeats)
         print(json.dumps(result, indent=2) if args.json else format_bench_precision(result))
+        return 0
+    if args.bench_command == "cost":
+        from nsrom_lib.bench_cost import bench_cost, format_bench_cost
+
+        if args.cpu_steps < 0:
+            return _fail(f"bench cost: --cpu-steps {args.cpu_steps}: use 0 (no CPU measurement) "
+                         "or more, e.g. --cpu-steps 3")
+        result = bench_cost(profile=args.profile, gpu=args.gpu, cpu_steps=args.cpu_steps)
+        print(json.dumps(result, indent=2) if args.json else format_bench_cost(result))
         return 0
     from nsrom_lib.bench import bench_labels, format_bench
 
