@@ -61,7 +61,8 @@ REFERENCE_CRF = CRFParams()
 
 def crf_params_for(image_side: int) -> CRFParams:
     """The reference's settings with the appearance kernel's spatial std scaled to S-px images:
-    67 · S / 500 (the module's size rule); S >= 500 keeps 67 (the `voc` profile)."""
+    67 · S / 500 (the module's size rule); S >= 500 keeps 67, the `voc` profile's 321 px
+    gives 43."""
     if image_side < 1:
         raise ValueError(f"image_side={image_side} must be >= 1")
     scale = min(1.0, image_side / _VOC_SIDE)
