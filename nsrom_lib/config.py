@@ -77,6 +77,12 @@ class RunConfig:
     n_train: int = _setting(400, "data")
     n_val: int = _setting(100, "data")
     num_classes: int = _setting(6, "data")  # foreground classes (20 for PASCAL VOC)
+    # where the pieces of a dataset are when they are not where the VOC layout puts them
+    # (data/README.md, "PASCAL VOC as downloaded"); the run never writes into data_root
+    train_split: str = _setting("train", "data", keyed_unless="train")  # ImageSets/Segmentation/<name>.txt, or a list file's path
+    saliency_dir: str | None = _setting(None, "data", keyed_unless=None)  # None -> <root>/Saliency
+    cls_list: str | None = _setting(None, "data", keyed_unless=None)  # None -> ImageSets/Segmentation/<split>_cls.txt, else from the masks
+    gt_dir: str | None = _setting(None, "data", keyed_unless=None)  # None -> <root>/SegmentationClassAug, else SegmentationClass
     # --- classifier with GloRe + OAA (stage `classifier`), integral attention (stage `iam`) ---
     backbone: str = _setting("small", "classifier")  # "small" (from scratch) or "vgg16" (output stride 8)
     pretrained: bool = _setting(False, "classifier")  # vgg16 only: ImageNet weights from the torch hub cache
@@ -170,7 +176,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "gpu": dict(image_size=128, n_train=6000, n_val=1000, width=128,
                 cls_epochs=20, iam_epochs=10, seg_width=128, seg_epochs=30),
     # real PASCAL VOC 2012 on disk (set data_root): the reference's VGG-16 recipe
-    "voc": dict(num_classes=20, image_size=321, n_train=0, n_val=0, backbone="vgg16",
+    "voc": dict(num_classes=20, image_size=321, n_train=0, n_val=0, train_split="train_aug",
+                backbone="vgg16",
                 pretrained=True, output_stride=8, cls_optimizer="sgd", cls_lr=1e-3,
                 cls_schedule="step", cls_weight_decay=5e-4, cls_epochs=15, cls_batch_size=5,
                 iam_epochs=15, iam_batch_size=5, iam_lr=1e-3, jitter=0.3,
@@ -313,6 +320,11 @@ def _check_ranges(cfg: RunConfig) -> None:
     need(_DEVICE.fullmatch(cfg.device) is not None, "device", "use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     need(cfg.data_root is None or cfg.data_root.strip() != "", "data_root",
          "give the dataset folder, or none for SynthVOC")
+    for key in ("saliency_dir", "cls_list", "gt_dir"):
+        need(getattr(cfg, key) is None or getattr(cfg, key).strip() != "", key,
+             "give a path, or none for the place the VOC layout names")
+    need(cfg.train_split.strip() != "", "train_split",
+         "give a split name of ImageSets/Segmentation (e.g. train_aug) or a list file's path")
     need(cfg.n_train >= 0 and cfg.n_val >= 0, "n_train" if cfg.n_train < 0 else "n_val", "use >= 0")
     if cfg.data_root is None and cfg.profile != "voc":
         need(cfg.num_classes <= SYNTHVOC_MAX_CLASSES, "num_classes",

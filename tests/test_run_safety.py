@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The mapping as it was kept by hand before it was derived: the stage keys of existing run
 # folders hash exactly these fields, so the derived mapping must not drift from it.
-_DATA = ("data_root", "image_size", "n_train", "n_val", "num_classes", "seed")
+_DATA = ("data_root", "image_size", "n_train", "n_val", "num_classes", "seed", "train_split",
+         "saliency_dir", "cls_list", "gt_dir")
 _CLS = _DATA + ("backbone", "pretrained", "width", "output_stride", "jitter", "cls_epochs",
                 "cls_batch_size", "cls_optimizer", "cls_lr", "cls_schedule", "cls_weight_decay",
                 "oaa_snapshots", "oaa_from_epoch", "cls_warmup_epochs", "cpu_bf16")

@@ -66,6 +66,7 @@ __all__ = [
     "split_path",
     "cls_list_path",
     "read_split",
+    "read_names",
     "read_cls_list",
     "write_cls_list",
     "read_class_names",
@@ -146,6 +147,14 @@ def read_split(root: str | os.PathLike, split: str) -> list[str]:
             f"split file not found: {path}. Splits present in {root / _SPLIT_DIR}: "
             f"{found or 'none'}. Pick one of them, or write {path.name} with one image name per line."
         )
+    return read_names(path)
+
+
+def read_names(path: str | os.PathLike) -> list[str]:
+    """The image names of a list file, one per line: the first token, or its file stem in
+    SBD's `train_aug.txt` style (`/JPEGImages/x.jpg ...`), so a `train_cls.txt` is a list
+    file too. Blank lines are skipped; a name listed twice or an empty list is a DataError."""
+    path = Path(path)
     names: list[str] = []
     seen: set[str] = set()
     for lineno, line in enumerate(path.read_text().splitlines(), start=1):
