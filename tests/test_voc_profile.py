@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -108,6 +109,18 @@ def test_voc_profile_runs_through_results_on_voc_as_downloaded(tmp_path, torch_h
         rec = json.loads((run_dir / stage / "record.json").read_text())
         assert rec["stage"] == stage and rec["key"] and isinstance(rec["metrics"], dict), stage
 
+    # the data stage found every piece where the settings put it, and reads them through a
+    # view of links in the run folder
+    data = json.loads((run_dir / "data" / "record.json").read_text())["metrics"]
+    assert data["images"] == {"train": len(tree.train), "val": len(tree.val)}
+    seg = tree.root.resolve() / "ImageSets" / "Segmentation"
+    assert data["sources"]["train_split"] == str(seg / "train_aug.txt")
+    assert data["sources"]["saliency_dir"] == str(tree.saliency_dir.resolve())
+    assert data["sources"]["cls_list"] == str(tree.cls_list.resolve())
+    view = run_dir / "data" / "view"
+    files = [p for p in view.rglob("*") if not p.is_symlink() and not p.is_dir()]
+    assert [p.name for p in files] == ["view.json"], files
+
     # the training split is SBD's train_aug (24 images), not VOC's train.txt (8)
     for stage in ("pseudo", "masked"):
         rec = json.loads((run_dir / stage / "record.json").read_text())
@@ -152,9 +165,16 @@ def test_voc_profile_names_a_missing_piece_and_its_setting(tmp_path):
     tree = build_voc_tree(tmp_path / "datasets", n_train=6, n_val=2)
     # no saliency_dir and no VOC2012/Saliency
     msg = _fails_at_data(tmp_path / "run_sal", tree, cls_list=str(tree.cls_list))
-    assert str(tree.root / "Saliency") in msg and "saliency_dir" in msg, msg
+    assert str(tree.root.resolve() / "Saliency") in msg and "saliency_dir" in msg, msg
     # the class list the user names is not there
     gone = tmp_path / "datasets" / "elsewhere" / "train_cls.txt"
     msg = _fails_at_data(tmp_path / "run_cls", tree, saliency_dir=str(tree.saliency_dir),
                          cls_list=str(gone))
-    assert str(gone) in msg and "cls_list" in msg, msg
+    assert str(gone.resolve()) in msg and "cls_list" in msg, msg
+    # no class list given, and no GT masks of the training images to take the labels from
+    # (VOC 2012 without SBD's SegmentationClassAug)
+    voc_only = build_voc_tree(tmp_path / "voc_only", n_train=6, n_val=2)
+    shutil.rmtree(voc_only.root / "SegmentationClassAug")
+    msg = _fails_at_data(tmp_path / "run_masks", voc_only,
+                         saliency_dir=str(voc_only.saliency_dir))
+    assert "cls_list" in msg and str(voc_only.root.resolve() / "SegmentationClass") in msg, msg
