@@ -51,6 +51,9 @@ WHERE_TO_GET: dict[str, str] = {
     "saliency_dir": "the saliency maps of the official download (a folder of 8-bit gray PNGs, e.g. "
                     "saliency_aug/): pass --set saliency_dir=/path/to/saliency_aug, or compute "
                     "classical ones with `nsrom data saliency --images ROOT/JPEGImages --out DIR`",
+    "labels_from_masks": "the official train_cls.txt ('name c1 c2 ...', 0-based class ids): "
+                         "pass --set cls_list=/path/to/train_cls.txt; or SBD's "
+                         "SegmentationClassAug/, whose masks cover the train_aug images",
     "cls_list": "the official train_cls.txt ('name c1 c2 ...', 0-based class ids): pass --set "
                 "cls_list=/path/to/train_cls.txt, or leave cls_list unset to take the labels from "
                 "GT masks that cover the training split",
@@ -181,9 +184,9 @@ def check_sources(src: DataSources, num_classes: int | None = None) -> dict[str,
         else:
             need(False, "cls_list", f"class list not found: {src.cls_list} (cls_list)")
     elif src.gt_dir is not None and src.gt_dir.is_dir():
-        lost = _missing(train, masks, f"training GT masks in {src.gt_dir}, needed for the "
-                                      "image-level labels when no cls_list is given")
-        need(lost is None, "cls_list", str(lost))
+        lost = _missing(train, masks, f"training GT masks in {src.gt_dir}")
+        need(lost is None, "labels_from_masks",
+             f"{lost}: with no cls_list, the image-level labels come from these masks")
     if problems:
         raise DataError(f"the dataset at {src.root} is not complete:\n" + "\n".join(problems))
     return {"train": len(train), "val": len(val)}
