@@ -23,6 +23,8 @@
       time the batched label functions against the per-image references
   bench precision [--profile P] [--limit N] [--repeats R] [--json]
       one epoch of each training loop in float32 and with cpu_bf16 (bfloat16), alternating
+  bench memory [--images 500,2000] [--val N] [--out DIR] [--json]
+      peak memory of the pseudo and seg1 stages on drawn VOC trees of growing size
   bench cost [--profile voc] [--gpu h200|a100] [--cpu-steps N] [--json]
       FLOPs per stage, counted, and the minutes they would take on 1 and 4 GPUs (an estimate)
 
@@ -245,6 +247,17 @@ def _add_bench(sub) -> None:
     bp.add_argument("--repeats", type=int, default=3,
                     help="timed fp32/bf16 pairs per network (default 3)")
     bp.add_argument("--json", action="store_true", help="print JSON only")
+    bm = bsub.add_parser("memory", help="peak memory of pseudo and seg1 as the split grows",
+                         description="Draws PASCAL VOC trees as downloaded with VOC-sized JPEGs "
+                         "(one per split size), runs the voc profile's data path with small "
+                         "networks up to the maps, then the pseudo and seg1 stages, each in a "
+                         "fresh process that reports its peak resident memory.")
+    bm.add_argument("--images", default="500,2000",
+                    help="training split sizes, comma-separated (default 500,2000)")
+    bm.add_argument("--val", type=int, default=50, help="val images per tree (default 50)")
+    bm.add_argument("--out", default="runs/bench-memory",
+                    help="folder for the trees and runs, reused when present")
+    bm.add_argument("--json", action="store_true", help="print JSON only")
     bc = bsub.add_parser("cost", help="FLOPs per stage and the GPU time they take, on paper",
                          description="Counts the FLOPs per image of every network of the profile "
                          "(FlopCounterMode, one batch built as the stages build it, no weights "
@@ -626,6 +639,18 @@ def _cmd_bench(args) -> int:
                          "use at least 1 for both (e.g. --limit 256 --repeats 3)")
         result = bench_precision(profile=args.profile, limit=args.limit, repeats=args.repeats)
         print(json.dumps(result, indent=2) if args.json else format_bench_precision(result))
+        return 0
+    if args.bench_command == "memory":
+        from nsrom_lib.bench_memory import bench_memory, format_bench_memory
+
+        try:
+            sizes = tuple(int(x) for x in args.images.split(","))
+        except ValueError:
+            return _fail(f"bench memory: --images {args.images!r}: give split sizes, e.g. 500,2000")
+        if not sizes or min(sizes) < 1 or args.val < 1:
+            return _fail("bench memory: --images and --val must be at least 1")
+        result = bench_memory(sizes, out=args.out, n_val=args.val)
+        print(json.dumps(result, indent=2) if args.json else format_bench_memory(result))
         return 0
     if args.bench_command == "cost":
         from nsrom_lib.bench_cost import bench_cost, format_bench_cost

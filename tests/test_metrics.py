@@ -163,7 +163,12 @@ def test_gap_decomposition_pools_images_and_works_without_instances():
 
 
 def test_label_tally_image_by_image_equals_the_list_measures():
-    from nsrom_lib.metrics import LabelTally, instance_background_share, instance_recall, label_quality
+    from nsrom_lib.metrics import (
+        LabelTally,
+        instance_background_share,
+        instance_recall,
+        label_quality,
+    )
 
     rng = np.random.default_rng(3)
     labels, gts, insts, objs = [], [], [], []

@@ -1,5 +1,5 @@
 """The `voc` profile end to end, on a small PASCAL VOC 2012 tree laid out as it is downloaded
-(`voc_tree.build_voc_tree`): SBD's `train_aug.txt` and gray `SegmentationClassAug/` masks inside
+(`nsrom_lib.data.voc_tree.build_voc_tree`): SBD's `train_aug.txt` and gray `SegmentationClassAug/` masks inside
 `VOCdevkit/VOC2012`, the saliency maps and `train_cls.txt` outside it, and stand-in ImageNet
 weights in a temporary torch hub cache. `python -m nsrom_lib results` runs every stage through
 `results` with the settings a user passes (data_root, saliency_dir, cls_list), at tiny sizes;
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from voc_tree import build_voc_tree, tree_listing
 
 from nsrom_lib.data.io import DataError
+from nsrom_lib.data.voc_tree import build_voc_tree, tree_listing
 from nsrom_lib.models.classifier import VGG16_WEIGHTS_FILE
 from nsrom_lib.models.segmentation import RESNET_WEIGHTS_FILES
 from nsrom_lib.pipeline.run import variant_stage

@@ -1,6 +1,9 @@
-"""A small PASCAL VOC 2012 tree laid out as it is downloaded, for the tests of the `voc` profile.
+"""A PASCAL VOC 2012 tree laid out as it is downloaded, drawn: for the tests of the `voc` profile
+(a few dozen small images) and for measuring what a run costs at VOC's scale (`nsrom bench
+memory`: thousands of images of VOC's sizes).
 
     <base>/VOCdevkit/VOC2012/JPEGImages/{name}.jpg           RGB JPEGs, 60..120 px a side
+                                                             (voc_sizes: 330..500, as VOC's)
     <base>/VOCdevkit/VOC2012/SegmentationClass/{name}.png    palette PNGs, val images only
     <base>/VOCdevkit/VOC2012/SegmentationClassAug/{name}.png SBD's 8-bit gray ("L") masks, train_aug + val
     <base>/VOCdevkit/VOC2012/ImageSets/Segmentation/
@@ -99,15 +102,20 @@ def _draw(rng: np.random.Generator, classes: list[int], h: int, w: int,
     return rgb.astype(np.uint8), _void_border(mask), saliency.astype(np.uint8)
 
 
-def _size(rng: np.random.Generator, i: int) -> tuple[int, int]:
-    """(H, W) between 60 and 120 px a side: landscape for even i, portrait for odd i."""
-    long, short = int(rng.integers(90, 121)), int(rng.integers(60, 90))
+def _size(rng: np.random.Generator, i: int, voc_sizes: bool = False) -> tuple[int, int]:
+    """(H, W) between 60 and 120 px a side (voc_sizes: a long side of 480..500 and a short one
+    of 330..375, as most VOC images have): landscape for even i, portrait for odd i."""
+    if voc_sizes:
+        long, short = int(rng.integers(480, 501)), int(rng.integers(330, 376))
+    else:
+        long, short = int(rng.integers(90, 121)), int(rng.integers(60, 90))
     return (short, long) if i % 2 == 0 else (long, short)
 
 
 def build_voc_tree(base: str | os.PathLike, n_train: int = 24, n_val: int = 8,
-                   seed: int = 0) -> VocTree:
-    """Write the tree described in the module docstring under `base`; return where it is."""
+                   seed: int = 0, voc_sizes: bool = False) -> VocTree:
+    """Write the tree described in the module docstring under `base`; return where it is.
+    voc_sizes: images of VOC's sizes (about 500 x 375) instead of 60..120 px."""
     base = Path(base)
     root = base / "VOCdevkit" / "VOC2012"
     sal_dir = base / "saliency_aug"
@@ -125,10 +133,11 @@ def build_voc_tree(base: str | os.PathLike, n_train: int = 24, n_val: int = 8,
         first = i % NUM_CLASSES
         others = [int(c) for c in rng.permutation(NUM_CLASSES) if c != first]
         classes = [first, *others[: int(rng.integers(0, 3))]]
-        h, w = _size(rng, i)
+        h, w = _size(rng, i, voc_sizes)
         rgb, mask, saliency = _draw(rng, classes, h, w, palette)
         present = tuple(sorted(int(v) - 1 for v in np.unique(mask) if 1 <= v <= NUM_CLASSES))
-        assert present == tuple(sorted(classes)), (name, present, classes)
+        if present != tuple(sorted(classes)):  # an object drawn over another: a bug here
+            raise RuntimeError(f"{name}: mask holds classes {present}, drew {sorted(classes)}")
         labels[name], sizes[name] = present, (h, w)
         Image.fromarray(rgb, mode="RGB").save(root / "JPEGImages" / f"{name}.jpg", quality=90)
         Image.fromarray(mask, mode="L").save(root / "SegmentationClassAug" / f"{name}.png")
