@@ -1,5 +1,6 @@
-"""What the training and labelling stages share: torch files, the training split in memory,
-ground truth and the label / map measures kept in stage records."""
+"""What the training and labelling stages share: torch files, the training split (read on
+demand), ground truth (read whole or image by image) and the label / map measures kept in stage
+records."""
 
 from __future__ import annotations
 
@@ -14,24 +15,27 @@ from nsrom_lib import train as T
 from nsrom_lib.data.io import atomic_path, read_label_png
 from nsrom_lib.data.voc import gt_mask_dir, read_instances
 from nsrom_lib.device import resolve_device
-from nsrom_lib.metrics import (
-    instance_background_share,
-    instance_recall,
-    label_quality,
-)
+from nsrom_lib.metrics import LabelTally, MapQuality
 from nsrom_lib.metrics import map_quality as _map_quality_of
 from nsrom_lib.pipeline.run import Run
 
 log = logging.getLogger(__name__)
 
-__all__ = ["training_context", "save_torch", "load_torch", "history_metrics",
-           "load_ground_truth", "map_quality", "label_metrics"]
+#: Images per batch of the stages' predictions (as `train.predict_cams` and
+#: `train.predict_segmentation`).
+PREDICT_BATCH = 64
+
+__all__ = ["PREDICT_BATCH", "training_context", "save_torch", "load_torch", "history_metrics", "GroundTruth",
+           "open_ground_truth", "load_ground_truth", "map_quality", "map_record", "label_metrics",
+           "label_record"]
 
 
 def training_context(run: Run, stage: str, root: Path) -> tuple[Path, Any, dict[str, Any]]:
     """What every training or prediction stage starts with: its folder, the device, torch's
-    threads set from the configuration, and the training split in memory
-    (`train.load_split_tensors`). Returns (stage folder, torch.device, split dict)."""
+    threads set from the configuration, and the training split (`train.load_split`: names,
+    labels and sizes in memory, the images read on demand, `loader_workers` of the
+    configuration's `num_workers` DataLoader processes reading them). Returns (stage folder,
+    torch.device, split dict)."""
     cfg = run.cfg
     d = run.stage_dir(stage)
     device = resolve_device(cfg.device)
@@ -40,7 +44,7 @@ def training_context(run: Run, stage: str, root: Path) -> tuple[Path, Any, dict[
         log.warning("%s: cpu_bf16 is set, but this CPU has no native bfloat16 (AVX512-BF16 or "
                     "AMX): training computes the bf16 numbers and is slower, not faster; "
                     "leave out --set cpu_bf16=true on this machine", stage)
-    return d, device, T.load_split_tensors(root, "train", cfg.num_classes, cfg.image_size)
+    return d, device, T.load_split(root, "train", cfg.num_classes, cfg.image_size)
 
 
 def save_torch(path: Path, obj: Any) -> None:
@@ -66,22 +70,74 @@ def history_metrics(hist: list[dict[str, Any]], resumed_from: int = 0) -> dict[s
                 resumed_from_epoch=resumed_from)
 
 
+class GroundTruth:
+    """The ground truth of a split's images, read image by image (`open_ground_truth`).
+
+    `image(i)` of the i-th of `names`: (mask, instance, objects): the GT mask (H, W) uint8 and,
+    for SynthVOC, the instance map (H, W) uint8 and the instance dicts, both None without
+    instances (`with_instances` says which); `load` reads some or all of them into memory.
+    """
+
+    def __init__(self, root: Path, names: list[str]) -> None:
+        self.names = list(names)
+        self.mask_dir = gt_mask_dir(root)
+        meta = read_instances(root)
+        self.instance_dir = root / "SegmentationObject"
+        self.with_instances = meta is not None and self.instance_dir.is_dir()
+        self.objects = [meta.get(n, []) for n in self.names] if self.with_instances else None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def mask_path(self, i: int) -> Path:
+        return self.mask_dir / f"{self.names[i]}.png"
+
+    def mask(self, i: int) -> np.ndarray:
+        return read_label_png(self.mask_path(i), "GT mask")
+
+    def instance(self, i: int) -> np.ndarray | None:
+        if not self.with_instances:
+            return None
+        return read_label_png(self.instance_dir / f"{self.names[i]}.png", "instance mask")
+
+    def image(self, i: int) -> tuple[np.ndarray, np.ndarray | None, list[dict[str, Any]] | None]:
+        """(mask, instance map, objects) of image i, the last two None without instances: the
+        arguments of `metrics.MapQuality.add` and `metrics.LabelTally.add` after the image's
+        maps or label."""
+        return self.mask(i), self.instance(i), self.objects[i] if self.objects is not None else None
+
+    def load(self, indices: list[int] | None = None) -> dict[str, Any]:
+        """The GT of images `indices` (default: all) in memory, as `load_ground_truth`."""
+        idx = list(range(len(self))) if indices is None else list(indices)
+        masks = [self.mask(i) for i in idx]
+        if not self.with_instances:
+            return dict(masks=masks, instances=None, objects=None)
+        return dict(masks=masks, instances=[self.instance(i) for i in idx],
+                    objects=[self.objects[i] for i in idx])
+
+
+def open_ground_truth(root: Path, split: str, names: list[str]) -> GroundTruth | None:
+    """The GT of `names` to read image by image, or None when a mask is missing (as
+    `load_ground_truth`)."""
+    mask_dir = gt_mask_dir(root)
+    if not all((mask_dir / f"{n}.png").is_file() for n in names):
+        return None
+    return GroundTruth(root, names)
+
+
 def load_ground_truth(root: Path, split: str, names: list[str]) -> dict[str, Any] | None:
     """GT masks (and SynthVOC instances) of `names`, for the map measures; None without masks.
 
     Returns masks: list of (H, W) uint8; instances: list of (H, W) uint8 or None;
-    objects: per image instance dicts or None.
+    objects: per image instance dicts or None. For a whole split, `open_ground_truth` reads
+    one image at a time instead.
     """
-    mask_dir = gt_mask_dir(root)
-    if not all((mask_dir / f"{n}.png").is_file() for n in names):
-        return None
-    masks = [read_label_png(mask_dir / f"{n}.png", "GT mask") for n in names]
-    meta = read_instances(root)
-    inst_dir = root / "SegmentationObject"
-    if meta is None or not inst_dir.is_dir():
-        return dict(masks=masks, instances=None, objects=None)
-    instances = [read_label_png(inst_dir / f"{n}.png", "instance mask") for n in names]
-    return dict(masks=masks, instances=instances, objects=[meta.get(n, []) for n in names])
+    gt = open_ground_truth(root, split, names)
+    return None if gt is None else gt.load()
+
+
+def _rounded(measures: dict[str, Any]) -> dict[str, Any]:
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in measures.items()}
 
 
 def map_quality(maps: list[dict[int, Any]], gt: dict[str, Any] | None) -> dict[str, float] | None:
@@ -89,22 +145,36 @@ def map_quality(maps: list[dict[int, Any]], gt: dict[str, Any] | None) -> dict[s
     record; None without GT."""
     if gt is None:
         return None
-    q = _map_quality_of(maps, gt["masks"], gt["instances"], gt["objects"])
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in q.items()}
+    return _rounded(_map_quality_of(maps, gt["masks"], gt["instances"], gt["objects"]))
+
+
+def map_record(quality: MapQuality | None) -> dict[str, float] | None:
+    """A `metrics.MapQuality` added up image by image, as `map_quality` puts it in a record;
+    None without GT."""
+    return None if quality is None else _rounded(quality.result())
 
 
 def label_metrics(labels: list[Any], gt: dict[str, Any] | None, num_labels: int) -> dict[str, Any]:
     """Ignore share, images left all-ignore and, with GT, the label quality of docs/method.md §8."""
-    pixels = sum(lab.size for lab in labels)
-    m: dict[str, Any] = dict(
-        ignore_share=sum(int((lab == 255).sum()) for lab in labels) / max(pixels, 1),
-        empty_images=sum(bool(np.all(lab == 255)) for lab in labels),
-    )
-    if gt is not None:
-        m.update(label_quality(labels, gt["masks"], num_labels))
-        if gt["instances"] is not None:
+    tally = LabelTally(num_labels)
+    for i, lab in enumerate(labels):
+        if gt is None:
+            tally.add(lab)
+        elif gt["instances"] is None:
+            tally.add(lab, gt["masks"][i])
+        else:
+            tally.add(lab, gt["masks"][i], gt["instances"][i], gt["objects"][i])
+    return label_record(tally, with_gt=gt is not None)
+
+
+def label_record(tally: LabelTally, with_gt: bool) -> dict[str, Any]:
+    """`label_metrics` of labels added up image by image (`metrics.LabelTally`): ignore share,
+    all-ignore images and, `with_gt`, label quality and (SynthVOC) object recall."""
+    m: dict[str, Any] = dict(ignore_share=tally.ignore_share(), empty_images=tally.empty_images)
+    if with_gt:
+        m.update(tally.label_quality())
+        if tally.instances:
             for salient, key in ((False, "nonsalient_recall"), (True, "salient_recall")):
-                m[key] = instance_recall(labels, gt["instances"], gt["objects"], salient=salient)
-            m["nonsalient_as_background"] = instance_background_share(
-                labels, gt["instances"], gt["objects"], salient=False)
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()}
+                m[key] = tally.instance_recall(salient)
+            m["nonsalient_as_background"] = tally.instance_background_share()
+    return _rounded(m)
