@@ -39,7 +39,7 @@ SYNTHVOC_MAX_CLASSES = 8
 #: Settings that say where and how fast a run computes, not what it computes: their fields carry
 #: no stage (`_setting(..., None)`), so the stage keys leave them out and other values of them
 #: retrain nothing.
-NOT_RESULT_KEYS = frozenset({"device", "num_threads", "channels_last", "extra"})
+NOT_RESULT_KEYS = frozenset({"device", "num_threads", "num_workers", "channels_last", "extra"})
 
 
 class ConfigError(ValueError):
@@ -90,6 +90,9 @@ class RunConfig:
     output_stride: int = _setting(4, "classifier")  # small backbone: 4 or 8 (vgg16: 8)
     channels_last: bool = _setting(True, None)  # channels_last weights/activations: much faster on CPU here
     num_threads: int = _setting(0, None)  # torch threads; 0 -> every core this process may use
+    # DataLoader processes that read (decode, resize) the images and labels ahead of the loops;
+    # -1 -> automatic (loop.loader_workers): none on the CPU, up to 8 on a GPU
+    num_workers: int = _setting(-1, None)
     # bfloat16 autocast in every training loop on the CPU (classifier, IAM, segmentation): faster
     # on CPUs with native bf16 (AVX512-BF16 / AMX), but it changes the numbers, so it is keyed
     cpu_bf16: bool = _setting(False, "classifier", keyed_unless=False, upper_bound=True)
@@ -166,7 +169,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # tests: seconds per stage
     "smoke": dict(image_size=64, n_train=48, n_val=16, width=16, cls_epochs=3, iam_epochs=2,
                   cls_batch_size=16, iam_batch_size=16, oaa_snapshots=3, seg_width=16,
-                  seg_epochs=2, seg_batch_size=16),
+                  seg_epochs=2, seg_batch_size=16, num_workers=0),
     # the notebooks' defaults: the whole sequence in a few minutes on a 2-core CPU
     "quick": dict(image_size=96, n_train=400, n_val=100, cls_epochs=30, iam_epochs=15,
                   seg_epochs=30),
@@ -337,6 +340,8 @@ def _check_ranges(cfg: RunConfig) -> None:
     for key in ("cls_weight_decay", "seg_weight_decay", "jitter"):
         need(getattr(cfg, key) >= 0, key, "use >= 0")
     need(cfg.num_threads >= 0, "num_threads", "use 0 (every core) or a thread count >= 1")
+    need(cfg.num_workers >= -1, "num_workers",
+         "use -1 (automatic), 0 (read in the training process) or a process count >= 1")
     need(cfg.oaa_snapshots >= 0, "oaa_snapshots", "use >= 0")
     need(cfg.cls_warmup_epochs >= 0, "cls_warmup_epochs", "use 0 (from scratch) or an epoch count >= 1")
     need(0 <= cfg.oaa_from_epoch < cfg.cls_epochs, "oaa_from_epoch",

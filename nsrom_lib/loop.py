@@ -1,10 +1,17 @@
 """The training loop that every network of the pipeline shares, and what it stands on.
 
-Threads and seeds (`configure_threads`, `seed_everything`), a split in memory
-(`load_split_tensors`), input normalisation and colour jitter, learning-rate schedules and
-optimisers (`learning_rate`, `poly_lr`, `make_optimizer`), checkpoints, and `fit`: shuffle, build
-the batch, step, optimise, checkpoint every epoch, resume. `nsrom_lib.train` builds the
-classifier, IAM and segmentation training on it (docs/method.md §1, §2, §5).
+Threads and seeds (`configure_threads`, `seed_everything`), reading a split batch by batch
+(`load_split`, `image_batches`, `loader_workers`), input normalisation and colour jitter,
+learning-rate schedules and optimisers (`learning_rate`, `poly_lr`, `make_optimizer`),
+checkpoints, and `fit`: shuffle, build the batch, step, optimise, checkpoint every epoch,
+resume. `nsrom_lib.train` builds the classifier, IAM and segmentation training on it
+(docs/method.md §1, §2, §5).
+
+What the loops read is either tensors in memory (N along the first dimension; a batch is
+`tensor[idx]`) or a `Dataset` (`data.split.SplitImages`, `data.split.LabelFiles`), whose items
+a torch `DataLoader` reads batch by batch, so that a stage's memory does not grow with its
+split. Both give the same batches: the loop draws the order, and the DataLoader only reads the
+items of the index batches it is handed.
 """
 
 from __future__ import annotations
@@ -14,28 +21,38 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 
 from nsrom_lib.data.io import atomic_path
-from nsrom_lib.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ColorJitter, Resize
-from nsrom_lib.data.voc import VOCSegDataset
+from nsrom_lib.data.split import load_split, load_split_tensors
+from nsrom_lib.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ColorJitter
 from nsrom_lib.faults import crash_point
 from nsrom_lib.progress import progress_bar as tqdm
 
-__all__ = ["configure_threads", "seed_everything", "load_split_tensors", "normalize_images",
-           "cam_size", "learning_rate", "make_optimizer", "poly_lr", "fit", "colour_jitter",
-           "pinned", "autocast", "cpu_has_bf16"]
+__all__ = ["configure_threads", "seed_everything", "load_split", "load_split_tensors",
+           "loader_workers", "read_batches", "image_batches", "item_count", "item_shape",
+           "normalize_images", "cam_size", "learning_rate", "make_optimizer", "poly_lr", "fit",
+           "colour_jitter", "pinned", "autocast", "cpu_has_bf16"]
 
 log = logging.getLogger("nsrom_lib.train")
 
 
 # ----------------------------------------------------------------------------- setup
+
+
+def _available_cores() -> int:
+    """The CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def configure_threads(num_threads: int = 0) -> int:
@@ -47,11 +64,7 @@ def configure_threads(num_threads: int = 0) -> int:
     gradients that made CPU training 5-20x slower (16-30 img/s instead of 340 at 96 px);
     flushing them changes nothing measurable in the results.
     """
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        available = os.cpu_count() or 1
-    n = num_threads if num_threads > 0 else available
+    n = num_threads if num_threads > 0 else _available_cores()
     torch.set_num_threads(max(1, n))
     # After set_num_threads: the flag is per thread, and the thread pool may have been rebuilt.
     torch.set_flush_denormal(True)
@@ -66,44 +79,60 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def load_split_tensors(
-    root: str | os.PathLike, split: str, num_classes: int | None = None, image_size: int | None = None
-) -> dict[str, Any]:
-    """Read a whole split into memory for training.
+# ----------------------------------------------------------------------------- reading batches
 
-    root: a VOC-layout folder; split: "train" or "val"; num_classes: C (None: from classes.txt);
-    image_size: resize every image to this square side (None: keep; then all must match).
-    Returns names (N,) list, images (N, 3, S, S) uint8, labels (N, C) float32 multi-hot,
-    label_ids (list of class-id lists) and sizes (list of the original (H, W)).
+#: What the loops read: tensors in memory (one, or a tuple of them, N along the first
+#: dimension) or a Dataset of N items.
+Items = Tensor | tuple[Tensor, ...] | Dataset
+
+
+def loader_workers(num_workers: int, device: torch.device) -> int:
+    """The DataLoader worker processes of a run's `num_workers` setting: the setting itself,
+    or for -1 (automatic) none on the CPU, where the training threads already use every core,
+    and on a GPU one per core up to 8, leaving one core to the training process."""
+    if num_workers >= 0:
+        return num_workers
+    return 0 if device.type == "cpu" else max(0, min(8, _available_cores() - 1))
+
+
+def item_count(data: Items) -> int:
+    """N: the number of items (images) of tensors in memory or of a Dataset."""
+    return len(data[0]) if isinstance(data, tuple) else len(data)
+
+
+def item_shape(data: Tensor | Dataset) -> tuple[int, ...]:
+    """The shape of one item (e.g. (3, S, S) of an image); a Dataset reads its first item."""
+    return tuple(data.shape[1:]) if isinstance(data, Tensor) else tuple(data[0].shape)
+
+
+def read_batches(data: Items, batches: Sequence[Tensor], num_workers: int = 0,
+                 device: torch.device | str = "cpu") -> Iterator[Any]:
+    """The items of each index batch of `batches` (in that order), collated.
+
+    Tensors in memory are indexed (`tensor[idx]`, or a tuple of them); a Dataset is read by a
+    torch DataLoader handed exactly these batches (`batch_sampler`), with `num_workers`
+    processes decoding ahead and, on CUDA, page-locked batches. The DataLoader draws the seed
+    of its workers from a generator of its own, so it moves no random number generator that
+    the training draws from.
     """
-    ds = VOCSegDataset(root, split, num_classes=num_classes, with_saliency=False, with_mask=False)
-    resize = Resize(image_size) if image_size else None
-    images, labels, label_ids, sizes = [], [], [], []
-    for i in range(len(ds)):
-        raw = ds.get_raw(i)
-        img = torch.from_numpy(raw["image"]).permute(2, 0, 1)  # (3, H, W) uint8
-        sizes.append(tuple(img.shape[-2:]))
-        if resize is not None and tuple(img.shape[-2:]) != resize.size:
-            # Resize works on float images in 0..1: (3, H, W) -> (3, S, S)
-            img = resize({"image": img.float() / 255})["image"].mul(255).round().clamp(0, 255)
-            img = img.to(torch.uint8)
-        images.append(img)
-        labels.append(torch.from_numpy(raw["label"]))
-        label_ids.append(list(raw["label_ids"]))
-    shapes = {tuple(x.shape) for x in images}
-    if len(shapes) > 1:
-        raise ValueError(
-            f"images of split {split!r} in {root} have different sizes {sorted(shapes)[:3]}...; "
-            "pass image_size=... to resize them"
-        )
-    return dict(
-        names=list(ds.names),
-        images=torch.stack(images),  # (N, 3, S, S) uint8
-        labels=torch.stack(labels),  # (N, C) float32
-        label_ids=label_ids,
-        sizes=sizes,
-        class_names=list(ds.class_names),
-    )
+    if isinstance(data, Tensor):
+        return (data[idx] for idx in batches)
+    if isinstance(data, tuple):
+        return (tuple(t[idx] for t in data) for idx in batches)
+    loader = DataLoader(data, batch_sampler=[idx.tolist() for idx in batches],
+                        num_workers=num_workers, pin_memory=torch.device(device).type == "cuda",
+                        generator=torch.Generator())
+    return iter(loader)
+
+
+def image_batches(images: Tensor | Dataset, batch_size: int, *, num_workers: int = 0,
+                  device: torch.device | str = "cpu", progress: bool = False,
+                  desc: str = "images") -> Iterable[tuple[Tensor, Tensor]]:
+    """The images in split order, batch by batch, for prediction: (idx (B,), images (B, 3, H, W)
+    uint8) pairs. images: (N, 3, H, W) uint8 in memory or a Dataset of (3, H, W) uint8 items."""
+    batches = torch.arange(item_count(images)).split(batch_size)
+    bar = tqdm(batches, desc=desc, leave=False, disable=not progress)
+    return zip(bar, read_batches(images, batches, num_workers, device), strict=True)
 
 
 def normalize_images(images: Tensor) -> Tensor:
@@ -233,7 +262,7 @@ def _load_checkpoint(path: Path, tag: str) -> dict[str, Any] | None:
 
 def fit(
     model: nn.Module,
-    images: Tensor,
+    data: Items,
     *,
     step: Callable[[Any, Tensor, int], Tensor],
     epochs: int,
@@ -252,20 +281,26 @@ def fit(
     max_epochs: int | None,
     progress: bool,
     desc: str,
-    make_batch: Callable[[Tensor, torch.Generator], Any] | None = None,
+    make_batch: Callable[[Any, torch.Generator], Any] | None = None,
     cpu_bf16: bool = False,
+    num_workers: int = 0,
 ) -> dict[str, Any]:
     """The shared training loop: shuffle, build the batch, `step(batch, idx, epoch) -> loss`,
     optimise, checkpoint per epoch, resume. Returns history, epochs_done and completed.
 
-    make_batch(idx, generator): the batch `step` receives (default: the colour-jittered,
-    normalised images[idx] on the device); it must draw its randomness from `generator`, which
-    the checkpoints save. schedule "poly" sets lr = base·(1 − it / iterations)^0.9 at every
-    iteration (DeepLab's decay); the others change it once per epoch. cpu_bf16: on the CPU,
-    `step` runs under bfloat16 autocast (`autocast`): convolutions and matrix products in bf16,
-    the weights, gradients and optimiser state in float32; `step` computes its loss in float32.
+    data: the N training items, in memory or a Dataset (`Items`): by default images, (N, 3, H, W)
+    uint8 or a Dataset of (3, H, W) uint8 items. Every epoch draws one order of them
+    (`torch.randperm` from the loop's generator) and reads its batches in that order
+    (`read_batches`; num_workers: DataLoader processes reading a Dataset ahead).
+    make_batch(items, generator): the batch `step` receives, from the collated items of the
+    batch (default: the images, colour-jittered and normalised, on the device); it must draw
+    its randomness from `generator`, which the checkpoints save. schedule "poly" sets
+    lr = base·(1 − it / iterations)^0.9 at every iteration (DeepLab's decay); the others change
+    it once per epoch. cpu_bf16: on the CPU, `step` runs under bfloat16 autocast (`autocast`):
+    convolutions and matrix products in bf16, the weights, gradients and optimiser state in
+    float32; `step` computes its loss in float32.
     """
-    N = images.shape[0]
+    N = item_count(data)
     model.to(device).train()
     opt = make_optimizer(model, optimizer, lr, weight_decay)
     gen = torch.Generator().manual_seed(seed)
@@ -274,8 +309,8 @@ def fit(
     stop = epochs if max_epochs is None else min(epochs, max_epochs)
     n_batches = (N + batch_size - 1) // batch_size
     if make_batch is None:
-        def make_batch(idx: Tensor, g: torch.Generator) -> Tensor:
-            x = normalize_images(colour_jitter(images[idx], jitter, g))  # (B, 3, H, W)
+        def make_batch(images: Tensor, g: torch.Generator) -> Tensor:
+            x = normalize_images(colour_jitter(images, jitter, g))  # (B, 3, H, W)
             return pinned(x, device).to(device, non_blocking=True)
     bar = tqdm(total=max(stop - start, 0) * n_batches, desc=desc, unit="batch", disable=not progress)
     for epoch in range(start, stop):
@@ -286,12 +321,14 @@ def fit(
             lr_e = learning_rate(lr, epoch, epochs, schedule)
         _set_lr(opt, lr_e)
         order = torch.randperm(N, generator=gen)  # (N,)
+        batches = order.split(batch_size)
         bar.set_description(f"{desc} epoch {epoch + 1}/{epochs}")
         total, seen = 0.0, 0
-        for it, idx in enumerate(order.split(batch_size)):
+        items_of = read_batches(data, batches, num_workers, device)
+        for it, (idx, items) in enumerate(zip(batches, items_of, strict=True)):
             if schedule == "poly":
                 _set_lr(opt, poly_lr(lr, epoch * n_batches + it, epochs * n_batches))
-            batch = make_batch(idx, gen)
+            batch = make_batch(items, gen)
             with autocast(device, cuda=False, cpu=cpu_bf16):
                 loss = step(batch, idx, epoch)
             opt.zero_grad(set_to_none=True)

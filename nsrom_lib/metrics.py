@@ -113,16 +113,25 @@ def instance_recall(
     """
     hits = n = 0
     for lab, inst, objs in zip(labels, instance_maps, objects, strict=True):
-        lab, inst = _np(lab), _np(inst)
-        for o in objs:
-            if salient is not None and bool(o["salient"]) != salient:
-                continue
-            px = inst == o["id"]
-            if not px.any():
-                continue
-            n += 1
-            hits += (lab[px] == o["class"] + 1).mean() >= min_share
+        h, k = _recall_counts(lab, inst, objs, salient, min_share)
+        hits, n = hits + h, n + k
     return hits / n if n else float("nan")
+
+
+def _recall_counts(label: Any, instance_map: Any, objects: Sequence[dict[str, Any]],
+                   salient: bool | None, min_share: float = 0.5) -> tuple[int, int]:
+    """`instance_recall` of one image as counts: (instances recalled, instances counted)."""
+    lab, inst = _np(label), _np(instance_map)
+    hits = n = 0
+    for o in objects:
+        if salient is not None and bool(o["salient"]) != salient:
+            continue
+        px = inst == o["id"]
+        if not px.any():
+            continue
+        n += 1
+        hits += int((lab[px] == o["class"] + 1).mean() >= min_share)
+    return hits, n
 
 
 # ----------------------------------------------------------------------------- classification and maps
@@ -179,25 +188,45 @@ def map_quality(
       precision: share of active (image, class, pixel) triples, void excluded, whose GT is that
         class, pooled over all maps;
       objects: the number of objects counted.
+    `MapQuality` computes the same image by image.
     """
-    cov: dict[str, list[float]] = {"all": [], "salient": [], "nonsalient": []}
-    correct = active_total = 0
+    quality = MapQuality(threshold)
+    with_instances = instance_maps is not None and objects is not None
     for i, per_class in enumerate(maps):
-        gt = _np(masks[i])
+        quality.add(per_class, masks[i], instance_maps[i] if with_instances else None,
+                    objects[i] if with_instances else None)
+    return quality.result()
+
+
+class MapQuality:
+    """`map_quality`, added up image by image: `add` each image's maps with its ground truth,
+    then `result()` (the same numbers as `map_quality` over all the images at once)."""
+
+    def __init__(self, threshold: float = 0.3) -> None:
+        self.threshold = threshold
+        self.coverage: dict[str, list[float]] = {"all": [], "salient": [], "nonsalient": []}
+        self.correct = self.active_total = self.images = 0
+
+    def add(self, per_class: dict[int, Any], mask: Any, instance_map: Any = None,
+            objects: Sequence[dict[str, Any]] | None = None) -> None:
+        """One image: its maps {class id: (H, W) map}, its GT mask (H, W) and, for SynthVOC, its
+        instance map and object dicts (both, or neither)."""
+        gt = _np(mask)
         act = {}
         for c, m in per_class.items():
             m = _np(m)
             v = m.astype(np.float64) / 255.0 if m.dtype == np.uint8 else m.astype(np.float64)
             if v.shape != gt.shape:
-                raise ValueError(f"image {i}: map of class {c} is {v.shape}, GT is {gt.shape}")
-            a = v > threshold
+                raise ValueError(f"image {self.images}: map of class {c} is {v.shape}, GT is {gt.shape}")
+            a = v > self.threshold
             act[int(c)] = a
             valid = a & (gt != IGNORE)
-            active_total += int(valid.sum())
-            correct += int((valid & (gt == int(c) + 1)).sum())
-        if instance_maps is not None and objects is not None:
-            inst = _np(instance_maps[i])
-            for o in objects[i]:
+            self.active_total += int(valid.sum())
+            self.correct += int((valid & (gt == int(c) + 1)).sum())
+        cov = self.coverage
+        if instance_map is not None and objects is not None:
+            inst = _np(instance_map)
+            for o in objects:
                 px = inst == o["id"]
                 if not px.any():
                     continue
@@ -212,17 +241,25 @@ def map_quality(
                 px = gt == v
                 a = act.get(int(v) - 1)
                 cov["all"].append(float(a[px].mean()) if a is not None else 0.0)
+        self.images += 1
 
-    def mean(xs: list[float]) -> float:
-        return float(np.mean(xs)) if xs else float("nan")
+    def result(self) -> dict[str, float]:
+        """coverage, coverage_salient, coverage_nonsalient, precision, objects (`map_quality`)."""
 
-    return dict(
-        coverage=mean(cov["all"]),
-        coverage_salient=mean(cov["salient"]),
-        coverage_nonsalient=mean(cov["nonsalient"]),
-        precision=correct / active_total if active_total else float("nan"),
-        objects=len(cov["all"]),
-    )
+        def mean(xs: list[float]) -> float:
+            return float(np.mean(xs)) if xs else float("nan")
+
+        cov = self.coverage
+        return dict(
+            coverage=mean(cov["all"]),
+            coverage_salient=mean(cov["salient"]),
+            coverage_nonsalient=mean(cov["nonsalient"]),
+            precision=self.correct / self.active_total if self.active_total else float("nan"),
+            objects=len(cov["all"]),
+        )
+
+
+__all__ += ["MapQuality"]
 
 
 def active_share(maps: Sequence[dict[int, Any]], threshold: float = 0.3) -> float:
@@ -387,14 +424,91 @@ def instance_background_share(
     """
     as_bg = n = 0
     for lab, inst, objs in zip(labels, instance_maps, objects, strict=True):
-        lab, inst = _np(lab), _np(inst)
-        ids = [o["id"] for o in objs if salient is None or bool(o["salient"]) == salient]
-        if not ids:
-            continue
-        px = np.isin(inst, ids)
-        n += int(px.sum())
-        as_bg += int((lab[px] == 0).sum())
+        b, k = _background_counts(lab, inst, objs, salient)
+        as_bg, n = as_bg + b, n + k
     return as_bg / n if n else float("nan")
+
+
+def _background_counts(label: Any, instance_map: Any, objects: Sequence[dict[str, Any]],
+                       salient: bool | None) -> tuple[int, int]:
+    """`instance_background_share` of one image as counts: (instance pixels labelled
+    background, instance pixels)."""
+    ids = [o["id"] for o in objects if salient is None or bool(o["salient"]) == salient]
+    if not ids:
+        return 0, 0
+    lab, inst = _np(label), _np(instance_map)
+    px = np.isin(inst, ids)
+    return int((lab[px] == 0).sum()), int(px.sum())
+
+
+class LabelTally:
+    """The measures of label maps or predictions, added up image by image in integer counts,
+    so that they do not depend on how the images are grouped into batches.
+
+    `add` each image's label map and, when there is ground truth, its GT mask and (SynthVOC)
+    instance map and objects; then read `label_quality()` (as the function of that name),
+    `miou()`, `instance_recall(salient)`, `instance_background_share()`, and the label's own
+    `ignore_share()` and `empty_images`.
+    """
+
+    def __init__(self, num_labels: int) -> None:
+        self.num_labels = num_labels
+        self.confusion = np.zeros((num_labels, num_labels), np.int64)
+        self.labelled = self.valid = 0  # label_quality's coverage: labelled / valid GT pixels
+        self.pixels = self.ignored = self.empty_images = 0
+        self.recall = {False: [0, 0], True: [0, 0]}  # salient -> [recalled, counted]
+        self.background = [0, 0]  # non-salient instance pixels: [labelled background, all]
+        self.instances = False  # whether instance maps were added
+
+    def add(self, label: Any, gt: Any = None, instance_map: Any = None,
+            objects: Sequence[dict[str, Any]] | None = None) -> None:
+        lab = _np(label)
+        ignore = lab == IGNORE
+        self.pixels += lab.size
+        self.ignored += int(ignore.sum())
+        self.empty_images += bool(np.all(ignore))
+        if gt is None:
+            return
+        g = _np(gt)
+        valid = g != IGNORE
+        self.valid += int(valid.sum())
+        self.labelled += int((valid & ~ignore).sum())
+        self.confusion += confusion_matrix(lab, g, self.num_labels)
+        if instance_map is not None and objects is not None:
+            self.instances = True
+            for salient, counts in self.recall.items():
+                h, n = _recall_counts(lab, instance_map, objects, salient)
+                counts[0] += h
+                counts[1] += n
+            b, n = _background_counts(lab, instance_map, objects, salient=False)
+            self.background[0] += b
+            self.background[1] += n
+
+    def ignore_share(self) -> float:
+        return self.ignored / max(self.pixels, 1)
+
+    def miou(self) -> tuple[float, np.ndarray]:
+        """(mIoU, per-label IoU) of the summed confusion matrix (`iou_from_confusion`)."""
+        return iou_from_confusion(self.confusion)
+
+    def label_quality(self) -> dict[str, float]:
+        """precision, coverage and miou, as `label_quality` of the added images."""
+        return dict(
+            precision=int(np.trace(self.confusion)) / max(int(self.confusion.sum()), 1),
+            coverage=self.labelled / max(self.valid, 1),
+            miou=iou_from_confusion(self.confusion)[0],
+        )
+
+    def instance_recall(self, salient: bool) -> float:
+        hits, n = self.recall[salient]
+        return hits / n if n else float("nan")
+
+    def instance_background_share(self) -> float:
+        as_bg, n = self.background
+        return as_bg / n if n else float("nan")
+
+
+__all__ += ["LabelTally"]
 
 
 __all__ += ["instance_background_share"]
@@ -538,76 +652,3 @@ def gap_decomposition(
 
 
 __all__ += ["nonsalient_object_masks", "GAP_MEASURES", "gap_decomposition"]
-
-
-class LabelTally:
-    """The measures of a label set (`label_quality`, `instance_recall` of non-salient and of
-    salient objects, `instance_background_share` of non-salient ones, the ignore share and the
-    all-ignore images), summed one image at a time, so that a split's labels, predictions and
-    ground truth never need to be in memory together. `result()` gives what the list functions
-    give on the same images.
-    """
-
-    def __init__(self, num_labels: int, min_share: float = 0.5) -> None:
-        self.num_labels, self.min_share = num_labels, min_share
-        self.conf = np.zeros((num_labels, num_labels), np.int64)
-        self.pixels = self.ignored = self.empty = 0
-        self.valid = self.labelled = 0  # pixels with a GT label, and of those the labelled ones
-        self.with_gt = self.with_instances = False
-        self.found = {False: 0, True: 0}  # instances at least min_share labelled, by salient
-        self.objects = {False: 0, True: 0}
-        self.nonsalient_px = self.nonsalient_bg = 0
-
-    def add(self, label: Any, gt: Any | None = None, instances: Any | None = None,
-            objects: Sequence[dict[str, Any]] | None = None) -> None:
-        """Count one (H, W) label map, with its GT mask and (optionally) its instance map and
-        instance dicts (`id`, `class`, `salient`)."""
-        lab = _np(label)
-        ignore = lab == IGNORE
-        self.pixels += lab.size
-        self.ignored += int(ignore.sum())
-        self.empty += bool(ignore.all())
-        if gt is None:
-            return
-        self.with_gt = True
-        g = _np(gt)
-        valid = g != IGNORE
-        self.valid += int(valid.sum())
-        self.labelled += int((valid & ~ignore).sum())
-        self.conf += confusion_matrix(lab, g, self.num_labels)
-        if instances is None or objects is None:
-            return
-        self.with_instances = True
-        inst = _np(instances)
-        for o in objects:
-            px = inst == o["id"]
-            if not px.any():
-                continue
-            salient = bool(o["salient"])
-            self.objects[salient] += 1
-            self.found[salient] += (lab[px] == o["class"] + 1).mean() >= self.min_share
-            if not salient:
-                self.nonsalient_px += int(px.sum())
-                self.nonsalient_bg += int((lab[px] == 0).sum())
-
-    def result(self) -> dict[str, Any]:
-        """ignore_share, empty_images and, with GT, precision, coverage, miou and (with
-        instances) nonsalient_recall, salient_recall, nonsalient_as_background (NaN where no
-        object qualifies)."""
-        out: dict[str, Any] = dict(ignore_share=self.ignored / max(self.pixels, 1),
-                                   empty_images=self.empty)
-        if self.with_gt:
-            out.update(precision=int(np.trace(self.conf)) / max(int(self.conf.sum()), 1),
-                       coverage=self.labelled / max(self.valid, 1),
-                       miou=iou_from_confusion(self.conf)[0])
-        if self.with_instances:
-            def share(a: int, n: int) -> float:
-                return a / n if n else float("nan")
-
-            out.update(nonsalient_recall=share(self.found[False], self.objects[False]),
-                       salient_recall=share(self.found[True], self.objects[True]),
-                       nonsalient_as_background=share(self.nonsalient_bg, self.nonsalient_px))
-        return out
-
-
-__all__ += ["LabelTally"]

@@ -4,8 +4,10 @@ Paper §3.1 and docs/method.md §1–§2. Library code: plain arguments and tens
 and dicts out; the run folder, the configuration and the stage records live in
 `nsrom_lib.pipeline`.
 
-- :func:`load_split_tensors`: a whole split in memory as uint8 tensors (SynthVOC: a few
-  tens of MB), so an epoch is one shuffled pass without a DataLoader.
+- :func:`load_split`: a split whose images are read on demand (`data.split.SplitImages`); every
+  loop here takes such a Dataset (read batch by batch through a torch DataLoader, `num_workers`
+  processes ahead) or the same images as one uint8 tensor in memory (`load_split_tensors`), and
+  computes the same batches from either.
 - :func:`train_classifier`: multi-label soft margin loss (Eq. 4); online attention
   accumulation (OAA) from the CAMs of the *training* forward pass (train mode, weights before the
   optimizer step, as the reference does), with per-epoch snapshots of a few images'
@@ -13,7 +15,8 @@ and dicts out; the run folder, the configuration and the stage records live in
 - :func:`train_iam`: the integral attention model regressing the accumulated maps with
   :func:`nsrom_lib.cam.iam_loss`.
 - :func:`predict_cams`, :func:`maps_to_uint8`, :func:`resize_uint8`, :func:`export_maps`:
-  eval-mode CAMs and their 8-bit, image-size export (``{name}_{cls}.png``).
+  eval-mode CAMs and their 8-bit, image-size export (``{name}_{cls}.png``); `cams_of_batch`
+  and `segment_batch` predict one batch, for stages that measure and write batch by batch.
 
 Checkpoints: after every epoch the loop writes model, optimizer, accumulator, snapshots,
 history, RNG states and the epoch count atomically; called again with the same checkpoint
@@ -43,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from nsrom_lib.cam import OAAccumulator, cam_to_uint8, iam_loss, oaa_attention
 from nsrom_lib.crf import CRFParams, crf_labels
@@ -54,8 +58,13 @@ from nsrom_lib.loop import (  # re-exported: the public names of the loop
     configure_threads,
     cpu_has_bf16,
     fit,
+    image_batches,
+    item_count,
+    item_shape,
     learning_rate,
+    load_split,
     load_split_tensors,
+    loader_workers,
     make_optimizer,
     normalize_images,
     pinned,
@@ -71,7 +80,10 @@ __all__ = [
     "configure_threads",
     "cpu_has_bf16",
     "seed_everything",
+    "load_split",
     "load_split_tensors",
+    "loader_workers",
+    "image_batches",
     "normalize_images",
     "cam_size",
     "learning_rate",
@@ -83,7 +95,9 @@ __all__ = [
     "segmentation_loss",
     "train_segmentation",
     "predict_segmentation",
+    "segment_batch",
     "predict_cams",
+    "cams_of_batch",
     "resize_uint8",
     "maps_to_uint8",
     "export_maps",
@@ -93,7 +107,7 @@ __all__ = [
 
 def train_classifier(
     model: nn.Module,
-    images: Tensor,
+    images: Tensor | Dataset,
     labels: Tensor,
     *,
     epochs: int,
@@ -114,11 +128,13 @@ def train_classifier(
     max_epochs: int | None = None,
     progress: bool = True,
     cpu_bf16: bool = False,
+    num_workers: int = 0,
 ) -> dict[str, Any]:
     """Train the classifier on image-level labels, accumulating attention online (OAA).
 
     model: a `Classifier` (returns ``(logits, cam)`` with ``return_cam=True``); images: (N, 3, H, W)
-    uint8; labels: (N, C) float multi-hot; epochs: total epochs; accumulate: run OAA (§2);
+    uint8, or a Dataset of (3, H, W) uint8 items (`load_split`) read by `num_workers` DataLoader
+    processes; labels: (N, C) float multi-hot; epochs: total epochs; accumulate: run OAA (§2);
     accumulate_from: first 0-based epoch whose CAMs are fused (the reference: 1, the second;
     later is a diagnostic for networks trained from scratch, not the paper's method);
     snapshot_indices: images whose accumulated maps are copied after every epoch (figures);
@@ -130,7 +146,7 @@ def train_classifier(
     """
     device, (N, C), labels = torch.device(device), labels.shape, labels.float()
     model.to(device)
-    h, w = cam_size(model, tuple(images.shape[-2:]))
+    h, w = cam_size(model, item_shape(images)[-2:])
     acc = OAAccumulator(N, C, (h, w), device=device) if accumulate else None
     snap_idx = torch.as_tensor(list(snapshot_indices), dtype=torch.long)
     snapshots: list[Tensor] = []
@@ -168,7 +184,8 @@ def train_classifier(
                optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, jitter=jitter,
                seed=seed, device=device, checkpoint=checkpoint, tag=f"classifier:{tag}",
                extra_state=(get_extra, set_extra), on_epoch_end=on_epoch_end,
-               max_epochs=max_epochs, progress=progress, desc="classifier", cpu_bf16=cpu_bf16)
+               max_epochs=max_epochs, progress=progress, desc="classifier", cpu_bf16=cpu_bf16,
+               num_workers=num_workers)
     maps = torch.stack(snapshots) if snapshots else torch.zeros(0, len(snap_idx), C, h, w, dtype=torch.uint8)
     out.update(model=model.eval(), accumulator=acc, snapshots={"indices": snap_idx, "maps": maps},
                probe=probe.result())
@@ -231,7 +248,7 @@ class _EpochProbe:
 
 def train_iam(
     model: nn.Module,
-    images: Tensor,
+    images: Tensor | Dataset,
     targets: Tensor,
     *,
     epochs: int,
@@ -248,34 +265,37 @@ def train_iam(
     max_epochs: int | None = None,
     progress: bool = True,
     cpu_bf16: bool = False,
+    num_workers: int = 0,
 ) -> dict[str, Any]:
     """Train the integral attention model to regress the accumulated maps (§2).
 
-    model: a `Classifier(iam=True)`; images: (N, 3, H, W) uint8; targets: (N, C, h, w) uint8
-    0..255 (the accumulated maps; 0 for classes without a map) or float in [0, 1], at the model's
-    CAM size. Returns model, history, epochs_done, completed (checkpoints and cpu_bf16 as
-    `train_classifier`).
+    model: a `Classifier(iam=True)`; images: (N, 3, H, W) uint8 or a Dataset of them (as
+    `train_classifier`); targets: (N, C, h, w) uint8 0..255 (the accumulated maps; 0 for classes
+    without a map) or float in [0, 1], at the model's CAM size. Returns model, history,
+    epochs_done, completed (checkpoints, cpu_bf16 and num_workers as `train_classifier`).
     """
     device = torch.device(device)
     model.to(device)
-    h, w = cam_size(model, tuple(images.shape[-2:]))
+    size = item_shape(images)[-2:]
+    h, w = cam_size(model, size)
     if tuple(targets.shape[-2:]) != (h, w):
         raise ValueError(
             f"targets are {tuple(targets.shape[-2:])} but the model's maps are {(h, w)} for "
-            f"{tuple(images.shape[-2:])} images: build the IAM with the classifier's backbone"
+            f"{size} images: build the IAM with the classifier's backbone"
         )
-    t_all = targets.float() / 255.0 if targets.dtype == torch.uint8 else targets.float()
 
     def step(x: Tensor, idx: Tensor, epoch: int) -> Tensor:
         _, cam = model(x, return_cam=True)  # (B, C, h, w)
+        t = targets[idx]  # (B, C, h, w), as float in [0, 1]:
+        t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
         # §2: −t log σ(x) on t > 0, softplus(x) on t = 0, each averaged over its pixels.
-        return iam_loss(cam.float(), t_all[idx].to(device))
+        return iam_loss(cam.float(), t.to(device))
 
     out = fit(model, images, step=step, epochs=epochs, batch_size=batch_size, lr=lr,
                optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, jitter=jitter,
                seed=seed, device=device, checkpoint=checkpoint, tag=f"iam:{tag}",
                extra_state=None, on_epoch_end=None, max_epochs=max_epochs, progress=progress,
-               desc="iam", cpu_bf16=cpu_bf16)
+               desc="iam", cpu_bf16=cpu_bf16, num_workers=num_workers)
     out.update(model=model.eval())
     return out
 
@@ -330,10 +350,29 @@ def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
     return F.cross_entropy(logits, target, ignore_index=255, reduction="sum") / valid
 
 
+class _Pairs(Dataset):
+    """Item i: (images[i], labels[i]): an image and its label map read together, from two
+    Datasets or tensors of the same length."""
+
+    def __init__(self, images: Tensor | Dataset, labels: Tensor | Dataset) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.images[i], self.labels[i]
+
+
+def _described(items: Tensor | Dataset) -> tuple[int, ...]:
+    """(N, *item shape) of tensors or of a Dataset, for error messages."""
+    return (item_count(items), *item_shape(items))
+
+
 def train_segmentation(
     model: nn.Module,
-    images: Tensor,
-    labels: Tensor,
+    images: Tensor | Dataset,
+    labels: Tensor | Dataset,
     *,
     epochs: int,
     batch_size: int = 16,
@@ -352,24 +391,28 @@ def train_segmentation(
     progress: bool = True,
     desc: str = "segmentation",
     cpu_bf16: bool = False,
+    num_workers: int = 0,
 ) -> dict[str, Any]:
     """Train a segmentation network on (pseudo) labels: docs/method.md §5 and §7.
 
     model: e.g. `DeepLabV2`, (B, 3, H, W) -> (B, C + 1, H, W) logits; images: (N, 3, H, W) uint8;
-    labels: (N, H, W) uint8 (0 background, c + 1 class c, 255 ignore). Cross-entropy with ignore
-    index 255 (`segmentation_loss`), poly decay per iteration, random scale / crop / flip
-    (`augment_segmentation`). Checkpoints, resume and cpu_bf16 as `train_classifier`; on CUDA
-    the forward pass is always in bf16.
+    labels: (N, H, W) uint8 (0 background, c + 1 class c, 255 ignore); either may be a Dataset
+    of such items instead (`load_split`, `data.split.LabelFiles`), read with `num_workers`
+    DataLoader processes. Cross-entropy with ignore index 255 (`segmentation_loss`), poly decay
+    per iteration, random scale / crop / flip (`augment_segmentation`). Checkpoints, resume and
+    cpu_bf16 as `train_classifier`; on CUDA the forward pass is always in bf16.
     Returns model (eval mode), history, epochs_done, completed.
     """
     device = torch.device(device)
-    if labels.shape[0] != images.shape[0] or tuple(labels.shape[-2:]) != tuple(images.shape[-2:]):
-        raise ValueError(f"labels {tuple(labels.shape)} do not match images {tuple(images.shape)}: "
+    if item_count(labels) != item_count(images) or item_shape(labels)[-2:] != item_shape(images)[-2:]:
+        raise ValueError(f"labels {_described(labels)} do not match images {_described(images)}: "
                          "one (H, W) label per image")
     model.to(device)
+    in_memory = isinstance(images, Tensor) and isinstance(labels, Tensor)
+    data = (images, labels) if in_memory else _Pairs(images, labels)
 
-    def make_batch(idx: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
-        x, y = augment_segmentation(images[idx], labels[idx], g, scale, flip, jitter)
+    def make_batch(items: tuple[Tensor, Tensor], g: torch.Generator) -> tuple[Tensor, Tensor]:
+        x, y = augment_segmentation(*items, g, scale, flip, jitter)
         return pinned(x, device).to(device, non_blocking=True), pinned(y, device).to(device, non_blocking=True)
 
     def step(batch: tuple[Tensor, Tensor], idx: Tensor, epoch: int) -> Tensor:
@@ -378,83 +421,108 @@ def train_segmentation(
             logits = model(x)
         return segmentation_loss(logits.float(), y)
 
-    out = fit(model, images, step=step, epochs=epochs, batch_size=batch_size, lr=lr,
+    out = fit(model, data, step=step, epochs=epochs, batch_size=batch_size, lr=lr,
                optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, jitter=jitter,
                seed=seed, device=device, checkpoint=checkpoint, tag=f"seg:{tag}",
                extra_state=None, on_epoch_end=None, max_epochs=max_epochs, progress=progress,
-               desc=desc, make_batch=make_batch, cpu_bf16=cpu_bf16)
+               desc=desc, make_batch=make_batch, cpu_bf16=cpu_bf16, num_workers=num_workers)
     out.update(model=model.eval())
     return out
 
 
 @torch.no_grad()
+def segment_batch(
+    model: nn.Module, images: Tensor, device: torch.device | str = "cpu", flip: bool = False,
+    scales: Sequence[float] = (1.0,), crf: CRFParams | None = None,
+) -> Tensor:
+    """Eval-mode label predictions of one batch (`predict_segmentation`, which prepares the
+    model: eval mode, on `device`).
+
+    images: (B, 3, H, W) uint8. Returns (B, H, W) uint8 (0 background, c + 1 class c), on the CPU.
+    """
+    device = torch.device(device)
+    H, W = images.shape[-2:]
+    x = normalize_images(images).to(device)  # (B, 3, H, W)
+    prob = None
+    for s in scales:
+        xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear",
+                                              align_corners=False)
+        for flipped in ((False, True) if flip else (False,)):
+            with autocast(device):
+                out = model(xs.flip(-1) if flipped else xs).float()  # (B, L, h, w)
+            if flipped:
+                out = out.flip(-1)
+            if out.shape[-2:] != (H, W):
+                out = F.interpolate(out, size=(H, W), mode="bilinear", align_corners=False)
+            p = out.softmax(1)
+            prob = p if prob is None else prob + p
+    if crf is not None:
+        n_versions = len(scales) * (2 if flip else 1)
+        return crf_labels(images, prob / n_versions, crf)
+    # argmax over channels is ~16x faster on a channels_last tensor than on an NCHW one here
+    # (torch 2.14, CPU; measured 590 vs 9,700 img/s at 96 px, 7 labels); same result.
+    prob = prob.contiguous(memory_format=torch.channels_last)
+    return prob.argmax(1).to(torch.uint8).cpu()  # (B, H, W)
+
+
+@torch.no_grad()
 def predict_segmentation(
-    model: nn.Module, images: Tensor, batch_size: int = 64, device: torch.device | str = "cpu",
-    flip: bool = False, scales: Sequence[float] = (1.0,), progress: bool = False,
-    crf: CRFParams | None = None,
+    model: nn.Module, images: Tensor | Dataset, batch_size: int = 64,
+    device: torch.device | str = "cpu", flip: bool = False, scales: Sequence[float] = (1.0,),
+    progress: bool = False, crf: CRFParams | None = None, num_workers: int = 0,
 ) -> Tensor:
     """Eval-mode label predictions, optionally averaged over flips and scales, optionally
     refined by the dense CRF.
 
-    images: (N, 3, H, W) uint8. With `flip` and `scales`, the softmax of every (scale, flip)
-    version, resized back to H x W, is averaged before the argmax. crf: `crf.CRFParams` to
-    refine each image's averaged softmax with the dense CRF (on the CPU) before the argmax, as
-    the reference does. Returns (N, H, W) uint8 (0 background, c + 1 class c), on the CPU.
+    images: (N, 3, H, W) uint8, or a Dataset of (3, H, W) uint8 items read by `num_workers`
+    DataLoader processes. With `flip` and `scales`, the softmax of every (scale, flip) version,
+    resized back to H x W, is averaged before the argmax. crf: `crf.CRFParams` to refine each
+    image's averaged softmax with the dense CRF (on the CPU) before the argmax, as the reference
+    does. Returns (N, H, W) uint8 (0 background, c + 1 class c), on the CPU; a stage that
+    measures or writes the predictions takes them batch by batch (`segment_batch`).
     """
-
     device = torch.device(device)
     model.to(device).eval()
-    H, W = images.shape[-2:]
-    preds = []
-    for i in tqdm(range(0, images.shape[0], batch_size), desc="predict", leave=False,
-                  disable=not progress):
-        x = normalize_images(images[i : i + batch_size]).to(device)  # (B, 3, H, W)
-        prob = None
-        for s in scales:
-            xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear",
-                                                  align_corners=False)
-            for flipped in ((False, True) if flip else (False,)):
-                with autocast(device):
-                    out = model(xs.flip(-1) if flipped else xs).float()  # (B, L, h, w)
-                if flipped:
-                    out = out.flip(-1)
-                if out.shape[-2:] != (H, W):
-                    out = F.interpolate(out, size=(H, W), mode="bilinear", align_corners=False)
-                p = out.softmax(1)
-                prob = p if prob is None else prob + p
-        if crf is not None:
-            n_versions = len(scales) * (2 if flip else 1)
-            preds.append(crf_labels(images[i : i + batch_size], prob / n_versions, crf))
-            continue
-        # argmax over channels is ~16x faster on a channels_last tensor than on an NCHW one here
-        # (torch 2.14, CPU; measured 590 vs 9,700 img/s at 96 px, 7 labels); same result.
-        prob = prob.contiguous(memory_format=torch.channels_last)
-        preds.append(prob.argmax(1).to(torch.uint8).cpu())  # (B, H, W)
-    return torch.cat(preds)
+    batches = image_batches(images, batch_size, num_workers=num_workers, device=device,
+                            progress=progress, desc="predict")
+    return torch.cat([segment_batch(model, x, device, flip, scales, crf) for _, x in batches])
 
 
 # ----------------------------------------------------------------------------- inference and export
 
 
 @torch.no_grad()
+def cams_of_batch(model: nn.Module, images: Tensor, device: torch.device | str = "cpu"
+                  ) -> tuple[Tensor, Tensor]:
+    """Eval-mode logits and raw CAMs of one batch (`predict_cams`, which prepares the model:
+    eval mode, on `device`).
+
+    images: (B, 3, H, W) uint8. Returns logits (B, C) and cams (B, C, h, w), float32 on the CPU.
+    """
+    x = normalize_images(images).to(device)  # (B, 3, H, W)
+    lo, cam = model(x, return_cam=True)  # (B, C), (B, C, h, w)
+    return lo.float().cpu(), cam.float().cpu()
+
+
+@torch.no_grad()
 def predict_cams(
-    model: nn.Module, images: Tensor, batch_size: int = 64, device: torch.device | str = "cpu",
-    progress: bool = False,
+    model: nn.Module, images: Tensor | Dataset, batch_size: int = 64,
+    device: torch.device | str = "cpu", progress: bool = False, num_workers: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Eval-mode logits and raw CAMs of every image.
 
-    images: (N, 3, H, W) uint8. Returns logits (N, C) float32 and cams (N, C, h, w) float32 (CPU).
+    images: (N, 3, H, W) uint8, or a Dataset of (3, H, W) uint8 items read by `num_workers`
+    DataLoader processes. Returns logits (N, C) float32 and cams (N, C, h, w) float32 (CPU); a
+    stage that keeps only some of them takes them batch by batch (`cams_of_batch`).
     """
-
     device = torch.device(device)
     model.to(device).eval()
     logits, cams = [], []
-    for i in tqdm(range(0, images.shape[0], batch_size), desc="maps", leave=False,
-                  disable=not progress):
-        x = normalize_images(images[i : i + batch_size]).to(device)  # (B, 3, H, W)
-        lo, cam = model(x, return_cam=True)  # (B, C), (B, C, h, w)
-        logits.append(lo.float().cpu())
-        cams.append(cam.float().cpu())
+    for _, x in image_batches(images, batch_size, num_workers=num_workers, device=device,
+                              progress=progress, desc="maps"):
+        lo, cam = cams_of_batch(model, x, device)
+        logits.append(lo)
+        cams.append(cam)
     return torch.cat(logits), torch.cat(cams)
 
 

@@ -520,6 +520,7 @@ def test_run_bad_set(tmp_path: Path, capsys, item: str, says: str) -> None:
         ("iam_lr", "nan", "finite"),
         ("jitter", -0.1, ">= 0"),
         ("num_threads", -2, "thread count"),
+        ("num_workers", -2, "process count"),
         ("oaa_from_epoch", 12, "0..2"),
         ("cls_warmup_epochs", -1, "from scratch"),
         ("be_fg", 1.5, "[0, 1]"),

@@ -101,7 +101,7 @@ def test_a_cpu_without_native_bf16_is_warned_about(tmp_path, monkeypatch, caplog
     run = open_run(tmp_path / "run", "smoke", cpu_bf16=True, device="cpu")
     root = tmp_path / "no-data"  # training_context reads the split only after the check
     monkeypatch.setattr(T, "cpu_has_bf16", lambda: False)
-    monkeypatch.setattr(T, "load_split_tensors", lambda *a, **k: {})
+    monkeypatch.setattr(T, "load_split", lambda *a, **k: {})
     with caplog.at_level(logging.WARNING):
         training_context(run, "classifier", root)
     assert "no native bfloat16" in caplog.text and "cpu_bf16" in caplog.text

@@ -187,17 +187,14 @@ def test_label_tally_image_by_image_equals_the_list_measures():
     tally = LabelTally(4)
     for args in zip(labels, gts, insts, objs, strict=True):
         tally.add(*args)
-    got = tally.result()
-    want = label_quality(labels, gts, 4)
+    got, want = tally.label_quality(), label_quality(labels, gts, 4)
     for key in ("precision", "coverage", "miou"):
         assert got[key] == pytest.approx(want[key])
-    assert got["nonsalient_recall"] == pytest.approx(instance_recall(labels, insts, objs))
-    assert got["salient_recall"] == pytest.approx(instance_recall(labels, insts, objs, salient=True))
-    assert got["nonsalient_as_background"] == pytest.approx(
+    assert tally.instance_recall(False) == pytest.approx(instance_recall(labels, insts, objs))
+    assert tally.instance_recall(True) == pytest.approx(
+        instance_recall(labels, insts, objs, salient=True))
+    assert tally.instance_background_share() == pytest.approx(
         instance_background_share(labels, insts, objs))
-    assert got["empty_images"] == 1
-    assert got["ignore_share"] == pytest.approx(
+    assert tally.empty_images == 1
+    assert tally.ignore_share() == pytest.approx(
         sum(int((x == 255).sum()) for x in labels) / sum(x.size for x in labels))
-    bare = LabelTally(4)
-    bare.add(labels[0])
-    assert set(bare.result()) == {"ignore_share", "empty_images"}

@@ -166,6 +166,36 @@ def test_every_model_has_val_predictions_and_metrics(smoke_results):
         load_predictions(run, "upper_bound", "train")
 
 
+def test_measures_added_batch_by_batch_equal_those_of_the_whole_split(smoke_results):
+    """The stages measure their predictions and maps batch by batch as they make them; over
+    the stored files, all at once, the measures are the same numbers."""
+    from nsrom_lib.metrics import instance_recall
+    from nsrom_lib.pipeline import MAP_KINDS, load_map_dicts
+    from nsrom_lib.pipeline.stages.common import label_metrics, map_quality
+
+    run, _ = smoke_results
+    root = ensure_data(run)
+    n_labels = run.cfg.num_classes + 1
+    train, val = read_split(root, "train"), read_split(root, "val")
+    gt_train, gt_val = load_ground_truth(root, "train", train), load_ground_truth(root, "val", val)
+    rec = run.record("seg1")["metrics"]
+    train_pred = list(load_predictions(run, "pom_round1", "train"))
+    assert rec["train_pred"] == label_metrics(train_pred, gt_train, n_labels)
+    preds = list(load_predictions(run, "pom_round1", "val"))
+    conf = sum(confusion_matrix(p, g, n_labels) for p, g in zip(preds, gt_val["masks"], strict=True))
+    m, iou = iou_from_confusion(conf)
+    assert rec["miou"] == round(m, 4)
+    assert rec["iou"] == [None if np.isnan(v) else round(float(v), 4) for v in iou]
+    for salient, key in ((False, "nonsalient_recall"), (True, "salient_recall")):
+        r = instance_recall(preds, gt_val["instances"], gt_val["objects"], salient=salient)
+        assert rec[key] == round(r, 4), key
+    classes = [read_cls_list(run.dir / "masked" / "train_cls.txt")[n] for n in train]
+    maps_rec, cls_rec = run.record("maps")["metrics"], run.record("classifier")["metrics"]
+    for kind in MAP_KINDS:
+        assert maps_rec[kind] == map_quality(load_map_dicts(run, kind, train, classes), gt_train)
+    assert cls_rec["cam"] == maps_rec["cam"] and cls_rec["accumulated"] == maps_rec["accumulated"]
+
+
 def test_masked_labels_equal_the_nsrm_reference(smoke_results):
     run, _ = smoke_results
     root = ensure_data(run)

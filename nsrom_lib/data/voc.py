@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from nsrom_lib.data.cls_list import read_cls_list, write_cls_list  # torch-free home of both
@@ -499,6 +500,24 @@ class VOCSegDataset(Dataset):
         out["label_ids"] = list(ids)
         out["label"] = label
         return out
+
+    def read_image(self, i: int) -> np.ndarray:
+        """Image `i` alone, (H, W, 3) uint8 RGB: what `get_raw` returns as "image", without
+        reading the image's other files."""
+        return read_rgb(self._image_path(self.names[i]), "image")
+
+    def image_shape(self, i: int) -> tuple[int, int]:
+        """(H, W) of image `i`, from its file's header (no decoding)."""
+        path = self._image_path(self.names[i])
+        try:
+            with Image.open(path) as img:
+                w, h = img.size
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            raise DataError(
+                f"cannot read image {path}: {e}. The file is corrupt or truncated; "
+                "regenerate or re-download it."
+            ) from e
+        return h, w
 
     @staticmethod
     def _check_size(arr: np.ndarray, hw: tuple[int, int], path: Path, what: str) -> None:

@@ -12,14 +12,17 @@ import torch
 from nsrom_lib import train as T
 from nsrom_lib.config import RunConfig
 from nsrom_lib.data.io import atomic_write_json, read_gray_png
-from nsrom_lib.metrics import classification_map
+from nsrom_lib.metrics import MapQuality, classification_map
 from nsrom_lib.models.classifier import Classifier
 from nsrom_lib.pipeline.run import WARMUP_STAGE, Run, variant_stage
 from nsrom_lib.pipeline.stages.common import (
+    PREDICT_BATCH,
+    GroundTruth,
     history_metrics,
-    load_ground_truth,
     load_torch,
     map_quality,
+    map_record,
+    open_ground_truth,
     save_torch,
     training_context,
 )
@@ -69,6 +72,7 @@ def ensure_warmup(run: Run, progress: bool = True) -> dict[str, Any] | None:
 
     def compute() -> dict[str, Any]:
         d, device, data = training_context(run, WARMUP_STAGE, root)
+        workers = T.loader_workers(cfg.num_workers, device)
         T.seed_everything(cfg.seed + 2)
         model = build_classifier(cfg, glore=False)
         res = T.train_classifier(
@@ -76,11 +80,11 @@ def ensure_warmup(run: Run, progress: bool = True) -> dict[str, Any] | None:
             **cfg.recipe("classifier").as_dict(),
             seed=cfg.seed + 2, device=device, accumulate=False, checkpoint=d / "checkpoint.pt",
             tag=run.stage_key(WARMUP_STAGE), progress=progress,
-            cpu_bf16=cfg.cpu_bf16)
+            cpu_bf16=cfg.cpu_bf16, num_workers=workers)
         save_torch(d / "backbone.pt", dict(features=model.features.state_dict()))
-        logits, _ = T.predict_cams(model, data["images"], device=device)
-        val = T.load_split_tensors(root, "val", cfg.num_classes, cfg.image_size)
-        val_logits, _ = T.predict_cams(model, val["images"], device=device)
+        logits = _logits(model, data["images"], device, workers)
+        val = T.load_split(root, "val", cfg.num_classes, cfg.image_size)
+        val_logits = _logits(model, val["images"], device, workers)
         atomic_write_json(d / "history.json", res["history"])
         (d / "checkpoint.pt").unlink(missing_ok=True)
         return dict(epochs=cfg.cls_warmup_epochs,
@@ -90,6 +94,13 @@ def ensure_warmup(run: Run, progress: bool = True) -> dict[str, Any] | None:
                     torch_threads=torch.get_num_threads())
 
     return run.ensure(WARMUP_STAGE, compute)
+
+
+def _logits(model: Any, images: Any, device: torch.device, workers: int) -> torch.Tensor:
+    """Eval-mode logits (N, C) of every image, read and predicted batch by batch."""
+    model.to(device).eval()
+    batches = T.image_batches(images, PREDICT_BATCH, num_workers=workers, device=device)
+    return torch.cat([T.cams_of_batch(model, x, device)[0] for _, x in batches])
 
 
 def warm_start(run: Run, model: Any, progress: bool = True) -> Any:
@@ -121,6 +132,7 @@ def ensure_classifier(run: Run, glore: bool = True, progress: bool = True) -> di
 
     def compute() -> dict[str, Any]:
         d, device, data = training_context(run, stage, root)
+        workers = T.loader_workers(cfg.num_workers, device)
         threads = torch.get_num_threads()
         T.seed_everything(cfg.seed)
         model = warm_start(run, build_classifier(cfg, glore=glore), progress)
@@ -131,7 +143,7 @@ def ensure_classifier(run: Run, glore: bool = True, progress: bool = True) -> di
             seed=cfg.seed, device=device, snapshot_indices=snaps, accumulate_from=cfg.oaa_from_epoch,
             probe_indices=range(min(len(data["names"]), OAA_PROBE_IMAGES)),
             checkpoint=d / "checkpoint.pt", tag=run.stage_key(stage), progress=progress,
-            cpu_bf16=cfg.cpu_bf16)
+            cpu_bf16=cfg.cpu_bf16, num_workers=workers)
         acc = res["accumulator"]
         save_torch(d / "model.pt", dict(state_dict=model.state_dict(), glore=glore, iam=False))
         save_torch(d / "accumulated.pt", dict(maps=acc.maps().cpu(), exists=acc.exists.cpu(),
@@ -141,13 +153,10 @@ def ensure_classifier(run: Run, glore: bool = True, progress: bool = True) -> di
                                              maps=res["snapshots"]["maps"]))
         atomic_write_json(d / "history.json", res["history"])
         # Measures: eval-mode CAMs on train, logits on train and val.
-        logits, cams = T.predict_cams(model, data["images"], device=device)
-        val = T.load_split_tensors(root, "val", cfg.num_classes, cfg.image_size)
-        val_logits, _ = T.predict_cams(model, val["images"], device=device)
-        gt = load_ground_truth(root, "train", data["names"])
-        cam_maps = T.maps_to_uint8(cams, data["label_ids"], data["sizes"])
-        acc_maps = T.maps_to_uint8(acc.maps().cpu(), data["label_ids"], data["sizes"],
-                                   normalized=True)
+        gt = open_ground_truth(root, "train", data["names"])
+        logits, quality = _train_measures(model, data, acc, gt, device, workers)
+        val = T.load_split(root, "val", cfg.num_classes, cfg.image_size)
+        val_logits = _logits(model, val["images"], device, workers)
         hist = res["history"]
         (d / "checkpoint.pt").unlink(missing_ok=True)
         return dict(
@@ -156,7 +165,7 @@ def ensure_classifier(run: Run, glore: bool = True, progress: bool = True) -> di
             val_map=round(classification_map(val_logits, val["labels"]), 4),
             **history_metrics(hist, res["resumed_from"]),
             threads=threads, device=str(device), oaa=acc.stats(),
-            cam=map_quality(cam_maps, gt), accumulated=map_quality(acc_maps, gt),
+            cam=map_record(quality["cam"]), accumulated=map_record(quality["accumulated"]),
             oaa_epochs=_oaa_epoch_quality(res["probe"], data, gt, hist),
             torch_threads=torch.get_num_threads(),
         )
@@ -166,24 +175,53 @@ def ensure_classifier(run: Run, glore: bool = True, progress: bool = True) -> di
     return run.ensure(stage, compute, glore=glore)
 
 
+def _train_measures(model: Any, data: dict[str, Any], acc: Any, gt: GroundTruth | None,
+                    device: torch.device, workers: int
+                    ) -> tuple[torch.Tensor, dict[str, MapQuality | None]]:
+    """The trained classifier's eval-mode logits (N, C) on the training images, and against GT
+    the quality of its CAMs and of the accumulated maps (`acc`), added up batch by batch.
+
+    Returns (logits, {"cam": MapQuality, "accumulated": MapQuality}), None for each without GT.
+    """
+    model.to(device).eval()
+    quality = {kind: (MapQuality() if gt is not None else None) for kind in ("cam", "accumulated")}
+    logits = []
+    for idx, x in T.image_batches(data["images"], PREDICT_BATCH, num_workers=workers,
+                                  device=device):
+        lo, cams = T.cams_of_batch(model, x, device)  # (B, C), (B, C, h, w)
+        logits.append(lo)
+        if gt is None:
+            continue
+        idx = idx.tolist()
+        ids, sizes = [data["label_ids"][i] for i in idx], [data["sizes"][i] for i in idx]
+        maps = {"cam": T.maps_to_uint8(cams, ids, sizes),
+                "accumulated": T.maps_to_uint8(acc.maps(torch.tensor(idx)).cpu(), ids, sizes,
+                                               normalized=True)}
+        for j, i in enumerate(idx):
+            truth = gt.image(i)
+            for kind, q in quality.items():
+                q.add(maps[kind][j], *truth)
+    return torch.cat(logits), quality
+
+
 #: Training images (the first ones) whose per-epoch maps the classifier stage measures.
 OAA_PROBE_IMAGES = 256
 
 
-def _oaa_epoch_quality(probe: dict[str, Any], data: dict[str, Any], gt: dict[str, Any] | None,
+def _oaa_epoch_quality(probe: dict[str, Any], data: dict[str, Any], gt: GroundTruth | None,
                        history: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     """What every fused epoch adds to OAA, measured on the probe images (notebook 02).
 
     probe: `train_classifier`'s probe dict (maps and accumulated: (F, p, C, h, w) uint8);
-    data: the training split (label_ids, sizes); gt: `load_ground_truth` of the whole split, or
-    None. Returns one row per fused epoch: epoch (1-based, as the history), loss, `own` (that
+    data: the training split (label_ids, sizes); gt: the whole split's (`open_ground_truth`),
+    or None. Returns one row per fused epoch: epoch (1-based, as the history), loss, `own` (that
     epoch's maps) and `accumulated` (the maps after it), each a `map_quality` dict; None
     without GT masks.
     """
     if gt is None:
         return None
     idx = probe["indices"].tolist()
-    sub = {k: (None if v is None else [v[i] for i in idx]) for k, v in gt.items()}
+    sub = gt.load(idx)
     ids = [data["label_ids"][i] for i in idx]
     sizes = [data["sizes"][i] for i in idx]
     loss = {h["epoch"]: round(h["loss"], 5) for h in history}
@@ -242,7 +280,8 @@ def ensure_iam(run: Run, progress: bool = True, glore: bool = True) -> dict[str,
             model, data["images"], acc["maps"], epochs=cfg.iam_epochs,
             **cfg.recipe("iam").as_dict(),
             seed=cfg.seed + 1, device=device, checkpoint=d / "checkpoint.pt",
-            tag=run.stage_key(stage), progress=progress, cpu_bf16=cfg.cpu_bf16)
+            tag=run.stage_key(stage), progress=progress, cpu_bf16=cfg.cpu_bf16,
+            num_workers=T.loader_workers(cfg.num_workers, device))
         save_torch(d / "model.pt", dict(state_dict=model.state_dict(), glore=glore, iam=True))
         atomic_write_json(d / "history.json", res["history"])
         hist = res["history"]
@@ -280,19 +319,33 @@ def ensure_maps(run: Run, progress: bool = True, glore: bool = True) -> dict[str
 
     def compute() -> dict[str, Any]:
         d, device, data = training_context(run, stage, root)
-        ids, sizes = data["label_ids"], data["sizes"]
-        _, cams = T.predict_cams(load_classifier(run, glore), data["images"], device=device)
-        _, oa = T.predict_cams(load_iam(run, glore), data["images"], device=device)
+        workers = T.loader_workers(run.cfg.num_workers, device)
+        names, ids, sizes = data["names"], data["label_ids"], data["sizes"]
+        classifier = load_classifier(run, glore).to(device)
+        iam = load_iam(run, glore).to(device)
         acc = load_accumulated(run, glore)["maps"]
-        maps = {"cam": T.maps_to_uint8(cams, ids, sizes),
-                "accumulated": T.maps_to_uint8(acc, ids, sizes, normalized=True),
-                "oacam": T.maps_to_uint8(oa, ids, sizes)}
-        gt = load_ground_truth(root, "train", data["names"])
+        gt = open_ground_truth(root, "train", names)
+        quality = {kind: (MapQuality() if gt is not None else None) for kind in MAP_KINDS}
+        files = dict.fromkeys(MAP_KINDS, 0)
+        # batch by batch: both networks' CAMs of the batch, every kind exported and measured
+        for idx, x in T.image_batches(data["images"], PREDICT_BATCH, num_workers=workers,
+                                      device=device, progress=progress, desc="maps"):
+            idx = idx.tolist()
+            b_ids, b_sizes = [ids[i] for i in idx], [sizes[i] for i in idx]
+            maps = {"cam": T.maps_to_uint8(T.cams_of_batch(classifier, x, device)[1], b_ids, b_sizes),
+                    "accumulated": T.maps_to_uint8(acc[idx], b_ids, b_sizes, normalized=True),
+                    "oacam": T.maps_to_uint8(T.cams_of_batch(iam, x, device)[1], b_ids, b_sizes)}
+            for kind in MAP_KINDS:
+                files[kind] += T.export_maps(d / kind, [names[i] for i in idx], maps[kind])
+            if gt is not None:
+                for j, i in enumerate(idx):
+                    truth = gt.image(i)
+                    for kind in MAP_KINDS:
+                        quality[kind].add(maps[kind][j], *truth)
         metrics: dict[str, Any] = {}
         for kind in MAP_KINDS:
-            metrics[f"{kind}_files"] = T.export_maps(d / kind, data["names"], maps[kind],
-                                                     progress=progress)
-            metrics[kind] = map_quality(maps[kind], gt)
+            metrics[f"{kind}_files"] = files[kind]
+            metrics[kind] = map_record(quality[kind])
         return metrics
 
     return run.ensure(stage, compute, glore=glore)

@@ -1,5 +1,6 @@
-"""What the training and labelling stages share: torch files, the training split in memory,
-ground truth and the label / map measures kept in stage records."""
+"""What the training and labelling stages share: torch files, the training split (read on
+demand), ground truth (read whole or image by image) and the label / map measures kept in stage
+records."""
 
 from __future__ import annotations
 
@@ -14,20 +15,27 @@ from nsrom_lib import train as T
 from nsrom_lib.data.io import atomic_path, read_label_png
 from nsrom_lib.data.voc import gt_mask_dir, read_instances
 from nsrom_lib.device import resolve_device
-from nsrom_lib.metrics import LabelTally
+from nsrom_lib.metrics import LabelTally, MapQuality
 from nsrom_lib.metrics import map_quality as _map_quality_of
 from nsrom_lib.pipeline.run import Run
 
 log = logging.getLogger(__name__)
 
-__all__ = ["training_context", "save_torch", "load_torch", "history_metrics",
-           "GroundTruth", "load_ground_truth", "map_quality", "label_metrics", "rounded"]
+#: Images per batch of the stages' predictions (as `train.predict_cams` and
+#: `train.predict_segmentation`).
+PREDICT_BATCH = 64
+
+__all__ = ["PREDICT_BATCH", "training_context", "save_torch", "load_torch", "history_metrics", "GroundTruth",
+           "open_ground_truth", "load_ground_truth", "map_quality", "map_record", "label_metrics",
+           "label_record"]
 
 
 def training_context(run: Run, stage: str, root: Path) -> tuple[Path, Any, dict[str, Any]]:
     """What every training or prediction stage starts with: its folder, the device, torch's
-    threads set from the configuration, and the training split in memory
-    (`train.load_split_tensors`). Returns (stage folder, torch.device, split dict)."""
+    threads set from the configuration, and the training split (`train.load_split`: names,
+    labels and sizes in memory, the images read on demand, `loader_workers` of the
+    configuration's `num_workers` DataLoader processes reading them). Returns (stage folder,
+    torch.device, split dict)."""
     cfg = run.cfg
     d = run.stage_dir(stage)
     device = resolve_device(cfg.device)
@@ -36,7 +44,7 @@ def training_context(run: Run, stage: str, root: Path) -> tuple[Path, Any, dict[
         log.warning("%s: cpu_bf16 is set, but this CPU has no native bfloat16 (AVX512-BF16 or "
                     "AMX): training computes the bf16 numbers and is slower, not faster; "
                     "leave out --set cpu_bf16=true on this machine", stage)
-    return d, device, T.load_split_tensors(root, "train", cfg.num_classes, cfg.image_size)
+    return d, device, T.load_split(root, "train", cfg.num_classes, cfg.image_size)
 
 
 def save_torch(path: Path, obj: Any) -> None:
@@ -63,41 +71,73 @@ def history_metrics(hist: list[dict[str, Any]], resumed_from: int = 0) -> dict[s
 
 
 class GroundTruth:
-    """The GT masks (and SynthVOC instances) of a split, read one image at a time.
+    """The ground truth of a split's images, read image by image (`open_ground_truth`).
 
-    `available`: every name has a mask in the root's mask folder (`gt_mask_dir`); `get(name)`
-    returns (mask (H, W) uint8, instance map (H, W) uint8 or None, instance dicts or None).
+    `image(i)` of the i-th of `names`: (mask, instance, objects): the GT mask (H, W) uint8 and,
+    for SynthVOC, the instance map (H, W) uint8 and the instance dicts, both None without
+    instances (`with_instances` says which); `load` reads some or all of them into memory.
     """
 
     def __init__(self, root: Path, names: list[str]) -> None:
+        self.names = list(names)
         self.mask_dir = gt_mask_dir(root)
-        self.available = all((self.mask_dir / f"{n}.png").is_file() for n in names)
         meta = read_instances(root)
-        inst_dir = root / "SegmentationObject"
-        self._meta = meta if meta is not None and inst_dir.is_dir() else None
-        self._inst_dir = inst_dir
+        self.instance_dir = root / "SegmentationObject"
+        self.with_instances = meta is not None and self.instance_dir.is_dir()
+        self.objects = [meta.get(n, []) for n in self.names] if self.with_instances else None
 
-    def get(self, name: str) -> tuple[np.ndarray, np.ndarray | None, list | None]:
-        mask = read_label_png(self.mask_dir / f"{name}.png", "GT mask")
-        if self._meta is None:
-            return mask, None, None
-        inst = read_label_png(self._inst_dir / f"{name}.png", "instance mask")
-        return mask, inst, self._meta.get(name, [])
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def mask_path(self, i: int) -> Path:
+        return self.mask_dir / f"{self.names[i]}.png"
+
+    def mask(self, i: int) -> np.ndarray:
+        return read_label_png(self.mask_path(i), "GT mask")
+
+    def instance(self, i: int) -> np.ndarray | None:
+        if not self.with_instances:
+            return None
+        return read_label_png(self.instance_dir / f"{self.names[i]}.png", "instance mask")
+
+    def image(self, i: int) -> tuple[np.ndarray, np.ndarray | None, list[dict[str, Any]] | None]:
+        """(mask, instance map, objects) of image i, the last two None without instances: the
+        arguments of `metrics.MapQuality.add` and `metrics.LabelTally.add` after the image's
+        maps or label."""
+        return self.mask(i), self.instance(i), self.objects[i] if self.objects is not None else None
+
+    def load(self, indices: list[int] | None = None) -> dict[str, Any]:
+        """The GT of images `indices` (default: all) in memory, as `load_ground_truth`."""
+        idx = list(range(len(self))) if indices is None else list(indices)
+        masks = [self.mask(i) for i in idx]
+        if not self.with_instances:
+            return dict(masks=masks, instances=None, objects=None)
+        return dict(masks=masks, instances=[self.instance(i) for i in idx],
+                    objects=[self.objects[i] for i in idx])
+
+
+def open_ground_truth(root: Path, split: str, names: list[str]) -> GroundTruth | None:
+    """The GT of `names` to read image by image, or None when a mask is missing (as
+    `load_ground_truth`)."""
+    mask_dir = gt_mask_dir(root)
+    if not all((mask_dir / f"{n}.png").is_file() for n in names):
+        return None
+    return GroundTruth(root, names)
 
 
 def load_ground_truth(root: Path, split: str, names: list[str]) -> dict[str, Any] | None:
     """GT masks (and SynthVOC instances) of `names`, for the map measures; None without masks.
 
     Returns masks: list of (H, W) uint8; instances: list of (H, W) uint8 or None;
-    objects: per image instance dicts or None. (`GroundTruth` reads them one at a time.)
+    objects: per image instance dicts or None. For a whole split, `open_ground_truth` reads
+    one image at a time instead.
     """
-    gt = GroundTruth(root, names)
-    if not gt.available:
-        return None
-    masks, instances, objects = zip(*(gt.get(n) for n in names), strict=True) if names else ((), (), ())
-    if gt._meta is None:
-        return dict(masks=list(masks), instances=None, objects=None)
-    return dict(masks=list(masks), instances=list(instances), objects=list(objects))
+    gt = open_ground_truth(root, split, names)
+    return None if gt is None else gt.load()
+
+
+def _rounded(measures: dict[str, Any]) -> dict[str, Any]:
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in measures.items()}
 
 
 def map_quality(maps: list[dict[int, Any]], gt: dict[str, Any] | None) -> dict[str, float] | None:
@@ -105,24 +145,36 @@ def map_quality(maps: list[dict[int, Any]], gt: dict[str, Any] | None) -> dict[s
     record; None without GT."""
     if gt is None:
         return None
-    q = _map_quality_of(maps, gt["masks"], gt["instances"], gt["objects"])
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in q.items()}
+    return _rounded(_map_quality_of(maps, gt["masks"], gt["instances"], gt["objects"]))
+
+
+def map_record(quality: MapQuality | None) -> dict[str, float] | None:
+    """A `metrics.MapQuality` added up image by image, as `map_quality` puts it in a record;
+    None without GT."""
+    return None if quality is None else _rounded(quality.result())
 
 
 def label_metrics(labels: list[Any], gt: dict[str, Any] | None, num_labels: int) -> dict[str, Any]:
-    """Ignore share, images left all-ignore and, with GT, the label quality of docs/method.md §8
-    (`metrics.LabelTally` over the list; `rounded` of its result)."""
+    """Ignore share, images left all-ignore and, with GT, the label quality of docs/method.md §8."""
     tally = LabelTally(num_labels)
     for i, lab in enumerate(labels):
         if gt is None:
             tally.add(lab)
+        elif gt["instances"] is None:
+            tally.add(lab, gt["masks"][i])
         else:
-            inst = None if gt["instances"] is None else gt["instances"][i]
-            objs = None if gt["objects"] is None else gt["objects"][i]
-            tally.add(lab, gt["masks"][i], inst, objs)
-    return rounded(tally.result())
+            tally.add(lab, gt["masks"][i], gt["instances"][i], gt["objects"][i])
+    return label_record(tally, with_gt=gt is not None)
 
 
-def rounded(measures: dict[str, Any]) -> dict[str, Any]:
-    """Floats rounded to 4 digits, as stage records keep them."""
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in measures.items()}
+def label_record(tally: LabelTally, with_gt: bool) -> dict[str, Any]:
+    """`label_metrics` of labels added up image by image (`metrics.LabelTally`): ignore share,
+    all-ignore images and, `with_gt`, label quality and (SynthVOC) object recall."""
+    m: dict[str, Any] = dict(ignore_share=tally.ignore_share(), empty_images=tally.empty_images)
+    if with_gt:
+        m.update(tally.label_quality())
+        if tally.instances:
+            for salient, key in ((False, "nonsalient_recall"), (True, "salient_recall")):
+                m[key] = tally.instance_recall(salient)
+            m["nonsalient_as_background"] = tally.instance_background_share()
+    return _rounded(m)

@@ -23,7 +23,7 @@ from nsrom_lib.device import resolve_device
 from nsrom_lib.metrics import LabelTally
 from nsrom_lib.pipeline.run import Run, variant_stage
 from nsrom_lib.pipeline.stages.classifier import ensure_maps, load_maps
-from nsrom_lib.pipeline.stages.common import GroundTruth, rounded
+from nsrom_lib.pipeline.stages.common import GroundTruth, label_record, open_ground_truth
 from nsrom_lib.pipeline.stages.data import ensure_data
 from nsrom_lib.progress import progress_bar
 
@@ -95,7 +95,7 @@ def ensure_pseudo(run: Run, progress: bool = True, batch_size: int = 64,
             cam_dir=maps_dir / "cam", num_classes=cfg.num_classes, strict=True,
             progress=progress)
         device = resolve_device(cfg.device)
-        gt = GroundTruth(root, names)
+        gt = open_ground_truth(root, "train", names)
         t0 = time.perf_counter()
         measures = _write_labels(inputs, th, device, batch_size, d, gt, cfg.num_classes + 1,
                                  progress)
@@ -115,7 +115,8 @@ def ensure_pseudo(run: Run, progress: bool = True, batch_size: int = 64,
 
 
 def _write_labels(inputs: Any, th: dict[str, float], device: torch.device, batch_size: int,
-                  d: Path, gt: GroundTruth, num_labels: int, progress: bool) -> dict[str, Any]:
+                  d: Path, gt: GroundTruth | None, num_labels: int,
+                  progress: bool) -> dict[str, Any]:
     """BE once per batch, then the initial (BE + 1% rule) and POM (BE + POM + 1% rule) labels,
     written to `d/initial/` and `d/pseudo/` as each batch is done and measured image by image
     (`metrics.LabelTally`), so no label set of the split is held in memory. Both folders are
@@ -123,6 +124,8 @@ def _write_labels(inputs: Any, th: dict[str, float], device: torch.device, batch
     Returns the measures of both kinds and the share of pixels POM turned from background to
     ignore."""
     tallies = {k: LabelTally(num_labels) for k in PSEUDO_KINDS}
+    # the batches come grouped by image size: find each image's GT by its name
+    index = {n: i for i, n in enumerate(gt.names)} if gt is not None else {}
     pixels = pom_ignored = 0
     bar = progress_bar(total=len(inputs.entries), desc="pseudo labels", unit="img",
                        disable=not progress)
@@ -143,7 +146,7 @@ def _write_labels(inputs: Any, th: dict[str, float], device: torch.device, batch
             pixels += labs["initial"].size
             pom_ignored += int(((labs["initial"] == 0) & (labs["pseudo"] == 255)).sum())
             for i, name in enumerate(batch.names):
-                truth = gt.get(name) if gt.available else ()
+                truth = gt.image(index[name]) if gt is not None else ()
                 for kind, lab in labs.items():
                     folders[kind].write(*encode_label((name, lab[i])))
                     tallies[kind].add(lab[i], *truth)
@@ -153,7 +156,7 @@ def _write_labels(inputs: Any, th: dict[str, float], device: torch.device, batch
         for p in (d / kind).glob("*.png"):  # labels of images no longer in the split
             if p.name not in keep:
                 p.unlink()
-    return dict(**{k: rounded(t.result()) for k, t in tallies.items()},
+    return dict(**{k: label_record(t, with_gt=gt is not None) for k, t in tallies.items()},
                 pom_ignored_share=round(pom_ignored / max(pixels, 1), 4))
 
 

@@ -23,9 +23,10 @@ from nsrom_lib.config import RunConfig
 from nsrom_lib.crf import crf_params_for, require_densecrf
 from nsrom_lib.data.io import DataError, atomic_write_json, read_label_png
 from nsrom_lib.data.maps_io import load_label_inputs, write_labels
+from nsrom_lib.data.split import LabelFiles
 from nsrom_lib.data.voc import VOCSegDataset, read_split, write_cls_list
 from nsrom_lib.label_folders import make_labels
-from nsrom_lib.metrics import LabelTally, confusion_matrix, instance_recall, iou_from_confusion
+from nsrom_lib.metrics import LabelTally
 from nsrom_lib.models.segmentation import DeepLabV2
 from nsrom_lib.params import NSRM
 from nsrom_lib.pipeline.run import (
@@ -36,17 +37,17 @@ from nsrom_lib.pipeline.run import (
     variant_stage,
 )
 from nsrom_lib.pipeline.stages.common import (
+    PREDICT_BATCH,
     GroundTruth,
     history_metrics,
-    label_metrics,
-    load_ground_truth,
+    label_record,
     load_torch,
-    rounded,
+    open_ground_truth,
     save_torch,
     training_context,
 )
 from nsrom_lib.pipeline.stages.data import ensure_data
-from nsrom_lib.pipeline.stages.pseudo import PSEUDO_KINDS, ensure_pseudo, load_labels
+from nsrom_lib.pipeline.stages.pseudo import PSEUDO_KINDS, ensure_pseudo, pseudo_stage
 
 log = logging.getLogger(__name__)
 
@@ -123,59 +124,75 @@ def _seg_crf(cfg: RunConfig):
     return crf_params_for(cfg.image_size)
 
 
-def _resize_labels(labels: list[Any], size: tuple[int, int]):
-    """(H, W) uint8 label maps -> one (N, S, S) uint8 tensor at `size` (nearest neighbour)."""
-    out = []
-    for lab in labels:
-        t = torch.from_numpy(lab)
-        if tuple(t.shape) != tuple(size):
-            t = F.interpolate(t[None, None].float(), size=size, mode="nearest")[0, 0].to(torch.uint8)
-        out.append(t)
-    return torch.stack(out)
-
-
-def _to_sizes(preds, sizes: list[tuple[int, int]]) -> list[Any]:
-    """(N, h, w) uint8 predictions -> list of (H_i, W_i) numpy arrays at each image's size."""
-    out = []
-    for p, hw in zip(preds, sizes, strict=True):
-        if tuple(p.shape) != tuple(hw):
-            p = F.interpolate(p[None, None].float(), size=hw, mode="nearest")[0, 0].byte()
-        out.append(p.numpy())
-    return out
+def _to_size(pred: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """An (h, w) uint8 prediction at its image's size (H, W) (nearest neighbour), as numpy."""
+    if tuple(pred.shape) != tuple(size):
+        pred = F.interpolate(pred[None, None].float(), size=size, mode="nearest")[0, 0].byte()
+    return pred.numpy()
 
 
 def _training_labels(run: Run, which: str, names: list[str], root: Path,
-                     progress: bool = True) -> list[Any]:
-    """The labels model `which` learns from, for the training images `names`."""
+                     progress: bool = True) -> LabelFiles:
+    """The labels model `which` learns from, for the training images `names`: their files,
+    read on demand at each image's size; the stages that make them are run first."""
     spec = SEG_MODELS[which]
     if spec["labels"] == "gt":
-        gt = load_ground_truth(root, "train", names)
+        gt = open_ground_truth(root, "train", names)
         if gt is None:
             raise DataError(f"the fully supervised upper bound needs GT masks of the training "
                             f"images in {root}/SegmentationClass(Aug); without them skip it")
-        return gt["masks"]
+        return LabelFiles([gt.mask_path(i) for i in range(len(gt))], what="GT mask")
     if spec["labels"] in PSEUDO_KINDS:
-        return list(load_labels(run, spec["labels"], names, glore=spec["glore"], progress=progress,
-                                source=spec.get("source", "oacam")))
+        source = spec.get("source", "oacam")
+        ensure_pseudo(run, glore=spec["glore"], progress=progress, source=source)
+        folder = run.dir / pseudo_stage(spec["glore"], source) / spec["labels"]
+        return LabelFiles([folder / f"{n}.png" for n in names], what=f"{spec['labels']} label")
     ensure_masked(run, glore=spec["glore"], progress=progress)
     folder = run.dir / variant_stage("masked", spec["glore"]) / "labels"
-    return [read_label_png(folder / f"{n}.png", "masked label") for n in names]
+    return LabelFiles([folder / f"{n}.png" for n in names], what="masked label")
 
 
-def _prediction_metrics(preds: list[Any], gt: dict[str, Any] | None, num_labels: int) -> dict[str, Any]:
+def _label_coverage(labels: LabelFiles) -> float:
+    """The mean share of labelled (not ignored) pixels per training label, at the images' sizes."""
+    shares = [(labels[i].numpy() != 255).mean() for i in range(len(labels))]
+    return round(float(np.mean(shares)), 4)
+
+
+def _predict_split(model: torch.nn.Module, split: dict[str, Any], gt: GroundTruth | None,
+                   folder: Path, device: torch.device, cfg: RunConfig, crf: Any,
+                   workers: int) -> LabelTally:
+    """Predict every image of `split` (`train.load_split`) batch by batch, write each
+    prediction at its image's size as `folder/{name}.png` (all or nothing, `write_labels`), and
+    add it up against `gt` (None: the predictions' own measures only). Returns the tally."""
+    tally = LabelTally(cfg.num_classes + 1)
+    model.to(device).eval()
+
+    def predictions():
+        for idx, x in T.image_batches(split["images"], PREDICT_BATCH, num_workers=workers,
+                                      device=device):
+            batch = T.segment_batch(model, x, device, flip=cfg.seg_test_flip, crf=crf)
+            for i, pred in zip(idx.tolist(), batch, strict=True):
+                pred = _to_size(pred, split["sizes"][i])
+                if gt is None:
+                    tally.add(pred)
+                else:
+                    tally.add(pred, *gt.image(i))
+                yield split["names"][i], pred
+
+    write_labels(folder, predictions())
+    return tally
+
+
+def _prediction_metrics(tally: LabelTally, gt: GroundTruth | None) -> dict[str, Any]:
     """mIoU, per-class IoU and (SynthVOC) non-salient / salient object recall of predictions."""
     if gt is None:
         return {}
-    conf = np.zeros((num_labels, num_labels), np.int64)
-    for p, g in zip(preds, gt["masks"], strict=True):
-        conf += confusion_matrix(p, g, num_labels)
-    m, iou = iou_from_confusion(conf)
+    m, iou = tally.miou()
     out: dict[str, Any] = dict(miou=round(m, 4),
                                iou=[None if np.isnan(v) else round(float(v), 4) for v in iou])
-    if gt["instances"] is not None:
+    if gt.with_instances:
         for salient, key in ((False, "nonsalient_recall"), (True, "salient_recall")):
-            r = instance_recall(preds, gt["instances"], gt["objects"], salient=salient)
-            out[key] = round(r, 4)
+            out[key] = round(tally.instance_recall(salient), 4)
     return out
 
 
@@ -211,29 +228,26 @@ def ensure_segmentation(run: Run, which: str = "pom_round1", progress: bool = Tr
         d, device, data = training_context(run, stage, root)
         if data["names"] != names:
             raise RuntimeError(f"the training split of {root} changed while the run was going")
+        workers = T.loader_workers(cfg.num_workers, device)
+        coverage = _label_coverage(labels)  # reads every label once, before any training
         T.seed_everything(cfg.seed + 2)  # before the model is built: its initialisation
         model = build_segmenter(cfg)
         res, reused = _train_or_reuse(run, which, model, d, device, data["images"], labels,
-                                      key, train_key, progress)
+                                      key, train_key, progress, workers)
         t0 = time.perf_counter()
-        val = T.load_split_tensors(root, "val", cfg.num_classes, cfg.image_size)
-        val_pred = _to_sizes(T.predict_segmentation(model, val["images"], device=device,
-                                                    flip=cfg.seg_test_flip, crf=crf), val["sizes"])
-        write_labels(d / "val_pred", zip(val["names"], val_pred, strict=True))
+        val = T.load_split(root, "val", cfg.num_classes, cfg.image_size)
+        val_gt = open_ground_truth(root, "val", val["names"])
+        val_tally = _predict_split(model, val, val_gt, d / "val_pred", device, cfg, crf, workers)
         metrics: dict[str, Any] = dict(
             which=which, trained_on=spec["labels"], glore=spec["glore"],
-            **_prediction_metrics(val_pred, load_ground_truth(root, "val", val["names"]),
-                                  cfg.num_classes + 1),
+            **_prediction_metrics(val_tally, val_gt),
             **history_metrics(res["history"], res["resumed_from"]),
-            label_coverage=round(float(np.mean([(lab != 255).mean() for lab in labels])), 4),
+            label_coverage=coverage,
         )
         if feeds_nsrm:
-            train_pred = _to_sizes(T.predict_segmentation(model, data["images"], device=device,
-                                                          flip=cfg.seg_test_flip, crf=crf),
-                                   data["sizes"])
-            write_labels(d / "train_pred", zip(names, train_pred, strict=True))
-            gt = load_ground_truth(root, "train", names)
-            metrics["train_pred"] = label_metrics(train_pred, gt, cfg.num_classes + 1)
+            gt = open_ground_truth(root, "train", names)
+            tally = _predict_split(model, data, gt, d / "train_pred", device, cfg, crf, workers)
+            metrics["train_pred"] = label_record(tally, with_gt=gt is not None)
         metrics["predict_seconds"] = round(time.perf_counter() - t0, 2)
         metrics["device"] = str(device)
         metrics["crf"] = dataclasses.asdict(crf) if crf is not None else None
@@ -245,10 +259,12 @@ def ensure_segmentation(run: Run, which: str = "pom_round1", progress: bool = Tr
 
 
 def _train_or_reuse(run: Run, which: str, model: torch.nn.Module, d: Path, device: torch.device,
-                    images: torch.Tensor, labels: list[Any], key: str, train_key: str,
-                    progress: bool) -> tuple[dict[str, Any], bool]:
+                    images: Any, labels: LabelFiles, key: str, train_key: str,
+                    progress: bool, workers: int) -> tuple[dict[str, Any], bool]:
     """Train `model` on `labels`, or load the stored model when only prediction settings changed.
 
+    images: the training images (`train.load_split`); labels: their label files, read (and
+    resized to the images' size) batch by batch with `workers` DataLoader processes.
     Returns (training result with `history` and `resumed_from`, whether the stored model was
     reused). A freshly trained model is saved with its `train_key`, and its history beside it.
     """
@@ -260,12 +276,12 @@ def _train_or_reuse(run: Run, which: str, model: torch.nn.Module, d: Path, devic
         log.info("%s: the model in %s was trained with the same settings; predicting only",
                  which, d)
         return dict(history=hist, resumed_from=len(hist)), True
-    y = _resize_labels(labels, tuple(images.shape[-2:]))  # (N, S, S) uint8
+    y = LabelFiles(labels.paths, T.item_shape(images)[-2:], labels.what)  # items (S, S) uint8
     res = T.train_segmentation(
         model, images, y, epochs=cfg.seg_epochs, **cfg.recipe("segmentation").as_dict(),
         scale=(1 - cfg.seg_scale, 1 + cfg.seg_scale), seed=cfg.seed + 2,
         device=device, checkpoint=d / "checkpoint.pt", tag=key, progress=progress,
-        desc=which, cpu_bf16=cfg.cpu_bf16)
+        desc=which, cpu_bf16=cfg.cpu_bf16, num_workers=workers)
     save_torch(d / "model.pt", dict(state_dict=model.state_dict(), which=which,
                                     train_key=train_key))
     atomic_write_json(d / "history.json", res["history"])
@@ -357,12 +373,12 @@ def ensure_masked(run: Run, progress: bool = True, glore: bool = True) -> dict[s
                                    strict=True, progress=progress)
         summary = make_labels(inputs, d / "labels", device=cfg.device, progress=progress,
                               kernel=kernel, ratio=cfg.rule_params().ratio)
-        gt = GroundTruth(root, names)
+        gt = open_ground_truth(root, "train", names)
         sets = {"masked": d / "labels", "round1_pred": pred_dir, "pseudo": pseudo_dir}
         tallies = {k: LabelTally(cfg.num_classes + 1) for k in sets}
         pixels = turned = expanded = 0
-        for n in names:  # one image at a time: no label set of the split is held in memory
-            truth = gt.get(n) if gt.available else ()
+        for i, n in enumerate(names):  # one image at a time: no label set is held in memory
+            truth = gt.image(i) if gt is not None else ()
             labs = {k: read_label_png(folder / f"{n}.png", f"{k} label") for k, folder in sets.items()}
             for k, lab in labs.items():
                 tallies[k].add(lab, *truth)
@@ -373,7 +389,7 @@ def ensure_masked(run: Run, progress: bool = True, glore: bool = True) -> dict[s
         complex_images = sum(len(c) >= 2 for c in ds.cls_list().values())
         return dict(
             kernel=kernel, images=len(names), complex_images=complex_images,
-            **{k: rounded(t.result()) for k, t in tallies.items()},
+            **{k: label_record(t, with_gt=gt is not None) for k, t in tallies.items()},
             masked_to_ignore_share=round(turned / max(pixels, 1), 4),
             expanded_share=round(expanded / max(pixels, 1), 4),
             images_per_s=round(summary["images_per_s"], 1), device=summary["device"],
