@@ -399,22 +399,6 @@ def _run_preflight(cfg, run_dir: Path) -> str | None:
     if cfg.data_root is not None and not Path(cfg.data_root).expanduser().is_dir():
         return (f"data_root {cfg.data_root} does not exist. Point --set data_root=... at a "
                 "VOC-layout folder (see data/README.md), or leave it unset for SynthVOC.")
-    if cfg.data_root is not None:
-        from nsrom_lib.data.io import DataError
-        from nsrom_lib.data.view import check_sources, resolve_sources
-
-        try:
-            check_sources(resolve_sources(cfg.data_root, cfg.train_split, cfg.saliency_dir,
-                                          cfg.cls_list, cfg.gt_dir), cfg.num_classes)
-        except DataError as e:
-            return f"{e} See data/README.md, \"PASCAL VOC 2012, as downloaded\"."
-    if cfg.device != "auto":
-        from nsrom_lib.device import resolve_device
-
-        try:
-            resolve_device(cfg.device)
-        except RuntimeError as e:
-            return f"--set device={cfg.device}: {e}"
     weights = []
     if cfg.pretrained:
         from nsrom_lib.models.classifier import VGG16_WEIGHTS_FILE
@@ -435,6 +419,22 @@ def _run_preflight(cfg, run_dir: Path) -> str | None:
                         f"https://download.pytorch.org/models/{filename}, or from the torch hub "
                         "cache of a machine with internet; TORCH_HOME sets the cache folder), "
                         f"or use --set {key}=false.")
+    if cfg.data_root is not None:
+        from nsrom_lib.data.io import DataError
+        from nsrom_lib.data.view import check_sources, resolve_sources
+
+        try:
+            check_sources(resolve_sources(cfg.data_root, cfg.train_split, cfg.saliency_dir,
+                                          cfg.cls_list, cfg.gt_dir), cfg.num_classes)
+        except DataError as e:
+            return f"{e} See data/README.md, \"PASCAL VOC 2012, as downloaded\"."
+    if cfg.device != "auto":
+        from nsrom_lib.device import resolve_device
+
+        try:
+            resolve_device(cfg.device)
+        except RuntimeError as e:
+            return f"--set device={cfg.device}: {e}"
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -616,8 +616,8 @@ def test_nan_class_maps_are_refused_on_export():
 
 
 def test_results_without_val_masks_fail_before_training(tmp_path: Path) -> None:
-    """A VOC folder whose val images lack GT masks: the results stage says which folder and file
-    before it trains anything (it used to train every model, then stop on a KeyError)."""
+    """A VOC folder whose val images lack GT masks: the data stage says which folder and image
+    before anything is trained (it used to train every model, then stop on a KeyError)."""
     root = make_voc(tmp_path / "voc")
     names = list(IMAGES)
     (root / SEG / "val.txt").write_text("\n".join(names) + "\n")
@@ -625,7 +625,7 @@ def test_results_without_val_masks_fail_before_training(tmp_path: Path) -> None:
     run = open_run(tmp_path / "run", "smoke", data_root=str(root), num_classes=3)
     from nsrom_lib.pipeline import ensure_results
 
-    msg = _check(lambda: ensure_results(run, progress=False), "1 of the 3 val images",
-                 str(root / "SegmentationClass"), f"{names[1]}.png", "val.txt")
+    msg = _check(lambda: ensure_results(run, progress=False), "1 of 3 val GT masks",
+                 str(root / "SegmentationClass"), names[1], "val.txt")
     assert "mIoU" in msg
     assert not any((run.dir / s).exists() for s in ("classifier", "seg1", "results"))

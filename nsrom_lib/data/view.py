@@ -174,7 +174,8 @@ def check_sources(src: DataSources, num_classes: int | None = None) -> dict[str,
     elif not src.gt_dir.is_dir():
         need(False, "gt_dir", f"GT mask folder not found: {src.gt_dir} (gt_dir)")
     else:
-        lost = _missing(val, masks, f"val GT masks in {src.gt_dir} (gt_dir)")
+        lost = _missing(val, masks, f"val GT masks in {src.gt_dir} (gt_dir; every mIoU is "
+                                    "measured on them, listed in ImageSets/Segmentation/val.txt)")
         need(lost is None, "gt_dir", str(lost))
     if src.cls_list is not None:
         if src.cls_list.is_file():
