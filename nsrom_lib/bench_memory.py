@@ -27,8 +27,7 @@ MEMORY_SETTINGS: dict[str, Any] = dict(
     backbone="small", pretrained=False, width=16, output_stride=8, cls_optimizer="adam",
     cls_lr=1e-3, cls_schedule="cosine", cls_epochs=2, cls_batch_size=16, iam_epochs=1,
     iam_batch_size=16, oaa_snapshots=0, seg_backbone="small", seg_pretrained=False, seg_width=16,
-    seg_optimizer="adam", seg_lr=1e-3, seg_epochs=1, seg_batch_size=16, seg_crf=False,
-    num_threads=1)  # one thread: the bench measures memory, and leaves a core to other work
+    seg_optimizer="adam", seg_lr=1e-3, seg_epochs=1, seg_batch_size=16, seg_crf=False)
 
 #: What each measured process runs after opening the run (`run`): nothing (the floor), the
 #: upstream stages, or one stage.
