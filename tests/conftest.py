@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -44,3 +45,13 @@ def smoke_run(tmp_path_factory) -> Path:
     run = open_run(tmp_path_factory.mktemp("smoke_run") / "run", "smoke")
     ensure_pseudo(run, progress=False)
     return run.dir
+
+
+@pytest.fixture
+def one_thread():
+    """Bitwise reproducibility on the CPU needs a fixed thread count: one torch thread for the
+    test, the old count restored afterwards (`pytestmark = pytest.mark.usefixtures(...)`)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

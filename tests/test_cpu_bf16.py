@@ -18,12 +18,7 @@ from nsrom_lib.pipeline.stages.segmentation import segmentation_key
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _conv_dtypes(model: nn.Module) -> list[torch.dtype]:

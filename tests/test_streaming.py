@@ -26,13 +26,7 @@ from nsrom_lib.pipeline import build_classifier, build_segmenter, ensure_data, o
 SIZE = 48
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Bitwise reproducibility on the CPU needs a fixed thread count; restore it afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

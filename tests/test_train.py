@@ -26,13 +26,7 @@ from nsrom_lib.pipeline import (
 # ----------------------------------------------------------------------------- training
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Bitwise reproducibility on the CPU needs a fixed thread count; restore it afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _toy_data(n: int = 12, size: int = 32, classes: int = 3, seed: int = 0):
