@@ -421,11 +421,11 @@ def _run_preflight(cfg, run_dir: Path) -> str | None:
                         f"or use --set {key}=false.")
     if cfg.data_root is not None:
         from nsrom_lib.data.io import DataError
-        from nsrom_lib.data.view import check_sources, resolve_sources
+        from nsrom_lib.data.view import check_sources
+        from nsrom_lib.pipeline.stages.data import data_sources
 
         try:
-            check_sources(resolve_sources(cfg.data_root, cfg.train_split, cfg.saliency_dir,
-                                          cfg.cls_list, cfg.gt_dir), cfg.num_classes)
+            check_sources(data_sources(cfg, cfg.data_root), cfg.num_classes)
         except DataError as e:
             return f"{e} See data/README.md, \"PASCAL VOC 2012, as downloaded\"."
     if cfg.device != "auto":

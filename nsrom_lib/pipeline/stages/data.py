@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from nsrom_lib.config import RunConfig
 from nsrom_lib.data.io import DataError
 from nsrom_lib.data.synthvoc import generate_synthvoc, synthvoc_is_complete
 from nsrom_lib.data.view import DataSources, build_view, check_sources, resolve_sources
@@ -19,9 +20,8 @@ from nsrom_lib.pipeline.run import Run, default_data_dir, synthvoc_config_for
 __all__ = ["ensure_data", "data_sources"]
 
 
-def data_sources(run: Run, root: Path) -> DataSources:
-    """Where each piece of the run's dataset at `root` is, from its settings."""
-    cfg = run.cfg
+def data_sources(cfg: RunConfig, root: str | Path) -> DataSources:
+    """Where each piece of the dataset at `root` is, from a run configuration's settings."""
     return resolve_sources(root, cfg.train_split, cfg.saliency_dir, cfg.cls_list, cfg.gt_dir)
 
 
@@ -41,7 +41,7 @@ def ensure_data(run: Run, progress: bool = True) -> Path:
                 f"data_root {root} does not exist. Point --set data_root=... at a VOC-layout "
                 "folder (see data/README.md)."
             )
-        src = data_sources(run, root)
+        src = data_sources(cfg, root)
         counts = check_sources(src, cfg.num_classes)
         run.ensure("data", lambda: {"data_root": str(root), "images": counts,
                                     "sources": src.to_dict()}, data_root=str(root))
@@ -56,7 +56,7 @@ def ensure_data(run: Run, progress: bool = True) -> Path:
     if run.is_done("data") and not synthvoc_is_complete(root, scfg):  # data folder deleted
         (run.dir / "data" / "record.json").unlink()
     run.ensure("data", compute, data_root=str(root))
-    src = data_sources(run, root)
+    src = data_sources(cfg, root)
     if src.is_plain():
         return root
     check_sources(src, cfg.num_classes)
