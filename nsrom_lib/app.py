@@ -11,8 +11,6 @@ round-1 predictions).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import socket
 import subprocess
@@ -20,9 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nsrom_lib.config import RunConfig
 from nsrom_lib.pipeline import (
-    Run,
     default_runs_dir,
     ensure_data,
     load_explorer_inputs,
@@ -30,6 +26,7 @@ from nsrom_lib.pipeline import (
     nsrm_kernel_for,
     project_root,
     pseudo_thresholds,
+    reopen_run,
 )
 from nsrom_lib.widgets import ThresholdExplorer
 
@@ -40,19 +37,6 @@ __all__ = ["RUN_ENV", "N_ENV", "NOTEBOOK", "reopen_run", "is_finished", "choose_
 RUN_ENV, N_ENV = "NSROM_EXPLORE_RUN", "NSROM_EXPLORE_N"
 #: The notebook Voila renders.
 NOTEBOOK = project_root() / "notebooks" / "explore.ipynb"
-
-
-def reopen_run(run_dir: str | os.PathLike) -> Run:
-    """An existing run folder with the configuration stored in its `config.json` (the same
-    settings, so nothing is recomputed)."""
-    path = Path(run_dir)
-    try:
-        stored = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise FileNotFoundError(f"{path} is not a run folder (no readable config.json): "
-                                "make run makes one") from e
-    names = {f.name for f in dataclasses.fields(RunConfig)}
-    return Run(path, RunConfig(**{k: v for k, v in stored.items() if k in names}))
 
 
 def is_finished(run_dir: str | os.PathLike) -> bool:

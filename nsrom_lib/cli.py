@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _add_run(sub)
     _add_results(sub)
+    _add_stage(sub)
     _add_data(sub)
     _add_labels(sub)
     _add_compare(sub)
@@ -73,6 +74,47 @@ def _add_run(sub) -> None:
                    help="override a configuration value (repeatable)")
     r.add_argument("--only", default=None,
                    help="comma-separated notebook numbers to run, e.g. 00,02")
+    _add_nproc(r)
+
+
+def _add_nproc(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="train every network in N processes (torchrun, DistributedDataParallel): "
+                   "one per GPU, or N sharing the CPU; the same as --set nproc=N")
+
+
+def _with_nproc(args, overrides: dict) -> dict:
+    """--set's overrides with --nproc in them; ValueError when the two disagree."""
+    if args.nproc is None:
+        return overrides
+    if args.nproc < 1:
+        raise ValueError(f"--nproc {args.nproc}: use 1 or more processes")
+    if "nproc" in overrides and int(overrides["nproc"]) != args.nproc:
+        raise ValueError(f"--nproc {args.nproc} and --set nproc={overrides['nproc']} disagree: "
+                         "give one of them")
+    return {**overrides, "nproc": args.nproc}
+
+
+#: `nsrom stage` names: the stages that train a network.
+TRAINING_STAGES = ("warmup", "classifier", "iam", "segmentation")
+
+
+def _add_stage(sub) -> None:
+    s = sub.add_parser("stage", help="train one network of a run folder (in N processes)",
+                       description="Computes one training stage of the run folder RUN_DIR with "
+                       "its stored configuration (config.json), and first any stage it needs. "
+                       "With --nproc N (or the run's nproc setting) it trains in N processes "
+                       "started by torchrun; `nsrom run` and `nsrom results` do this for every "
+                       "network of a run with nproc > 1.")
+    s.add_argument("name", choices=TRAINING_STAGES, help="the network to train")
+    s.add_argument("--run-dir", required=True, help="an existing run folder")
+    s.add_argument("--no-glore", action="store_true",
+                   help="classifier, iam: the GloRe-off ablation's network")
+    s.add_argument("--which", default="pom_round1",
+                   help="segmentation: which model (default pom_round1, the stage seg1; "
+                   "nsrm_round2 is seg2, gt the upper bound)")
+    s.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="training processes (default: the run's nproc setting)")
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -106,6 +148,7 @@ def _add_results(sub) -> None:
                    help="where the named folder goes (default runs/, or $NSROM_RUNS_DIR)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a configuration value for every seed (repeatable; not seed)")
+    _add_nproc(r)
 
 
 def _add_data(sub) -> None:
@@ -298,7 +341,7 @@ def _cmd_run(args) -> int:
     from nsrom_lib.config import make_config, parse_set
     from nsrom_lib.pipeline import default_runs_dir, list_notebooks, run_notebooks
 
-    overrides = parse_set(args.set)
+    overrides = _with_nproc(args, parse_set(args.set))
     cfg = make_config(args.profile, **overrides)  # fail fast on a bad profile or key
     run_dir = Path(args.run_dir) if args.run_dir else default_runs_dir() / args.profile
     notebooks = list_notebooks()
@@ -342,7 +385,7 @@ def _cmd_results(args) -> int:
         seed_list = _parse_seeds(args.seeds)
     except ValueError as e:
         return _fail(str(e))
-    overrides = parse_set(args.set)
+    overrides = _with_nproc(args, parse_set(args.set))
     if "seed" in overrides:
         return _fail(f"--set seed={overrides['seed']}: the seeds come from --seeds "
                      f"(e.g. --seeds {overrides['seed']}); leave seed out of --set")
@@ -441,6 +484,47 @@ def _run_preflight(cfg, run_dir: Path) -> str | None:
         return (f"cannot create the run folder {run_dir}: {e.strerror or e}. "
                 "Choose a writable --run-dir.")
     return None
+
+
+def _cmd_stage(args) -> int:
+    import dataclasses
+
+    from nsrom_lib import distributed as dist
+    from nsrom_lib.device import resolve_device
+    from nsrom_lib.pipeline import (
+        SEG_MODELS,
+        Run,
+        ensure_classifier,
+        ensure_iam,
+        ensure_segmentation,
+        ensure_warmup,
+        reopen_run,
+    )
+
+    if args.which not in SEG_MODELS:
+        return _fail(f"--which {args.which}: choose one of {', '.join(SEG_MODELS)}")
+    run = reopen_run(args.run_dir)
+    if args.nproc is not None and args.nproc != run.cfg.nproc and not dist.launched():
+        if args.nproc < 1:
+            return _fail(f"--nproc {args.nproc}: use 1 or more processes")
+        run = Run(run.dir, dataclasses.replace(run.cfg, nproc=args.nproc))  # not keyed
+    if dist.launched():  # one of the processes torchrun started: join the others first
+        dist.init(resolve_device(run.cfg.device))
+    t0 = time.perf_counter()
+    glore = not args.no_glore
+    calls = {"warmup": lambda: ensure_warmup(run),
+             "classifier": lambda: ensure_classifier(run, glore=glore),
+             "iam": lambda: ensure_iam(run, glore=glore),
+             "segmentation": lambda: ensure_segmentation(run, args.which)}
+    try:
+        rec = calls[args.name]() or {}
+    finally:
+        dist.finish()
+    if dist.is_main():
+        n = rec.get("processes", 1)
+        print(f"nsrom stage {args.name}: done ({time.perf_counter() - t0:.1f} s here; the "
+              f"record says {rec.get('seconds', 0):.1f} s in {n} process(es)) -> {run.dir}")
+    return 0
 
 
 def _cmd_synthvoc(args) -> int:
@@ -685,6 +769,8 @@ def _dispatch(args) -> int:
         return _cmd_run(args)
     if args.command == "results":
         return _cmd_results(args)
+    if args.command == "stage":
+        return _cmd_stage(args)
     if args.command == "data" and args.data_command == "synthvoc":
         return _cmd_synthvoc(args)
     if args.command == "data" and args.data_command == "stats":

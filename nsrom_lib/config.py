@@ -39,7 +39,8 @@ SYNTHVOC_MAX_CLASSES = 8
 #: Settings that say where and how fast a run computes, not what it computes: their fields carry
 #: no stage (`_setting(..., None)`), so the stage keys leave them out and other values of them
 #: retrain nothing.
-NOT_RESULT_KEYS = frozenset({"device", "num_threads", "num_workers", "channels_last", "extra"})
+NOT_RESULT_KEYS = frozenset({"device", "nproc", "num_threads", "num_workers", "channels_last",
+                             "extra"})
 
 
 class ConfigError(ValueError):
@@ -71,6 +72,9 @@ class RunConfig:
     profile: str = _setting("quick", None)
     seed: int = _setting(0, "data")
     device: str = _setting("auto", None)  # "auto" -> CUDA when present, else CPU; or "cpu", "cuda", "cuda:1"
+    # training processes of each network (torchrun, DistributedDataParallel): one per GPU, or
+    # several sharing the CPU cores; the labels, maps and predictions are computed by one
+    nproc: int = _setting(1, None, keyed_unless=1)
     # --- data (stage `data`) ---
     data_root: str | None = _setting(None, "data")  # None -> generate SynthVOC under the data folder
     image_size: int = _setting(96, "data")  # SynthVOC side length (px)
@@ -340,6 +344,7 @@ def _check_ranges(cfg: RunConfig) -> None:
     for key in ("cls_weight_decay", "seg_weight_decay", "jitter"):
         need(getattr(cfg, key) >= 0, key, "use >= 0")
     need(cfg.num_threads >= 0, "num_threads", "use 0 (every core) or a thread count >= 1")
+    need(cfg.nproc >= 1, "nproc", "use 1 (one training process) or a process count >= 2")
     need(cfg.num_workers >= -1, "num_workers",
          "use -1 (automatic), 0 (read in the training process) or a process count >= 1")
     need(cfg.oaa_snapshots >= 0, "oaa_snapshots", "use >= 0")

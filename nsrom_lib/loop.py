@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from nsrom_lib import distributed as dist
 from nsrom_lib.data.io import atomic_path
 from nsrom_lib.data.split import load_split, load_split_tensors
 from nsrom_lib.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ColorJitter
@@ -59,12 +60,13 @@ def configure_threads(num_threads: int = 0) -> int:
     """Set torch's intra-op threads: `num_threads`, or (0) every core this process may use;
     and flush denormal floats to zero on the CPU.
 
-    Returns the number of threads set. On a 2-core machine 2 threads are fastest.
+    Returns the number of threads set. On a 2-core machine 2 threads are fastest. Several
+    training processes on one machine (torchrun) share its cores: each takes its share.
     Denormals: training these small networks from scratch produced denormal activations or
     gradients that made CPU training 5-20x slower (16-30 img/s instead of 340 at 96 px);
     flushing them changes nothing measurable in the results.
     """
-    n = num_threads if num_threads > 0 else _available_cores()
+    n = num_threads if num_threads > 0 else _available_cores() // dist.local_world_size()
     torch.set_num_threads(max(1, n))
     # After set_num_threads: the flag is per thread, and the thread pool may have been rebuilt.
     torch.set_flush_denormal(True)
@@ -92,7 +94,8 @@ def loader_workers(num_workers: int, device: torch.device) -> int:
     and on a GPU one per core up to 8, leaving one core to the training process."""
     if num_workers >= 0:
         return num_workers
-    return 0 if device.type == "cpu" else max(0, min(8, _available_cores() - 1))
+    cores = _available_cores() // dist.local_world_size()  # each training process's share
+    return 0 if device.type == "cpu" else max(0, min(8, cores - 1))
 
 
 def item_count(data: Items) -> int:
@@ -264,7 +267,7 @@ def fit(
     model: nn.Module,
     data: Items,
     *,
-    step: Callable[[Any, Tensor, int], Tensor],
+    step: Callable[[Any, Tensor, int, nn.Module], Tensor],
     epochs: int,
     batch_size: int,
     lr: float,
@@ -285,8 +288,8 @@ def fit(
     cpu_bf16: bool = False,
     num_workers: int = 0,
 ) -> dict[str, Any]:
-    """The shared training loop: shuffle, build the batch, `step(batch, idx, epoch) -> loss`,
-    optimise, checkpoint per epoch, resume. Returns history, epochs_done and completed.
+    """The shared training loop: shuffle, build the batch, `step(batch, idx, epoch, net) ->
+    loss`, optimise, checkpoint per epoch, resume. Returns history, epochs_done and completed.
 
     data: the N training items, in memory or a Dataset (`Items`): by default images, (N, 3, H, W)
     uint8 or a Dataset of (3, H, W) uint8 items. Every epoch draws one order of them
@@ -299,6 +302,13 @@ def fit(
     it once per epoch. cpu_bf16: on the CPU, `step` runs under bfloat16 autocast (`autocast`):
     convolutions and matrix products in bf16, the weights, gradients and optimiser state in
     float32; `step` computes its loss in float32.
+
+    net: what `step` calls to run the model: `model` itself, or with several training processes
+    (`nsrom_lib.distributed`) `model` in DistributedDataParallel. Then each process takes its
+    share of every batch (`distributed.shard_batches`; the loop still draws one order of the N
+    items for all), BatchNorm uses the statistics of the whole batch, the gradients are
+    averaged, the augmentation of a process draws from a generator of its own (seeded by seed,
+    epoch and rank, so a resumed run draws the same), and only rank 0 writes checkpoints.
     """
     N = item_count(data)
     model.to(device).train()
@@ -307,51 +317,73 @@ def fit(
     ckpt = Path(checkpoint) if checkpoint is not None else None
     history, start = _resume(ckpt, tag, model, opt, gen, extra_state, desc)
     stop = epochs if max_epochs is None else min(epochs, max_epochs)
-    n_batches = (N + batch_size - 1) // batch_size
+    n_batches = dist.batches_per_epoch(N, batch_size)
     if make_batch is None:
         def make_batch(images: Tensor, g: torch.Generator) -> Tensor:
             x = normalize_images(colour_jitter(images, jitter, g))  # (B, 3, H, W)
             return pinned(x, device).to(device, non_blocking=True)
-    bar = tqdm(total=max(stop - start, 0) * n_batches, desc=desc, unit="batch", disable=not progress)
-    for epoch in range(start, stop):
-        t0 = time.perf_counter()
-        if schedule == "poly":  # recorded: the rate at the epoch's first iteration
-            lr_e = poly_lr(lr, epoch * n_batches, epochs * n_batches)
-        else:
-            lr_e = learning_rate(lr, epoch, epochs, schedule)
-        _set_lr(opt, lr_e)
-        order = torch.randperm(N, generator=gen)  # (N,)
-        batches = order.split(batch_size)
-        bar.set_description(f"{desc} epoch {epoch + 1}/{epochs}")
-        total, seen = 0.0, 0
-        items_of = read_batches(data, batches, num_workers, device)
-        for it, (idx, items) in enumerate(zip(batches, items_of, strict=True)):
-            if schedule == "poly":
-                _set_lr(opt, poly_lr(lr, epoch * n_batches + it, epochs * n_batches))
-            batch = make_batch(items, gen)
-            with autocast(device, cuda=False, cpu=cpu_bf16):
-                loss = step(batch, idx, epoch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach().item() * len(idx)
-            seen += len(idx)
-            rate = seen / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(loss=f"{total / seen:.4f}", img_s=f"{rate:.0f}", refresh=False)
-            bar.update(1)
-        history.append(_epoch_record(desc, epoch, epochs, lr, lr_e, total, seen, t0))
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
-        if ckpt is not None:
-            _save_checkpoint(ckpt, dict(
-                tag=tag, epoch=epoch + 1, model=model.state_dict(), optimizer=opt.state_dict(),
-                generator=gen.get_state(), torch_rng=torch.get_rng_state(), history=history,
-                extra=extra_state[0]() if extra_state is not None else {},
-            ))
-        crash_point(f"{desc}-epoch", epoch + 1)  # tests: a SIGKILL after this checkpoint
+    bar = tqdm(total=max(stop - start, 0) * n_batches, desc=desc, unit="batch",
+               disable=not progress or not dist.is_main())
+    net = dist.wrap(model, device)  # after resuming: DDP starts every process from rank 0's weights
+    with dist.synced_batchnorm(model):
+        for epoch in range(start, stop):
+            t0 = time.perf_counter()
+            if schedule == "poly":  # recorded: the rate at the epoch's first iteration
+                lr_e = poly_lr(lr, epoch * n_batches, epochs * n_batches)
+            else:
+                lr_e = learning_rate(lr, epoch, epochs, schedule)
+            _set_lr(opt, lr_e)
+            order = torch.randperm(N, generator=gen)  # (N,)
+            plan = dist.shard_batches(order, batch_size)  # this process's (indices, weight)
+            aug = gen if dist.world_size() == 1 else _process_generator(seed, epoch)
+            bar.set_description(f"{desc} epoch {epoch + 1}/{epochs}")
+            total, seen = 0.0, 0
+            items_of = read_batches(data, [idx for idx, _ in plan], num_workers, device)
+            for it, ((idx, weight), items) in enumerate(zip(plan, items_of, strict=True)):
+                if schedule == "poly":
+                    _set_lr(opt, poly_lr(lr, epoch * n_batches + it, epochs * n_batches))
+                batch = make_batch(items, aug)
+                with autocast(device, cuda=False, cpu=cpu_bf16):
+                    loss = step(batch, idx, epoch, net)
+                opt.zero_grad(set_to_none=True)
+                (loss if weight == 1.0 else loss * weight).backward()
+                opt.step()
+                total += loss.detach().item() * len(idx)
+                seen += len(idx)
+                rate = seen / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(loss=f"{total / seen:.4f}", img_s=f"{rate:.0f}", refresh=False)
+                bar.update(1)
+            total, seen = _summed(total, seen)
+            history.append(_epoch_record(desc, epoch, epochs, lr, lr_e, total, seen, t0))
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
+            if ckpt is not None and dist.is_main():
+                _save_checkpoint(ckpt, dict(
+                    tag=tag, epoch=epoch + 1, model=model.state_dict(), optimizer=opt.state_dict(),
+                    generator=gen.get_state(), torch_rng=torch.get_rng_state(), history=history,
+                    extra=extra_state[0]() if extra_state is not None else {},
+                ))
+            dist.barrier()  # every process past an epoch only once its checkpoint is on disk
+            crash_point(f"{desc}-epoch", epoch + 1)  # tests: a SIGKILL after this checkpoint
     bar.close()
     done = len(history)
     return dict(history=history, epochs_done=done, completed=done >= epochs, resumed_from=start)
+
+
+def _process_generator(seed: int, epoch: int) -> torch.Generator:
+    """The augmentation generator of this process in `epoch` when several processes train:
+    seeded by (seed, epoch, rank), so that the processes draw differently and a resumed run
+    draws what the uninterrupted one drew."""
+    state = np.random.SeedSequence([seed, epoch, dist.rank()]).generate_state(1, np.uint64)
+    return torch.Generator().manual_seed(int(state[0]))
+
+
+def _summed(total: float, seen: int) -> tuple[float, int]:
+    """An epoch's loss sum and image count over every training process."""
+    if dist.world_size() == 1:
+        return total, seen
+    t = dist.sum_(torch.tensor([total, seen], dtype=torch.float64))
+    return float(t[0]), int(t[1])
 
 
 def _resume(ckpt: Path | None, tag: str, model: nn.Module, opt: torch.optim.Optimizer,

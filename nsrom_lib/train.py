@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from nsrom_lib import distributed as dist
 from nsrom_lib.cam import OAAccumulator, cam_to_uint8, iam_loss, oaa_attention
 from nsrom_lib.crf import CRFParams, crf_labels
 from nsrom_lib.data.io import save_gray_png
@@ -151,10 +152,11 @@ def train_classifier(
     snap_idx = torch.as_tensor(list(snapshot_indices), dtype=torch.long)
     snapshots: list[Tensor] = []
     probe = _EpochProbe(probe_indices, N, (C, h, w))
+    merge = _ProcessMerge(acc, probe, N)
 
-    def step(x: Tensor, idx: Tensor, epoch: int) -> Tensor:
+    def step(x: Tensor, idx: Tensor, epoch: int, net: nn.Module) -> Tensor:
         y = labels[idx].to(device)  # (B, C)
-        logits, cam = model(x, return_cam=True)  # (B, C), (B, C, h, w)
+        logits, cam = net(x, return_cam=True)  # (B, C), (B, C, h, w)
         logits, cam = logits.float(), cam.float()  # bf16 under cpu_bf16
         # Eq. 4: multi-label soft margin loss (BCE with logits, averaged over classes).
         loss = F.multilabel_soft_margin_loss(logits, y)
@@ -162,9 +164,11 @@ def train_classifier(
             # §2: fuse this forward pass's CAMs (train mode, before the optimizer step).
             acc.update(idx, cam, torch.sigmoid(logits), y, epoch, epochs)
             probe.see(idx, cam, epoch)
+        merge.saw(idx)
         return loss
 
     def on_epoch_end(epoch: int) -> None:
+        merge.epoch_end(epoch, epoch >= accumulate_from)  # several processes: every map
         if acc is not None and len(snap_idx):
             snapshots.append(acc.maps(snap_idx).cpu())  # (k, C, h, w)
         if acc is not None:
@@ -179,6 +183,7 @@ def train_classifier(
             acc.load_state_dict(extra["acc"])
         snapshots[:] = list(extra.get("snapshots", []))
         probe.load_state_dict(extra.get("probe", {}))
+        merge.resumed()
 
     out = fit(model, images, step=step, epochs=epochs, batch_size=batch_size, lr=lr,
                optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, jitter=jitter,
@@ -190,6 +195,48 @@ def train_classifier(
     out.update(model=model.eval(), accumulator=acc, snapshots={"indices": snap_idx, "maps": maps},
                probe=probe.result())
     return out
+
+
+class _ProcessMerge:
+    """With several training processes: the accumulated maps of all of them, after every epoch.
+
+    Each process sees its share of every batch, so in one epoch it fuses the maps of the images
+    it saw and no others; every image is seen by exactly one process. At the epoch's end each
+    process keeps its own images' rows of the maps (zeros elsewhere) and the rows are summed
+    over the processes: every process then holds the maps a one-process run holds, exactly
+    (each row comes from one process; the others add zeros). The same for the `exists` flags,
+    the probe images' maps of the epoch and the update counters. One process: nothing to do.
+    """
+
+    def __init__(self, acc: OAAccumulator | None, probe: _EpochProbe, n_images: int) -> None:
+        self.acc, self.probe = acc, probe
+        self.mine = torch.zeros(n_images, dtype=torch.bool)  # images this process saw this epoch
+        self.counts = acc.counts.clone() if acc is not None else None  # after the last merge
+
+    def saw(self, idx: Tensor) -> None:
+        if dist.active():
+            self.mine[idx.cpu()] = True
+
+    def resumed(self) -> None:
+        """The accumulator was loaded from a checkpoint: its counters are every process's."""
+        if self.acc is not None:
+            self.counts = self.acc.counts.clone()
+
+    def epoch_end(self, epoch: int, fused: bool) -> None:
+        if not dist.active() or self.acc is None:
+            return
+        acc, mine = self.acc, self.mine.to(self.acc.device)
+        acc.accumulated[~mine] = 0
+        acc.exists[~mine] = False
+        dist.sum_(acc.accumulated)
+        dist.sum_(acc.exists)
+        new = dist.sum_(acc.counts - self.counts)  # the updates of this epoch, every process's
+        acc.counts.copy_(self.counts + new)
+        self.counts = acc.counts.clone()
+        if fused and self.probe.indices.numel():
+            shape = (self.probe.indices.numel(), *self.probe.map_shape)
+            dist.sum_(self.probe.now.setdefault(epoch, torch.zeros(shape, dtype=torch.uint8)))
+        self.mine.zero_()
 
 
 class _EpochProbe:
@@ -284,8 +331,8 @@ def train_iam(
             f"{size} images: build the IAM with the classifier's backbone"
         )
 
-    def step(x: Tensor, idx: Tensor, epoch: int) -> Tensor:
-        _, cam = model(x, return_cam=True)  # (B, C, h, w)
+    def step(x: Tensor, idx: Tensor, epoch: int, net: nn.Module) -> Tensor:
+        _, cam = net(x, return_cam=True)  # (B, C, h, w)
         t = targets[idx]  # (B, C, h, w), as float in [0, 1]:
         t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
         # §2: −t log σ(x) on t > 0, softplus(x) on t = 0, each averaged over its pixels.
@@ -415,10 +462,10 @@ def train_segmentation(
         x, y = augment_segmentation(*items, g, scale, flip, jitter)
         return pinned(x, device).to(device, non_blocking=True), pinned(y, device).to(device, non_blocking=True)
 
-    def step(batch: tuple[Tensor, Tensor], idx: Tensor, epoch: int) -> Tensor:
+    def step(batch: tuple[Tensor, Tensor], idx: Tensor, epoch: int, net: nn.Module) -> Tensor:
         x, y = batch
         with autocast(device):  # mixed precision on CUDA: logits in bf16, the loss in float32
-            logits = model(x)
+            logits = net(x)
         return segmentation_loss(logits.float(), y)
 
     out = fit(model, data, step=step, epochs=epochs, batch_size=batch_size, lr=lr,

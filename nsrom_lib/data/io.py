@@ -124,6 +124,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     write (disk full, read-only or not a folder) raises an OSError that names `path` and the fix.
     """
     path = Path(path)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one of several training processes
+        from nsrom_lib.distributed import check_may_write  # (torch: only then)
+
+        check_may_write(path)  # rank 0 alone writes
     _mkdir(path.parent)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -48,6 +48,7 @@ from nsrom_lib.pipeline.run import (
     default_runs_dir,
     open_run,
     project_root,
+    reopen_run,
     synthvoc_config_for,
     variant_stage,
 )
@@ -108,7 +109,7 @@ from nsrom_lib.pipeline.stages.segmentation import (
 __all__ = [
     "STAGES", "STAGE_FIELDS", "UPPER_BOUND_FIELDS", "SEG_PREDICT_FIELDS", "WARMUP_STAGE", "Run",
     "open_run", "project_root", "default_data_dir", "default_runs_dir", "dataset_id",
-    "synthvoc_config_for", "variant_stage",
+    "synthvoc_config_for", "variant_stage", "reopen_run",
     "resolve_device", "cpu_model", "machine_info", "describe_machine",
     "ensure_data",
     "build_classifier", "snapshot_indices", "ensure_warmup", "warm_start", "ensure_classifier",

@@ -23,6 +23,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from nsrom_lib import distributed as dist
 from nsrom_lib.config import (
     NOT_RESULT_KEYS,
     ConfigError,
@@ -41,7 +42,7 @@ __all__ = [
     "STAGES", "LOCK_NAME", "STAGE_FIELDS", "STAGE_VERSIONS", "WARMUP_STAGE", "UPPER_BOUND_FIELDS", "SEG_PREDICT_FIELDS", "Run",
     "open_run",
     "project_root", "default_data_dir", "default_runs_dir", "synthvoc_config_for", "dataset_id",
-    "variant_stage",
+    "variant_stage", "reopen_run",
 ]
 
 
@@ -116,10 +117,12 @@ class Run:
         self.dir = Path(run_dir).resolve()
         self.cfg = cfg
         self._unreadable: set[Path] = set()  # records already warned about (`record`)
-        self._warn_if_reconfigured()
+        if dist.is_main():
+            self._warn_if_reconfigured()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.dir / "config.json", cfg.to_dict())
+            if dist.is_main():  # with several training processes, rank 0 writes
+                atomic_write_json(self.dir / "config.json", cfg.to_dict())
         except OSError as e:
             raise OSError(
                 f"cannot write the run folder {self.dir}: {e.strerror or e}. "
@@ -225,15 +228,22 @@ class Run:
         return rec
 
     def ensure(self, stage: str, compute: Callable[[], dict[str, Any]], key: str | None = None,
-               **info: Any) -> dict[str, Any]:
+               collective: bool = False, **info: Any) -> dict[str, Any]:
         """Run `compute()` (which returns metrics) unless the stage is already done; return the record.
 
         key: the record's key (default `stage_key(stage)`, the whole configuration). While it
         computes, the process holds the stage's lock file (`lock_path`): a second process
         ensuring the same stage of the same folder waits for it, then reuses its record instead
         of computing the stage twice.
+
+        Several training processes (`nsrom_lib.distributed`): rank 0 decides whether the stage is
+        done, for all of them. A `collective` stage (one that trains a network) is computed by
+        every process, each returning what rank 0 returns; any other by rank 0 while the others
+        wait. Rank 0 alone holds the lock and writes the record.
         """
         key = key or self.stage_key(stage)
+        if dist.active():
+            return self._ensure_together(stage, compute, key, collective, info)
         if self.is_done(stage, key):
             log.info("stage %s: done already (%s)", stage, self.dir / stage)
             return self.record(stage) or {}
@@ -245,6 +255,22 @@ class Run:
             t0 = time.perf_counter()
             metrics = compute()
             return self.complete(stage, metrics, time.perf_counter() - t0, key=key, **info)
+
+    def _ensure_together(self, stage: str, compute: Callable[[], dict[str, Any]], key: str,
+                         collective: bool, info: dict[str, Any]) -> dict[str, Any]:
+        """`ensure` with several processes (see there)."""
+        if dist.broadcast(self.is_done(stage, key) if dist.is_main() else None):
+            return self.record(stage) or {}
+        if dist.is_main():
+            with self._stage_lock(stage):
+                t0 = time.perf_counter()
+                metrics = compute()
+                self.complete(stage, metrics, time.perf_counter() - t0, key=key,
+                              processes=dist.world_size(), **info)
+        elif collective:
+            compute()
+        dist.barrier()  # the record is on disk
+        return self.record(stage) or {}
 
     def lock_path(self, stage: str) -> Path:
         """The lock file a process holds while it computes `stage` (`ensure`)."""
@@ -289,6 +315,19 @@ def open_run(run_dir: str | os.PathLike | None = None, profile: str = "quick", *
         settings[k] = v
     cfg = make_config(profile, **settings)
     return Run(run_dir or default_runs_dir() / profile, cfg)
+
+
+def reopen_run(run_dir: str | os.PathLike) -> Run:
+    """An existing run folder with the configuration stored in its `config.json` (the same
+    settings, so nothing is recomputed)."""
+    path = Path(run_dir)
+    try:
+        stored = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise FileNotFoundError(f"{path} is not a run folder (no readable config.json): "
+                                "make run makes one") from e
+    names = {f.name for f in _FIELDS}
+    return Run(path, RunConfig(**{k: v for k, v in stored.items() if k in names}))
 
 
 def synthvoc_config_for(cfg: RunConfig):

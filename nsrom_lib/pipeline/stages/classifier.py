@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nsrom_lib import distributed as dist
 from nsrom_lib import train as T
 from nsrom_lib.config import RunConfig
 from nsrom_lib.data.io import atomic_write_json, read_gray_png
@@ -24,6 +25,7 @@ from nsrom_lib.pipeline.stages.common import (
     map_record,
     open_ground_truth,
     save_torch,
+    trained_in_processes,
     training_context,
 )
 from nsrom_lib.pipeline.stages.data import ensure_data
@@ -81,6 +83,8 @@ def ensure_warmup(run: Run, progress: bool = True) -> dict[str, Any] | None:
             seed=cfg.seed + 2, device=device, accumulate=False, checkpoint=d / "checkpoint.pt",
             tag=run.stage_key(WARMUP_STAGE), progress=progress,
             cpu_bf16=cfg.cpu_bf16, num_workers=workers)
+        if not dist.is_main():  # one of several training processes: rank 0 measures and writes
+            return {}
         save_torch(d / "backbone.pt", dict(features=model.features.state_dict()))
         logits = _logits(model, data["images"], device, workers)
         val = T.load_split(root, "val", cfg.num_classes, cfg.image_size)
@@ -93,7 +97,9 @@ def ensure_warmup(run: Run, progress: bool = True) -> dict[str, Any] | None:
                     **history_metrics(res["history"], res["resumed_from"]),
                     torch_threads=torch.get_num_threads())
 
-    return run.ensure(WARMUP_STAGE, compute)
+    key = run.stage_key(WARMUP_STAGE)
+    rec = trained_in_processes(run, WARMUP_STAGE, key, ["warmup"])
+    return rec if rec is not None else run.ensure(WARMUP_STAGE, compute, key=key, collective=True)
 
 
 def _logits(model: Any, images: Any, device: torch.device, workers: int) -> torch.Tensor:
@@ -144,6 +150,8 @@ def ensure_classifier(run: Run, glore: bool = True, progress: bool = True) -> di
             probe_indices=range(min(len(data["names"]), OAA_PROBE_IMAGES)),
             checkpoint=d / "checkpoint.pt", tag=run.stage_key(stage), progress=progress,
             cpu_bf16=cfg.cpu_bf16, num_workers=workers)
+        if not dist.is_main():
+            return {}
         acc = res["accumulator"]
         save_torch(d / "model.pt", dict(state_dict=model.state_dict(), glore=glore, iam=False))
         save_torch(d / "accumulated.pt", dict(maps=acc.maps().cpu(), exists=acc.exists.cpu(),
@@ -172,7 +180,10 @@ def ensure_classifier(run: Run, glore: bool = True, progress: bool = True) -> di
 
     if not run.is_done(stage):  # before, not inside: its time is its own, and training it must
         ensure_warmup(run, progress)  # not move the RNG that compute() seeds
-    return run.ensure(stage, compute, glore=glore)
+    key = run.stage_key(stage)
+    rec = trained_in_processes(run, stage, key, ["classifier"] + ([] if glore else ["--no-glore"]))
+    return rec if rec is not None else run.ensure(stage, compute, key=key, collective=True,
+                                                  glore=glore)
 
 
 def _train_measures(model: Any, data: dict[str, Any], acc: Any, gt: GroundTruth | None,
@@ -282,6 +293,8 @@ def ensure_iam(run: Run, progress: bool = True, glore: bool = True) -> dict[str,
             seed=cfg.seed + 1, device=device, checkpoint=d / "checkpoint.pt",
             tag=run.stage_key(stage), progress=progress, cpu_bf16=cfg.cpu_bf16,
             num_workers=T.loader_workers(cfg.num_workers, device))
+        if not dist.is_main():
+            return {}
         save_torch(d / "model.pt", dict(state_dict=model.state_dict(), glore=glore, iam=True))
         atomic_write_json(d / "history.json", res["history"])
         hist = res["history"]
@@ -290,7 +303,10 @@ def ensure_iam(run: Run, progress: bool = True, glore: bool = True) -> dict[str,
 
     if not run.is_done(stage):
         ensure_warmup(run, progress)  # as in ensure_classifier: outside compute()
-    return run.ensure(stage, compute, glore=glore)
+    key = run.stage_key(stage)
+    rec = trained_in_processes(run, stage, key, ["iam"] + ([] if glore else ["--no-glore"]))
+    return rec if rec is not None else run.ensure(stage, compute, key=key, collective=True,
+                                                  glore=glore)
 
 
 def load_iam(run: Run, glore: bool = True):

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nsrom_lib import distributed as dist
 from nsrom_lib import train as T
 from nsrom_lib.data.io import atomic_path, read_label_png
 from nsrom_lib.data.voc import gt_mask_dir, read_instances
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 #: `train.predict_segmentation`).
 PREDICT_BATCH = 64
 
-__all__ = ["PREDICT_BATCH", "training_context", "save_torch", "load_torch", "history_metrics", "GroundTruth",
+__all__ = ["PREDICT_BATCH", "training_context", "trained_in_processes", "save_torch", "load_torch", "history_metrics", "GroundTruth",
            "open_ground_truth", "load_ground_truth", "map_quality", "map_record", "label_metrics",
            "label_record"]
 
@@ -35,16 +36,37 @@ def training_context(run: Run, stage: str, root: Path) -> tuple[Path, Any, dict[
     threads set from the configuration, and the training split (`train.load_split`: names,
     labels and sizes in memory, the images read on demand, `loader_workers` of the
     configuration's `num_workers` DataLoader processes reading them). Returns (stage folder,
-    torch.device, split dict)."""
+    torch.device, split dict). One of several training processes (torchrun) joins their
+    process group here; on CUDA each takes the GPU of its local rank."""
     cfg = run.cfg
     d = run.stage_dir(stage)
-    device = resolve_device(cfg.device)
+    device = dist.init(resolve_device(cfg.device))
     T.configure_threads(cfg.num_threads)
     if cfg.cpu_bf16 and device.type == "cpu" and not T.cpu_has_bf16():
         log.warning("%s: cpu_bf16 is set, but this CPU has no native bfloat16 (AVX512-BF16 or "
                     "AMX): training computes the bf16 numbers and is slower, not faster; "
                     "leave out --set cpu_bf16=true on this machine", stage)
     return d, device, T.load_split(root, "train", cfg.num_classes, cfg.image_size)
+
+
+def trained_in_processes(run: Run, stage: str, key: str, command: list[str]) -> dict[str, Any] | None:
+    """With `nproc` > 1, compute a training stage in that many processes and return its record;
+    None when this process computes it itself (one process, already one of several, or done).
+
+    command: the `nsrom stage` arguments that compute `stage` of this run (e.g. ["classifier",
+    "--no-glore"]); torchrun starts them (`distributed.launch`) on the run folder's stored
+    configuration, and rank 0 of them writes the stage's record.
+    """
+    n = run.cfg.nproc
+    if n <= 1 or dist.launched() or run.is_done(stage, key):
+        return None
+    log.info("stage %s: training in %d processes", stage, n)
+    dist.launch(n, ["stage", *command, "--run-dir", str(run.dir)], what=f"stage {stage}")
+    if not run.is_done(stage, key):
+        raise RuntimeError(f"stage {stage}: the {n} training processes finished without its "
+                           f"record in {run.dir / stage}; was the run folder's config.json "
+                           "changed meanwhile? Run the stage again.")
+    return run.record(stage) or {}
 
 
 def save_torch(path: Path, obj: Any) -> None:

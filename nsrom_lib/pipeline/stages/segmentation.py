@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nsrom_lib import distributed as dist
 from nsrom_lib import train as T
 from nsrom_lib.config import RunConfig
 from nsrom_lib.crf import crf_params_for, require_densecrf
@@ -44,6 +45,7 @@ from nsrom_lib.pipeline.stages.common import (
     load_torch,
     open_ground_truth,
     save_torch,
+    trained_in_processes,
     training_context,
 )
 from nsrom_lib.pipeline.stages.data import ensure_data
@@ -229,11 +231,13 @@ def ensure_segmentation(run: Run, which: str = "pom_round1", progress: bool = Tr
         if data["names"] != names:
             raise RuntimeError(f"the training split of {root} changed while the run was going")
         workers = T.loader_workers(cfg.num_workers, device)
-        coverage = _label_coverage(labels)  # reads every label once, before any training
+        coverage = _label_coverage(labels) if dist.is_main() else None  # before any training
         T.seed_everything(cfg.seed + 2)  # before the model is built: its initialisation
         model = build_segmenter(cfg)
         res, reused = _train_or_reuse(run, which, model, d, device, data["images"], labels,
                                       key, train_key, progress, workers)
+        if not dist.is_main():  # one of several training processes: rank 0 predicts and writes
+            return {}
         t0 = time.perf_counter()
         val = T.load_split(root, "val", cfg.num_classes, cfg.image_size)
         val_gt = open_ground_truth(root, "val", val["names"])
@@ -255,7 +259,11 @@ def ensure_segmentation(run: Run, which: str = "pom_round1", progress: bool = Tr
         (d / "checkpoint.pt").unlink(missing_ok=True)
         return metrics
 
-    return run.ensure(stage, compute, key=key, which=which)
+    if _trained_model(run.stage_dir(stage), train_key) is None:  # training it is ahead
+        rec = trained_in_processes(run, stage, key, ["segmentation", "--which", which])
+        if rec is not None:
+            return rec
+    return run.ensure(stage, compute, key=key, collective=True, which=which)
 
 
 def _train_or_reuse(run: Run, which: str, model: torch.nn.Module, d: Path, device: torch.device,
@@ -282,6 +290,8 @@ def _train_or_reuse(run: Run, which: str, model: torch.nn.Module, d: Path, devic
         scale=(1 - cfg.seg_scale, 1 + cfg.seg_scale), seed=cfg.seed + 2,
         device=device, checkpoint=d / "checkpoint.pt", tag=key, progress=progress,
         desc=which, cpu_bf16=cfg.cpu_bf16, num_workers=workers)
+    if not dist.is_main():
+        return res, False
     save_torch(d / "model.pt", dict(state_dict=model.state_dict(), which=which,
                                     train_key=train_key))
     atomic_write_json(d / "history.json", res["history"])
