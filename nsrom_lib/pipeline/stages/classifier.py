@@ -19,13 +19,13 @@ from nsrom_lib.pipeline.run import WARMUP_STAGE, Run, variant_stage
 from nsrom_lib.pipeline.stages.common import (
     PREDICT_BATCH,
     GroundTruth,
+    ensure_trained,
     history_metrics,
     load_torch,
     map_quality,
     map_record,
     open_ground_truth,
     save_torch,
-    trained_in_processes,
     training_context,
 )
 from nsrom_lib.pipeline.stages.data import ensure_data
@@ -97,9 +97,7 @@ def ensure_warmup(run: Run, progress: bool = True) -> dict[str, Any] | None:
                     **history_metrics(res["history"], res["resumed_from"]),
                     torch_threads=torch.get_num_threads())
 
-    key = run.stage_key(WARMUP_STAGE)
-    rec = trained_in_processes(run, WARMUP_STAGE, key, ["warmup"])
-    return rec if rec is not None else run.ensure(WARMUP_STAGE, compute, key=key, collective=True)
+    return ensure_trained(run, WARMUP_STAGE, compute, ["warmup"])
 
 
 def _logits(model: Any, images: Any, device: torch.device, workers: int) -> torch.Tensor:
@@ -180,10 +178,8 @@ def ensure_classifier(run: Run, glore: bool = True, progress: bool = True) -> di
 
     if not run.is_done(stage):  # before, not inside: its time is its own, and training it must
         ensure_warmup(run, progress)  # not move the RNG that compute() seeds
-    key = run.stage_key(stage)
-    rec = trained_in_processes(run, stage, key, ["classifier"] + ([] if glore else ["--no-glore"]))
-    return rec if rec is not None else run.ensure(stage, compute, key=key, collective=True,
-                                                  glore=glore)
+    return ensure_trained(run, stage, compute, ["classifier"] + ([] if glore else ["--no-glore"]),
+                          glore=glore)
 
 
 def _train_measures(model: Any, data: dict[str, Any], acc: Any, gt: GroundTruth | None,
@@ -303,10 +299,8 @@ def ensure_iam(run: Run, progress: bool = True, glore: bool = True) -> dict[str,
 
     if not run.is_done(stage):
         ensure_warmup(run, progress)  # as in ensure_classifier: outside compute()
-    key = run.stage_key(stage)
-    rec = trained_in_processes(run, stage, key, ["iam"] + ([] if glore else ["--no-glore"]))
-    return rec if rec is not None else run.ensure(stage, compute, key=key, collective=True,
-                                                  glore=glore)
+    return ensure_trained(run, stage, compute, ["iam"] + ([] if glore else ["--no-glore"]),
+                          glore=glore)
 
 
 def load_iam(run: Run, glore: bool = True):

@@ -5,6 +5,7 @@ records."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 #: `train.predict_segmentation`).
 PREDICT_BATCH = 64
 
-__all__ = ["PREDICT_BATCH", "training_context", "trained_in_processes", "save_torch", "load_torch", "history_metrics", "GroundTruth",
+__all__ = ["PREDICT_BATCH", "training_context", "ensure_trained", "save_torch", "load_torch", "history_metrics", "GroundTruth",
            "open_ground_truth", "load_ground_truth", "map_quality", "map_record", "label_metrics",
            "label_record"]
 
@@ -49,17 +50,22 @@ def training_context(run: Run, stage: str, root: Path) -> tuple[Path, Any, dict[
     return d, device, T.load_split(root, "train", cfg.num_classes, cfg.image_size)
 
 
-def trained_in_processes(run: Run, stage: str, key: str, command: list[str]) -> dict[str, Any] | None:
-    """With `nproc` > 1, compute a training stage in that many processes and return its record;
-    None when this process computes it itself (one process, already one of several, or done).
+def ensure_trained(run: Run, stage: str, compute: Callable[[], dict[str, Any]],
+                   command: list[str], key: str | None = None, launch: bool = True,
+                   **info: Any) -> dict[str, Any]:
+    """`run.ensure` for a stage that trains a network: with `nproc` > 1 it is computed in that
+    many processes, and its record returned.
 
     command: the `nsrom stage` arguments that compute `stage` of this run (e.g. ["classifier",
     "--no-glore"]); torchrun starts them (`distributed.launch`) on the run folder's stored
-    configuration, and rank 0 of them writes the stage's record.
+    configuration, and rank 0 of them writes the record. This process computes the stage
+    itself (collectively, `Run.ensure`) with one process, when it is one of several already,
+    when the stage is done, or with `launch` false (nothing to train).
     """
+    key = key or run.stage_key(stage)
     n = run.cfg.nproc
-    if n <= 1 or dist.launched() or run.is_done(stage, key):
-        return None
+    if not launch or n <= 1 or dist.launched() or run.is_done(stage, key):
+        return run.ensure(stage, compute, key=key, collective=True, **info)
     log.info("stage %s: training in %d processes", stage, n)
     dist.launch(n, ["stage", *command, "--run-dir", str(run.dir)], what=f"stage {stage}")
     if not run.is_done(stage, key):

@@ -40,12 +40,12 @@ from nsrom_lib.pipeline.run import (
 from nsrom_lib.pipeline.stages.common import (
     PREDICT_BATCH,
     GroundTruth,
+    ensure_trained,
     history_metrics,
     label_record,
     load_torch,
     open_ground_truth,
     save_torch,
-    trained_in_processes,
     training_context,
 )
 from nsrom_lib.pipeline.stages.data import ensure_data
@@ -259,11 +259,10 @@ def ensure_segmentation(run: Run, which: str = "pom_round1", progress: bool = Tr
         (d / "checkpoint.pt").unlink(missing_ok=True)
         return metrics
 
-    if _trained_model(run.stage_dir(stage), train_key) is None:  # training it is ahead
-        rec = trained_in_processes(run, stage, key, ["segmentation", "--which", which])
-        if rec is not None:
-            return rec
-    return run.ensure(stage, compute, key=key, collective=True, which=which)
+    # a model already trained under these settings is only predicted with: no processes
+    untrained = _trained_model(run.stage_dir(stage), train_key) is None
+    return ensure_trained(run, stage, compute, ["segmentation", "--which", which], key=key,
+                          launch=untrained, which=which)
 
 
 def _train_or_reuse(run: Run, which: str, model: torch.nn.Module, d: Path, device: torch.device,
