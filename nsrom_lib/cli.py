@@ -77,18 +77,28 @@ def _add_run(sub) -> None:
     _add_nproc(r)
 
 
-def _add_nproc(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nproc", type=int, default=None, metavar="N",
-                   help="train every network in N processes (torchrun, DistributedDataParallel): "
-                   "one per GPU, or N sharing the CPU; the same as --set nproc=N")
+def _process_count(text: str) -> int:
+    """`--nproc`'s value: an integer >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: use 1 or more processes")
+    return n
+
+
+def _add_nproc(p: argparse.ArgumentParser,
+               help: str = "train every network in N processes (torchrun, "
+               "DistributedDataParallel): one per GPU, or N sharing the CPU; the same as "
+               "--set nproc=N") -> None:
+    p.add_argument("--nproc", type=_process_count, default=None, metavar="N", help=help)
 
 
 def _with_nproc(args, overrides: dict) -> dict:
     """--set's overrides with --nproc in them; ValueError when the two disagree."""
     if args.nproc is None:
         return overrides
-    if args.nproc < 1:
-        raise ValueError(f"--nproc {args.nproc}: use 1 or more processes")
     if "nproc" in overrides and int(overrides["nproc"]) != args.nproc:
         raise ValueError(f"--nproc {args.nproc} and --set nproc={overrides['nproc']} disagree: "
                          "give one of them")
@@ -113,8 +123,7 @@ def _add_stage(sub) -> None:
     s.add_argument("--which", default="pom_round1",
                    help="segmentation: which model (default pom_round1, the stage seg1; "
                    "nsrm_round2 is seg2, gt the upper bound)")
-    s.add_argument("--nproc", type=int, default=None, metavar="N",
-                   help="training processes (default: the run's nproc setting)")
+    _add_nproc(s, help="training processes (default: the run's nproc setting)")
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -505,8 +514,6 @@ def _cmd_stage(args) -> int:
         return _fail(f"--which {args.which}: choose one of {', '.join(SEG_MODELS)}")
     run = reopen_run(args.run_dir)
     if args.nproc is not None and args.nproc != run.cfg.nproc and not dist.launched():
-        if args.nproc < 1:
-            return _fail(f"--nproc {args.nproc}: use 1 or more processes")
         run = Run(run.dir, dataclasses.replace(run.cfg, nproc=args.nproc))  # not keyed
     if dist.launched():  # one of the processes torchrun started: join the others first
         dist.init(resolve_device(run.cfg.device))
