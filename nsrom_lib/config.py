@@ -14,6 +14,8 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from nsrom_lib.params import (
@@ -31,7 +33,7 @@ from nsrom_lib.params import (
 )
 
 __all__ = ["RunConfig", "PROFILES", "ConfigError", "make_config", "parse_set", "parse_overrides",
-           "config_hash", "SYNTHVOC_MAX_CLASSES", "NOT_RESULT_KEYS"]
+           "config_hash", "SYNTHVOC_MAX_CLASSES", "NOT_RESULT_KEYS", "NATIVE", "native_bf16"]
 
 #: SynthVOC draws one shape per class (data/synthvoc.py CLASS_NAMES): at most this many classes.
 SYNTHVOC_MAX_CLASSES = 8
@@ -41,6 +43,29 @@ SYNTHVOC_MAX_CLASSES = 8
 #: retrain nothing.
 NOT_RESULT_KEYS = frozenset({"device", "nproc", "num_threads", "num_workers", "channels_last",
                              "extra"})
+
+
+#: The value of `cpu_bf16` (in a profile or `--set cpu_bf16=native`) that `make_config` turns
+#: into True on a CPU with bfloat16 instructions and into False elsewhere (`native_bf16`).
+NATIVE = "native"
+
+
+def native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this machine's x86 CPU has bfloat16 instructions (the AVX512-BF16 or AMX-BF16
+    flag of /proc/cpuinfo, or of the text `cpuinfo`), read without importing torch. False where
+    /proc/cpuinfo cannot be read (not Linux) and on other architectures, whose bf16 speed has
+    not been measured here."""
+    if cpuinfo is None:
+        cpuinfo = _cpuinfo()
+    return re.search(r"^flags\s*:.*\b(avx512_bf16|amx_bf16)\b", cpuinfo, re.MULTILINE) is not None
+
+
+@lru_cache(maxsize=1)
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 class ConfigError(ValueError):
@@ -98,7 +123,8 @@ class RunConfig:
     # -1 -> automatic (loop.loader_workers): none on the CPU, up to 8 on a GPU
     num_workers: int = _setting(-1, None)
     # bfloat16 autocast in every training loop on the CPU (classifier, IAM, segmentation): faster
-    # on CPUs with native bf16 (AVX512-BF16 / AMX), but it changes the numbers, so it is keyed
+    # on CPUs with native bf16 (AVX512-BF16 / AMX), but it changes the numbers, so it is keyed.
+    # "native" (profile `default`) -> True on such a CPU, else False (`native_bf16`)
     cpu_bf16: bool = _setting(False, "classifier", keyed_unless=False, upper_bound=True)
     jitter: float = _setting(RECIPE.jitter, "classifier")  # colour jitter strength (brightness, contrast, saturation); no crop/flip
     cls_epochs: int = _setting(12, "classifier", warmup=False)  # OAA needs >= 2 (it starts in the second epoch)
@@ -178,7 +204,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     "quick": dict(image_size=96, n_train=400, n_val=100, cls_epochs=30, iam_epochs=15,
                   seg_epochs=30),
     # `make run`: clear effects, still CPU-friendly
-    "default": dict(image_size=96, n_train=2000, n_val=500, cls_epochs=12, iam_epochs=15),
+    # bf16 training where the CPU has it: a third less time, results within the seed spread
+    # (docs/results.md, "float32 and bfloat16, paired on three seeds")
+    "default": dict(image_size=96, n_train=2000, n_val=500, cls_epochs=12, iam_epochs=15,
+                    cpu_bf16=NATIVE),
     # larger images and networks, for a lent GPU
     "gpu": dict(image_size=128, n_train=6000, n_val=1000, width=128,
                 cls_epochs=20, iam_epochs=10, seg_width=128, seg_epochs=30),
@@ -268,7 +297,10 @@ def make_config(profile: str = "quick", **overrides: Any) -> RunConfig:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"unknown config key {key!r}{hint}; known keys: {', '.join(known)}.")
-        values[key] = _coerce(key, value, fields[key].type)
+        native = (key, value) == ("cpu_bf16", NATIVE)
+        values[key] = value if native else _coerce(key, value, fields[key].type)
+    if values.get("cpu_bf16") == NATIVE:
+        values["cpu_bf16"] = native_bf16()
     for key, value in values.items():
         _check_type(key, value, fields[key].type)
     cfg = RunConfig(profile=profile, **values)

@@ -1,4 +1,5 @@
-"""The `cpu_bf16` setting: bfloat16 autocast in the training loops on the CPU, keyed, off by default."""
+"""The `cpu_bf16` setting: bfloat16 autocast in the training loops on the CPU, keyed; on in the
+`default` profile where the CPU has bf16 instructions, off in the others."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from nsrom_lib import config
 from nsrom_lib import train as T
+from nsrom_lib.config import make_config, native_bf16
 from nsrom_lib.models.classifier import Classifier
 from nsrom_lib.pipeline import open_run
 from nsrom_lib.pipeline import run as P
@@ -105,3 +108,25 @@ def test_a_cpu_without_native_bf16_is_warned_about(tmp_path, monkeypatch, caplog
     with caplog.at_level(logging.WARNING):
         training_context(run, "classifier", root)
     assert "bfloat16" not in caplog.text
+
+
+def test_native_reads_the_bf16_flags_of_the_cpu():
+    assert native_bf16("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 avx512vl\n")
+    assert native_bf16("flags\t: fpu amx_bf16 amx_tile\n")
+    assert not native_bf16("flags\t\t: fpu sse2 avx512f avx512bw avx512vl\n")  # emulated only
+    assert not native_bf16("model name\t: avx512_bf16 in a name, not a flag\n")
+    assert not native_bf16("")  # no /proc/cpuinfo (not Linux)
+
+
+def test_the_default_profile_trains_in_bf16_where_the_cpu_has_it(monkeypatch):
+    for has in (True, False):
+        monkeypatch.setattr(config, "native_bf16", lambda has=has: has)
+        assert make_config("default").cpu_bf16 is has
+        assert make_config("smoke", cpu_bf16="native").cpu_bf16 is has
+        assert make_config("default", cpu_bf16="false").cpu_bf16 is False
+        assert make_config("default", cpu_bf16="true").cpu_bf16 is True
+    # the profiles of the tests, the notebooks' quick runs and the GPU keep float32
+    for profile in ("smoke", "quick", "gpu"):
+        assert make_config(profile).cpu_bf16 is False
+    with pytest.raises(config.ConfigError, match="cpu_bf16"):
+        make_config("default", cpu_bf16="maybe")
