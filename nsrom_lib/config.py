@@ -204,8 +204,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "quick": dict(image_size=96, n_train=400, n_val=100, cls_epochs=30, iam_epochs=15,
                   seg_epochs=30),
     # `make run`: clear effects, still CPU-friendly
-    # bf16 training where the CPU has it: `make results` a quarter less time; the GloRe rows
-    # move by about one seed sd (docs/results.md, "float32 and bfloat16, paired on three seeds")
+    # bf16 training where the CPU has it: `make results` a quarter less time; it moves the rows
+    # with GloRe (docs/results.md, "float32 and bfloat16, paired on three seeds")
     "default": dict(image_size=96, n_train=2000, n_val=500, cls_epochs=12, iam_epochs=15,
                     cpu_bf16=NATIVE),
     # larger images and networks, for a lent GPU
